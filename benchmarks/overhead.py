@@ -1,0 +1,92 @@
+"""Time per training step of an MLP 784-512-512-10 with Adam: plain vs polar modes vs torch's weight_norm.
+
+Variants are interleaved in one process (round-robin over repeats), so machine noise hits them
+alike; we report the median over repeats and the ratio to plain Adam.
+
+    python benchmarks/overhead.py --repeats 7 --out benchmarks/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import polaropt as po
+
+MODES = ("free", "normalize", "project", "absorb")
+
+
+def build(variant: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    if variant == "weight_norm":
+        for m in linears:
+            torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)
+    elif variant != "plain":
+        for m in linears:
+            po.polarize(m, "weight", scale="row", direction=variant)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if variant in ("project", "absorb"):
+        po.attach(opt, model)
+    return model, opt
+
+
+def time_steps(model, opt, x, y, steps: int) -> float:
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
+    p.add_argument("--variants", nargs="+", default=["plain", *MODES, "weight_norm"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", default=None, help="write the JSON record here")
+    args = p.parse_args(argv)
+    record = {"benchmark": "overhead", "config": vars(args), "torch": torch.__version__, "python": platform.python_version(),
+              "machine": platform.machine(), "threads": torch.get_num_threads(), "results": {}}
+    for batch in args.batches:
+        g = torch.Generator().manual_seed(batch)
+        x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        runs = {v: build(v) for v in args.variants}
+        for v, (model, opt) in runs.items():
+            time_steps(model, opt, x, y, args.warmup)
+        times = {v: [] for v in args.variants}
+        for _ in range(args.repeats):
+            for v, (model, opt) in runs.items():
+                times[v].append(time_steps(model, opt, x, y, args.steps))
+        med = {v: statistics.median(ts) for v, ts in times.items()}
+        base = med.get("plain")
+        record["results"][str(batch)] = {
+            v: {"median_ms": 1e3 * med[v], "ratio_to_plain": (med[v] / base) if base else None,
+                "times_ms": [1e3 * t for t in times[v]]} for v in args.variants}
+    print(f"{'variant':<12}" + "".join(f"  batch {b:>5} (ms, ×plain)" for b in args.batches))
+    for v in args.variants:
+        cells = []
+        for b in args.batches:
+            r = record["results"][str(b)][v]
+            cells.append(f"  {r['median_ms']:>9.2f}  ×{r['ratio_to_plain']:.3f}      ")
+        print(f"{v:<12}" + "".join(cells))
+    if args.out:
+        from pathlib import Path
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()

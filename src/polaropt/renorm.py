@@ -1,0 +1,137 @@
+"""Renormalization after the optimizer step: project (rPGD) or absorb (Liu's re-parametrization).
+
+For every tensor polarized with ``direction="project"`` or ``"absorb"``, with ``a = max(‖V‖, eps)``
+per slice (norm in float32 or better):
+
+- ``"project"`` (Wu et al. 2020, seed 002, rPGD):   ``V ← V/a``            (``W`` changes)
+- ``"absorb"``  (Liu, seed 001, "re-parametrization"): ``V ← V/a, s ← a·s`` (``W`` unchanged)
+
+then the optimizer state is handled by the policy of :mod:`polaropt.transport`.
+
+Two implementations: ``_renormalize_reference`` (a plain loop over tensors, the ground truth) and
+``_renormalize_foreach`` (``torch._foreach_*`` over all tensors of a dtype/device at once); tests
+hold them equal. Neither loops over slices.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .polar import RENORMALIZED, PolarTensor, polar_tensors
+from .slices import slice_norm
+from .transport import check_state_policy, moment_orders
+
+
+def _targets(model: nn.Module) -> list[PolarTensor]:
+    return [t for t in polar_tensors(model) if t.polar.direction in RENORMALIZED]
+
+
+def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
+    """``a`` per slice for every target, after checking that nothing is NaN or Inf.
+
+    The check happens before any tensor is modified, so a failure leaves the model as it was.
+    """
+    norms = [slice_norm(t.direction, t.polar.dims) for t in targets]
+    finite = [torch.isfinite(n).all() for n in norms]
+    finite += [torch.isfinite(t.scale).all() for t in targets if t.polar.direction == "absorb"]
+    if finite and not bool(torch.stack(finite).all()):  # one device sync for the whole model
+        bad = [t.qualname for t, n in zip(targets, norms)
+               if not (torch.isfinite(n).all() and torch.isfinite(t.scale).all())]
+        raise FloatingPointError(
+            f"NaN or Inf found while renormalizing {', '.join(bad)}; nothing was modified "
+            "(lower the learning rate, or check the loss and inputs)"
+        )
+    return [n.clamp_min_(t.polar.eps) for t, n in zip(targets, norms)]
+
+
+def _transport(optimizer, targets, norms, state: str) -> None:
+    """Apply the state policy; ``"rescale"`` multiplies V's moments by a^k and s's by a^-k."""
+    if state == "keep":
+        return
+    for t, a in zip(targets, norms):
+        sides = [(t.direction, 1)] + ([(t.scale, -1)] if t.polar.direction == "absorb" else [])
+        for param, sign in sides:
+            if param not in optimizer.state:
+                continue
+            if state == "reset":
+                del optimizer.state[param]
+                continue
+            for moment, order in moment_orders(optimizer.state[param], t.qualname):
+                moment.mul_(a.pow(sign * order).to(moment.dtype))
+
+
+@torch.no_grad()
+def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
+    norms = _slice_norms(targets)
+    for t, a in zip(targets, norms):
+        t.direction.div_(a)
+        if t.polar.direction == "absorb":
+            t.scale.mul_(a)
+    return norms
+
+
+@torch.no_grad()
+def _renormalize_foreach(targets: list[PolarTensor]) -> list[torch.Tensor]:
+    norms = _slice_norms(targets)
+    groups = defaultdict(lambda: ([], [], [], []))  # (device, dtype) -> V's, a's for V, s's, a's for s
+    for t, a in zip(targets, norms):
+        vs, avs, ss, ass = groups[(t.direction.device, t.direction.dtype)]
+        vs.append(t.direction)
+        avs.append(a.expand_as(t.direction))  # foreach ops need equal shapes: broadcast as a view
+        if t.polar.direction == "absorb":
+            ss.append(t.scale)
+            ass.append(a)
+    for vs, avs, ss, ass in groups.values():
+        torch._foreach_div_(vs, avs)
+        if ss:
+            torch._foreach_mul_(ss, ass)
+    return norms
+
+
+def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None, state: str = "keep",
+                 foreach: bool = True) -> None:
+    """Renormalize every ``"project"``/``"absorb"`` tensor of ``model`` in place.
+
+    Args:
+        optimizer: the optimizer holding ``s`` and ``V``; needed for ``state="reset"``/``"rescale"``.
+        state: ``"keep"``, ``"reset"`` or ``"rescale"`` (see :mod:`polaropt.transport`).
+        foreach: use the vectorized path (default) or the plain per-tensor reference loop.
+
+    Raises:
+        FloatingPointError: a NaN/Inf in a direction or scale; names the tensors and modifies none.
+    """
+    check_state_policy(state, optimizer)
+    targets = _targets(model)
+    if not targets:
+        return
+    norms = (_renormalize_foreach if foreach else _renormalize_reference)(targets)
+    if optimizer is not None:
+        with torch.no_grad():
+            _transport(optimizer, targets, norms, state)
+
+
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep"):
+    """Renormalize ``model`` after every ``optimizer.step()``; return a removable handle.
+
+    Registers :func:`renormalize_` with ``optimizer.register_step_post_hook``, so any
+    ``torch.optim`` optimizer works. ``state`` is validated now, against this optimizer.
+
+    Example:
+        >>> import torch, polaropt as po
+        >>> model = po.polarize(torch.nn.Linear(4, 2), scale="row", direction="absorb")
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        >>> handle = po.attach(opt, model, state="rescale")
+        >>> model(torch.randn(8, 4)).square().mean().backward(); opt.step()
+        >>> bool(torch.allclose(po.direction_of(model).norm(dim=1), torch.ones(2)))
+        True
+        >>> handle.remove()
+    """
+    check_state_policy(state, optimizer)
+
+    def hook(opt, args, kwargs):
+        renormalize_(model, optimizer=opt, state=state)
+
+    return optimizer.register_step_post_hook(hook)

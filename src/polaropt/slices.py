@@ -1,0 +1,79 @@
+"""Which entries of a weight share one scale, and the norm of each such slice.
+
+A polar weight is ``W = s ⊙ V``. The *granularity* of the scale decides which entries of ``W``
+share one entry of ``s``:
+
+==========  ===========================================  ======================================
+scale       one ``s`` per                                ``s`` shape for ``W`` of shape (o, i, k)
+==========  ===========================================  ======================================
+"tensor"    whole tensor                                  (1, 1, 1)
+"row"       output unit (slice along dim 0; conv channel) (o, 1, 1)
+"column"    input unit (slice along dim 1)                (1, i, 1)
+"element"   entry (learnable multipliers, Liu 000)        (o, i, k)
+==========  ===========================================  ======================================
+
+With ``batch_dims=k`` the leading ``k`` dims index independent copies of the weight (several
+configs or seeds stored in one tensor); they are never reduced over, so every copy has its own
+scales. ``s`` always keeps ``W``'s number of dims (size 1 on reduced dims) so ``s * V``
+broadcasts, as ``torch.nn.utils.parametrizations.weight_norm`` stores its ``g``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SCALES = ("tensor", "row", "column", "element")
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid choices are {', '.join(map(repr, SCALES))}")
+    return scale
+
+
+def reduce_dims(ndim: int, scale: str, batch_dims: int = 0) -> tuple[int, ...]:
+    """The dims a slice norm reduces over for a tensor of ``ndim`` dims.
+
+    >>> reduce_dims(2, "row"), reduce_dims(4, "column"), reduce_dims(3, "tensor", batch_dims=1)
+    ((1,), (0, 2, 3), (1, 2))
+    """
+    check_scale(scale)
+    if not isinstance(batch_dims, int) or isinstance(batch_dims, bool) or batch_dims < 0:
+        raise ValueError(f"batch_dims must be a non-negative int, got {batch_dims!r}")
+    own = ndim - batch_dims  # dims of one copy of the weight
+    need = 2 if scale == "column" else 1
+    if own < need:
+        raise ValueError(
+            f"scale={scale!r} with batch_dims={batch_dims} needs a tensor with at least "
+            f"{batch_dims + need} dims, got {ndim}"
+        )
+    dims = range(batch_dims, ndim)
+    if scale == "tensor":
+        return tuple(dims)
+    if scale == "row":
+        return tuple(d for d in dims if d != batch_dims)
+    if scale == "column":
+        return tuple(d for d in dims if d != batch_dims + 1)
+    return ()  # "element": every entry is its own slice
+
+
+def scale_shape(shape: torch.Size | tuple[int, ...], scale: str, batch_dims: int = 0) -> tuple[int, ...]:
+    """Shape of ``s`` for a weight of ``shape``: size 1 on every reduced dim."""
+    dims = set(reduce_dims(len(shape), scale, batch_dims))
+    return tuple(1 if d in dims else n for d, n in enumerate(shape))
+
+
+def norm_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype norms are computed in: float32 or better (bfloat16/float16 norms overflow or lose
+    most of their digits when summing many squares)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def slice_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Euclidean norm of every slice of ``x`` (``keepdim=True``), in ``norm_dtype(x.dtype)``.
+
+    With ``dims == ()`` (element scale) the slice is one entry and its norm is ``|x|``.
+    """
+    if not dims:
+        return x.abs().to(norm_dtype(x.dtype))
+    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=norm_dtype(x.dtype))
