@@ -1,0 +1,305 @@
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import polaropt as po
+from polaropt.renorm import _renormalize_foreach, _renormalize_reference, _targets
+from polaropt.slices import reduce_dims, slice_norm
+
+from cases import OPTIMIZERS, RENORM_CASES, SEEDS, case_params, make_optimizer
+
+
+def mlp(seed, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
+
+
+def train(model, opt, steps, seed=0, dtype=torch.float64, sched=None):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(8, model[0].in_features, generator=g, dtype=dtype)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def per_slice_renorm(v, s, dims, direction, eps):
+    """Reference written independently of the library: a loop over slices."""
+    v, s = v.clone(), s.clone()
+    for idx in itertools.product(*(range(k) for k in s.shape)):
+        sl = tuple(slice(None) if d in dims else i for d, i in enumerate(idx))
+        a = max(float(v[sl].square().sum().sqrt()), eps)
+        v[sl] = v[sl] / a
+        if direction == "absorb":
+            s[idx] = s[idx] * a
+    return v, s
+
+
+@case_params(RENORM_CASES)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_renormalization_identities(case, seed):
+    model = mlp(seed)
+    po.polarize(model[0], **case.kwargs())
+    layer = model[0]
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    train(model, opt, 3, seed)  # move V off the sphere without renormalizing
+    v0, s0, w0 = (po.direction_of(layer).detach().clone(), po.scale_of(layer).detach().clone(),
+                  layer.weight.detach().clone())
+    dims = reduce_dims(2, case.scale)
+    v_ref, s_ref = per_slice_renorm(v0, s0, dims, case.direction, 1e-12)
+    po.renormalize_(model)
+    v, s = po.direction_of(layer).detach(), po.scale_of(layer).detach()
+    torch.testing.assert_close(v, v_ref, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(s, s_ref, rtol=1e-14, atol=1e-15)
+    n = slice_norm(v, dims)
+    torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-14, atol=0)  # on the unit sphere
+    if case.direction == "absorb":  # W unchanged to 1e-12 relative
+        rel = (layer.weight - w0).norm() / w0.norm()
+        assert rel <= 1e-12
+    else:  # project: s untouched, W = s ⊙ V/‖V‖
+        assert torch.equal(s, s0)
+        torch.testing.assert_close(layer.weight, s0 * v0 / slice_norm(v0, dims))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_foreach_equals_reference_loop(dtype):
+    def build():
+        model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Conv1d(4, 3, 2), nn.Linear(3, 3)).to(dtype)
+        model.load_state_dict(base.state_dict())
+        po.polarize(model[0], scale="row", direction="absorb")
+        po.polarize(model[1], scale="element", direction="project", init="one")
+        po.polarize(model[2], scale="column", direction="absorb", trainable_scale=False)
+        po.polarize(model[3], scale="tensor", direction="normalize")  # not renormalized
+        po.polarize(model[0], "bias", scale="tensor", direction="absorb")
+        with torch.no_grad():
+            for t in po.polar_tensors(model):
+                t.direction.mul_(torch.rand(t.direction.shape, generator=g).to(dtype) + 0.5)
+        return model
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Conv1d(4, 3, 2), nn.Linear(3, 3)).to(dtype)
+    g = torch.Generator().manual_seed(1)
+    a = build()
+    g = torch.Generator().manual_seed(1)
+    b = build()
+    _renormalize_foreach(_targets(a))
+    _renormalize_reference(_targets(b))
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert [t.qualname for t in _targets(a)] == ["0.weight", "0.bias", "1.weight", "2.weight"]
+
+
+@pytest.mark.parametrize("scale,direction", [(s, d) for s in po.SCALES for d in po.DIRECTIONS
+                                             if (s, d) != ("element", "normalize")])
+def test_batch_dims_equals_separate_runs(scale, direction):
+    k, o, i = 3, 4, 5
+    torch.manual_seed(0)
+    weights = torch.randn(k, o, i, dtype=torch.float64)
+    xs = torch.randn(10, k, 7, i, dtype=torch.float64)
+
+    class Batched(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(weights.clone())
+
+        def forward(self, x):  # x: (k, b, i) -> (k, b, o)
+            return torch.einsum("kbi,koi->kbo", x, self.weight)
+
+    batched = po.polarize(Batched(), scale=scale, direction=direction, batch_dims=1)
+    opt = torch.optim.Adam(batched.parameters(), lr=0.05)
+    po.attach(opt, batched)
+    singles = []
+    for j in range(k):
+        m = nn.Linear(i, o, bias=False).double()
+        with torch.no_grad():
+            m.weight.copy_(weights[j])
+        po.polarize(m, scale=scale, direction=direction)
+        o_j = torch.optim.Adam(m.parameters(), lr=0.05)
+        po.attach(o_j, m)
+        singles.append((m, o_j))
+    for x in xs:
+        opt.zero_grad()
+        batched(x).tanh().square().sum().backward()  # a sum over copies: gradients never mix
+        opt.step()
+        for j, (m, o_j) in enumerate(singles):
+            o_j.zero_grad()
+            m(x[j]).tanh().square().sum().backward()
+            o_j.step()
+    for j, (m, _) in enumerate(singles):
+        torch.testing.assert_close(po.scale_of(batched)[j], po.scale_of(m), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(po.direction_of(batched)[j], po.direction_of(m), rtol=1e-12, atol=1e-14)
+
+
+def test_nan_raises_and_modifies_nothing():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    po.polarize(model[2], scale="row", direction="project")
+    with torch.no_grad():
+        po.direction_of(model[0]).mul_(2)
+        po.direction_of(model[2])[1, 1] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"2\.weight"):
+        po.renormalize_(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) or (torch.isnan(v) == torch.isnan(before[k])).all(), k
+    assert torch.equal(po.direction_of(model[0]), before["0.parametrizations.weight.original1"])
+
+
+def test_inf_scale_raises():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    with torch.no_grad():
+        po.scale_of(model[0])[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"0\.weight"):
+        po.renormalize_(model)
+
+
+def test_attach_raises_on_nan_after_step():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    po.attach(opt, model)
+    model(torch.full((2, 6), float("nan"), dtype=torch.float64)).sum().backward()
+    with pytest.raises(FloatingPointError, match="NaN or Inf found while renormalizing 0.weight"):
+        opt.step()
+
+
+def test_collapsed_slice_is_guarded_by_eps():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb", eps=1e-8)
+    po.polarize(model[2], scale="row", direction="project")
+    with torch.no_grad():
+        po.direction_of(model[0])[1] = 0
+        po.direction_of(model[2])[0] = 1e-300  # norm underflows to 0
+    w_before = model[0].weight.detach().clone()
+    po.renormalize_(model)
+    for t in po.polar_tensors(model):
+        assert torch.isfinite(t.direction).all() and torch.isfinite(t.scale).all()
+    assert torch.equal(model[0].weight.detach()[1], torch.zeros(6, dtype=torch.float64))
+    torch.testing.assert_close(model[0].weight, w_before, rtol=1e-14, atol=0)
+
+
+def test_attach_handle_removes_the_hook():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="project")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    handle = po.attach(opt, model)
+    train(model, opt, 1)
+    torch.testing.assert_close(po.direction_of(model[0]).norm(dim=1), torch.ones(5, dtype=torch.float64))
+    handle.remove()
+    train(model, opt, 1)
+    assert (po.direction_of(model[0]).norm(dim=1) - 1).abs().max() > 1e-6
+
+
+# ----- optimizer state on renormalization -----------------------------------------------------------
+
+def _state_copy(opt, p):
+    return {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("opt_name", OPTIMIZERS)
+@pytest.mark.parametrize("direction", ["project", "absorb"])
+@pytest.mark.parametrize("scale", po.SCALES)
+def test_state_rescale_matches_its_math(opt_name, direction, scale):
+    model = mlp(0)
+    po.polarize(model[0], scale=scale, direction=direction)
+    s, v = po.scale_of(model[0]), po.direction_of(model[0])
+    opt = make_optimizer(opt_name, model.parameters(), lr=0.05)
+    train(model, opt, 3)  # unrenormalized: ‖V‖ ≠ 1, so a ≠ 1
+    a = slice_norm(v.detach(), reduce_dims(2, scale))
+    before_v, before_s = _state_copy(opt, v), _state_copy(opt, s)
+    po.renormalize_(model, optimizer=opt, state="rescale")
+    orders = {"momentum_buffer": 1, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2, "step": 0}
+    assert before_v, "the optimizer should have state to transport"
+    for key, old in before_v.items():
+        expected = old if key == "step" else old * a ** orders[key]
+        torch.testing.assert_close(opt.state[v][key], expected, rtol=1e-13, atol=0)
+    for key, old in before_s.items():
+        expected = old / a ** orders[key] if direction == "absorb" and key != "step" else old
+        torch.testing.assert_close(opt.state[s][key], expected, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("opt_name", ["adam", "adamw"])
+def test_state_rescale_makes_adam_blind_to_absorb(opt_name):
+    # After absorb, the gradient w.r.t. V is a·(old one) and w.r.t. s is (old one)/a. With moments
+    # transported by "rescale", Adam's next step m̂/√v̂ in the new coordinates equals the step the
+    # un-renormalized run takes; with "keep" the old moments mix with rescaled gradients and it does not.
+    def next_step(state):
+        model = mlp(0)
+        po.polarize(model[0], scale="row", direction="absorb")
+        opt = torch.optim.Adam(model.parameters(), lr=0.05, eps=0.0) if opt_name == "adam" else \
+            torch.optim.AdamW(model.parameters(), lr=0.05, eps=0.0, weight_decay=0.0, amsgrad=True)
+        train(model, opt, 4)
+        if state is not None:
+            po.renormalize_(model, optimizer=opt, state=state)
+        s, v = po.scale_of(model[0]), po.direction_of(model[0])
+        before = s.detach().clone(), v.detach().clone()
+        train(model, opt, 1, seed=9)
+        return s.detach() - before[0], v.detach() - before[1]
+
+    ds, dv = next_step(None)
+    ds_r, dv_r = next_step("rescale")
+    torch.testing.assert_close(ds_r, ds, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(dv_r, dv, rtol=1e-10, atol=1e-14)
+    ds_k, dv_k = next_step("keep")
+    assert (dv_k - dv).abs().max() > 1e-4 and (ds_k - ds).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("direction", ["project", "absorb"])
+def test_state_reset_drops_renormalized_state_only(direction):
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction=direction)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    train(model, opt, 2)
+    s, v = po.scale_of(model[0]), po.direction_of(model[0])
+    other = model[2].weight
+    po.renormalize_(model, optimizer=opt, state="reset")
+    assert v not in opt.state and other in opt.state
+    assert (s not in opt.state) == (direction == "absorb")
+
+
+def test_state_keep_leaves_state():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    train(model, opt, 2)
+    v = po.direction_of(model[0])
+    before = _state_copy(opt, v)
+    po.renormalize_(model, optimizer=opt, state="keep")
+    for k, t in before.items():
+        assert torch.equal(opt.state[v][k], t)
+
+
+def test_state_policy_refusals():
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    rms = torch.optim.RMSprop(model.parameters())
+    with pytest.raises(ValueError, match="SGD, Adam, AdamW, not of RMSprop"):
+        po.attach(rms, model, state="rescale")
+    with pytest.raises(ValueError, match="'keep', 'reset', 'rescale'"):
+        po.attach(torch.optim.Adam(model.parameters()), model, state="transport")
+    with pytest.raises(ValueError, match="pass optimizer"):
+        po.renormalize_(model, state="reset")
+    po.attach(rms, model, state="reset")  # reset and keep work with any optimizer
+
+
+def test_state_rescale_refuses_unknown_state_key():
+    class AdamWithExtra(torch.optim.Adam):
+        def step(self, closure=None):
+            out = super().step(closure)
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p]["trace"] = torch.zeros_like(p)
+            return out
+
+    model = mlp(0)
+    po.polarize(model[0], scale="row", direction="absorb")
+    opt = AdamWithExtra(model.parameters(), lr=0.01)
+    po.attach(opt, model, state="rescale")
+    model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
+    with pytest.raises(ValueError, match="'trace' of 0.weight"):
+        opt.step()
