@@ -55,8 +55,11 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
+    torch.set_flush_denormal(args.flush_denormal)
     record = {"benchmark": "overhead", "config": vars(args), "torch": torch.__version__, "python": platform.python_version(),
               "machine": platform.machine(), "threads": torch.get_num_threads(), "results": {}}
     for batch in args.batches:

@@ -35,9 +35,10 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
     The check happens before any tensor is modified, so a failure leaves the model as it was.
     """
     norms = [slice_norm(t.direction, t.polar.dims) for t in targets]
-    finite = [torch.isfinite(n).all() for n in norms]
-    finite += [torch.isfinite(t.scale).all() for t in targets if t.polar.direction == "absorb"]
-    if finite and not bool(torch.stack(finite).all()):  # one device sync for the whole model
+    scales = [t.scale for t in targets if t.polar.direction == "absorb"]
+    # max |x| is NaN/Inf iff x holds one: one foreach kernel and one device sync for the whole model
+    peaks = torch._foreach_norm(norms + scales, float("inf"))
+    if not bool(torch.isfinite(torch.stack([p.to(torch.float64) for p in peaks])).all()):
         bad = [t.qualname for t, n in zip(targets, norms)
                if not (torch.isfinite(n).all() and torch.isfinite(t.scale).all())]
         raise FloatingPointError(
