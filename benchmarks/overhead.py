@@ -22,9 +22,10 @@ import polaropt as po
 MODES = ("free", "normalize", "project", "absorb")
 
 
-def build(variant: str, seed: int = 0):
+def build(variant: str, seed: int = 0, device: str = "cpu"):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    model = model.to(device)
     linears = [m for m in model if isinstance(m, nn.Linear)]
     if variant == "weight_norm":
         for m in linears:
@@ -40,11 +41,14 @@ def build(variant: str, seed: int = 0):
 
 def time_steps(model, opt, x, y, steps: int) -> float:
     loss_fn = nn.CrossEntropyLoss()
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
+    sync()
     return (time.perf_counter() - t0) / steps
 
 
@@ -57,15 +61,17 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
     torch.set_flush_denormal(args.flush_denormal)
     record = {"benchmark": "overhead", "config": vars(args), "torch": torch.__version__, "python": platform.python_version(),
-              "machine": platform.machine(), "threads": torch.get_num_threads(), "results": {}}
+              "machine": platform.machine(), "threads": torch.get_num_threads(), "device": args.device, "results": {}}
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
-        runs = {v: build(v) for v in args.variants}
+        x, y = x.to(args.device), y.to(args.device)
+        runs = {v: build(v, device=args.device) for v in args.variants}
         for v, (model, opt) in runs.items():
             time_steps(model, opt, x, y, args.warmup)
         times = {v: [] for v in args.variants}
