@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import fold
 from .slices import check_scale, norm_dtype, reduce_dims, scale_shape, slice_norm
 
 DIRECTIONS = ("free", "normalize", "project", "absorb")
@@ -162,9 +163,12 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         raise ValueError(f"{type(module).__name__} has no tensor {name!r}; its parameters are {names}")
     polar = Polar(tensor.ndim, scale=scale, direction=direction, trainable_scale=trainable_scale, init=init,
                   batch_dims=batch_dims, eps=eps)
+    folded = fold.foldable(module, name, polar)  # before parametrize swaps the module's class
     parametrize.register_parametrization(module, name, polar)
     if not trainable_scale:
         module.parametrizations[name].original0.requires_grad_(False)
+    if folded:
+        fold.install(module)
     return module
 
 
@@ -175,6 +179,8 @@ def unpolarize(module: nn.Module, name: str = "weight") -> nn.Module:
     """
     if _polar_of(module, name) is None:
         raise ValueError(f"{type(module).__name__}.{name} is not polarized")
+    if name == "weight":
+        fold.remove(module)
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return module
 
