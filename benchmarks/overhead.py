@@ -9,8 +9,6 @@ alike; we report the median over repeats and the ratio to plain Adam.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 
@@ -18,6 +16,7 @@ import torch
 from torch import nn
 
 import polaropt as po
+from records import new_record, write_record
 
 MODES = ("free", "normalize", "project", "absorb")
 
@@ -65,8 +64,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
     torch.set_flush_denormal(args.flush_denormal)
-    record = {"benchmark": "overhead", "config": vars(args), "torch": torch.__version__, "python": platform.python_version(),
-              "machine": platform.machine(), "threads": torch.get_num_threads(), "device": args.device, "results": {}}
+    record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
         g = torch.Generator().manual_seed(batch)
         x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
@@ -80,20 +78,23 @@ def main(argv=None) -> dict:
                 times[v].append(time_steps(model, opt, x, y, args.steps))
         med = {v: statistics.median(ts) for v, ts in times.items()}
         base = med.get("plain")
+        # paired ratio: each repeat's time over plain's time in the same round, then the median;
+        # robust to the machine slowing down or speeding up between rounds
+        paired = {v: statistics.median(t / p for t, p in zip(times[v], times["plain"])) if base else None
+                  for v in args.variants}
         record["results"][str(batch)] = {
             v: {"median_ms": 1e3 * med[v], "ratio_to_plain": (med[v] / base) if base else None,
-                "times_ms": [1e3 * t for t in times[v]]} for v in args.variants}
-    print(f"{'variant':<12}" + "".join(f"  batch {b:>5} (ms, ×plain)" for b in args.batches))
+                "paired_ratio_to_plain": paired[v], "times_ms": [1e3 * t for t in times[v]]}
+            for v in args.variants}
+    print("| variant | " + " | ".join(f"batch {b}: median ms | ×plain | paired ×plain" for b in args.batches) + " |")
+    print("|---|" + "---|---|---|" * len(args.batches))
     for v in args.variants:
         cells = []
         for b in args.batches:
             r = record["results"][str(b)][v]
-            cells.append(f"  {r['median_ms']:>9.2f}  ×{r['ratio_to_plain']:.3f}      ")
-        print(f"{v:<12}" + "".join(cells))
-    if args.out:
-        from pathlib import Path
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=1))
+            cells.append(f"{r['median_ms']:.2f} | ×{r['ratio_to_plain']:.3f} | ×{r['paired_ratio_to_plain']:.3f}")
+        print(f"| {v} | " + " | ".join(cells) + " |")
+    write_record(record, args.out)
     return record
 
 

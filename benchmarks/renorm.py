@@ -6,16 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 import polaropt as po
+from records import new_record, write_record
 
 
 def main(argv=None) -> dict:
@@ -44,15 +42,12 @@ def main(argv=None) -> dict:
             sync()
             times[name].append((time.perf_counter() - t0) / args.calls)
     med = {v: statistics.median(t) for v, t in times.items()}
-    record = {"benchmark": "renorm", "config": vars(args), "torch": torch.__version__,
-              "python": platform.python_version(), "threads": torch.get_num_threads(), "device": args.device,
-              "results": {v: {"median_ms": 1e3 * med[v], "ratio_to_loop": med[v] / med["loop"],
-                              "times_ms": [1e3 * t for t in times[v]]} for v in variants}}
+    record = new_record("renorm", vars(args), args.device)
+    record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_loop": med[v] / med["loop"],
+                             "times_ms": [1e3 * t for t in times[v]]} for v in variants}
     for v in variants:
         print(f"{v:<8} {1e3 * med[v]:8.3f} ms   ×{med[v] / med['loop']:.3f} of loop")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=1))
+    write_record(record, args.out)
     return record
 
 
