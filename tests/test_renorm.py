@@ -299,7 +299,12 @@ def test_state_rescale_refuses_unknown_state_key():
     model = mlp(0)
     po.polarize(model[0], scale="row", direction="absorb")
     opt = AdamWithExtra(model.parameters(), lr=0.01)
-    po.attach(opt, model, state="rescale")
     model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
+    opt.step()
+    v = po.direction_of(model[0])
+    v_before, exp_avg = v.detach().clone(), opt.state[v]["exp_avg"].clone()
     with pytest.raises(ValueError, match="'trace' of 0.weight"):
-        opt.step()
+        po.renormalize_(model, optimizer=opt, state="rescale")
+    # refused before anything moved: V was not renormalized, the moments were not scaled
+    assert torch.equal(v.detach(), v_before) and (v.detach().norm(dim=1) - 1).abs().max() > 1e-6
+    assert torch.equal(opt.state[v]["exp_avg"], exp_avg)

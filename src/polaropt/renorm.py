@@ -48,20 +48,31 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
     return [n.clamp_min_(t.polar.eps) for t, n in zip(targets, norms)]
 
 
-def _transport(optimizer, targets, norms, state: str) -> None:
-    """Apply the state policy; ``"rescale"`` multiplies V's moments by a^k and s's by a^-k."""
-    if state == "keep":
-        return
-    for t, a in zip(targets, norms):
+def _plan_transport(optimizer, targets, state: str) -> list[tuple[int, torch.Tensor, int, list]]:
+    """What the state policy will touch: ``(target index, param, sign, [(moment, order)])``.
+
+    Built before anything is modified, so a state ``"rescale"`` cannot transport (an unknown key)
+    raises while the model and the optimizer are still as they were.
+    """
+    if optimizer is None or state == "keep":
+        return []
+    plan = []
+    for i, t in enumerate(targets):
         sides = [(t.direction, 1)] + ([(t.scale, -1)] if t.polar.direction == "absorb" else [])
         for param, sign in sides:
-            if param not in optimizer.state:
-                continue
-            if state == "reset":
-                del optimizer.state[param]
-                continue
-            for moment, order in moment_orders(optimizer.state[param], t.qualname):
-                moment.mul_(a.pow(sign * order).to(moment.dtype))
+            if param in optimizer.state:
+                moments = moment_orders(optimizer.state[param], t.qualname) if state == "rescale" else []
+                plan.append((i, param, sign, moments))
+    return plan
+
+
+def _transport(optimizer, plan, norms, state: str) -> None:
+    """Apply the state policy; ``"rescale"`` multiplies V's moments by a^k and s's by a^-k."""
+    for i, param, sign, moments in plan:
+        if state == "reset":
+            del optimizer.state[param]
+        for moment, order in moments:
+            moment.mul_(norms[i].pow(sign * order).to(moment.dtype))
 
 
 @torch.no_grad()
@@ -108,10 +119,10 @@ def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = 
     targets = _targets(model)
     if not targets:
         return
+    plan = _plan_transport(optimizer, targets, state)
     norms = (_renormalize_foreach if foreach else _renormalize_reference)(targets)
-    if optimizer is not None:
-        with torch.no_grad():
-            _transport(optimizer, targets, norms, state)
+    with torch.no_grad():
+        _transport(optimizer, plan, norms, state)
 
 
 def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep"):
