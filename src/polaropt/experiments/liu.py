@@ -555,6 +555,7 @@ LINREG_SCALES = ("tensor", "element")  # the source's "Scalar" and "Matrix (elem
 COLOURS = {"tensor-learnable-absorb": "green", "tensor-learnable-none": "red",
            "element-learnable-absorb": "pink", "element-learnable-none": "gray",
            "element-fixed-absorb": "purple", "element-fixed-none": "brown"}
+PLOT_COLOURS = {"pink": "hotpink", "tensor-fixed-absorb": "tab:blue", "tensor-fixed-none": "tab:orange"}
 # Final losses read off the source's figure at 5000 steps (seed-findings), as (low, high)
 FIGURE_FINAL = {"element-learnable-absorb": (1e-10, 1e-8), "element-learnable-none": (1e-10, 1e-8),
                 "tensor-learnable-none": (1e-6, 1e-4), "tensor-learnable-absorb": (1e-3, 1e-1),
@@ -718,8 +719,10 @@ def linreg_figures(records, cfg: LinregConfig, out_dir) -> list[str]:
             curves = np.array([r["value"] for r in records if r["kind"] == "curve" and r["run"] == run])
             steps = next(r["step"] for r in records if r["kind"] == "curve" and r["run"] == run)
             med = np.median(curves, axis=0)
+            mode = run.split("+")[0]
+            colour = PLOT_COLOURS.get(COLOURS.get(mode, mode), COLOURS.get(mode)) if is_keep else None
             line, = ax.semilogy(steps, med, lw=1.2, label=run + (f" ({COLOURS[run]})" if run in COLOURS else ""),
-                                ls="-" if is_keep else "--")
+                                ls="-" if is_keep else "--", color=colour)
             ax.fill_between(steps, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
         ax.set(xlabel="step", ylabel="MSE loss (median, band: min-max over seeds)", title=title)
         ax.legend(fontsize=7, ncol=2)

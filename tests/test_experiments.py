@@ -1,0 +1,180 @@
+"""The reproduction suite: quick runs of every experiment, the files' schema, claims that can fail,
+the CLI's refusals, and --resume after an interrupted run."""
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from polaropt.cli import main
+from polaropt.experiments import EXPERIMENTS, get_experiment, make_config, reproduce
+from polaropt.experiments.framework import apply_overrides
+from polaropt.experiments.records import read_records, validate_run_dir
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    reproduce(out, quick=True, quiet=True, log=lambda *a: None)
+    return out
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_quick_run_writes_valid_files(suite, name):
+    d = suite / name
+    assert validate_run_dir(d) == []
+    claims = json.loads((d / "claims.json").read_text())
+    report = (d / "report.md").read_text()
+    for c in claims:
+        assert f"`{c['id']}`" in report
+    assert (d / "meta.json").exists() and json.loads((d / "meta.json").read_text())["quick"] is True
+    assert not list(suite.glob(".*partial*"))
+
+
+def test_index_lists_every_claim(suite):
+    index = (suite / "index.md").read_text()
+    html = (suite / "index.html").read_text()
+    assert "data:image/png;base64," in html  # self-contained
+    for name in EXPERIMENTS:
+        for c in json.loads((suite / name / "claims.json").read_text()):
+            assert f"`{c['id']}`" in index and c["id"] in html
+
+
+def test_validation_catches_a_broken_run_dir(suite, tmp_path):
+    import shutil
+
+    d = tmp_path / "liu-1d"
+    shutil.copytree(suite / "liu-1d", d)
+    (d / "claims.json").write_text(json.dumps([{"id": "x"}]))
+    assert any("claim 'x'" in p for p in validate_run_dir(d))
+    (d / "report.md").unlink()
+    assert validate_run_dir(d) == ["missing report.md"]
+
+
+# ---- claims are computed from records, so contrary records make them fail -------------------------
+
+def _claims(suite, name, mutate):
+    exp = get_experiment(name)
+    config = make_config(exp, quick=True)
+    records = read_records(suite / name / "records.jsonl")
+    before = {c.id: c.passed for c in exp.claims(records, config)}
+    records = copy.deepcopy(records)
+    mutate(records)
+    after = {c.id: c.passed for c in exp.claims(records, config)}
+    return before, after
+
+
+def test_far_target_claims_fail_on_contrary_records(suite):
+    def swap(records):  # give no_scale the absorb curve and vice versa
+        curves = {r["run"]: r for r in records if r["kind"] == "curve"}
+        a, b = curves["no_scale"], curves["absorb_learnable_scale"]
+        a["value"], b["value"] = b["value"], a["value"]
+
+    before, after = _claims(suite, "liu-far-target", swap)
+    assert before["far-order-steps"] and not after["far-order-steps"]
+    assert before["far-absorb-modes-agree"] and not after["far-absorb-modes-agree"]
+
+
+def test_one_d_claims_fail_on_contrary_records(suite):
+    def flip(records):
+        for r in records:
+            if r["kind"] == "curve" and r["metric"] == "w" and r["mode"] == "absorb_fixed_scale":
+                r["value"][-1] = 5.0  # the fixed-scale weight "changed sign"
+            if r["kind"] == "curve" and r["metric"] == "s" and r["mode"] == "learnable_scale" and r["w0"] == -1.0:
+                r["value"][3] += 1e-6  # the saddle's invariant s = -Ŵ broken
+
+    before, after = _claims(suite, "liu-1d", flip)
+    assert before["1d-fixed-scale-cannot-change-sign"] and not after["1d-fixed-scale-cannot-change-sign"]
+    assert before["1d-learnable-saddle-at-minus-one"] and not after["1d-learnable-saddle-at-minus-one"]
+
+
+def test_scaling_claims_fail_on_contrary_records(suite):
+    def linear_growth(records):
+        for r in records:
+            if r["kind"] == "point" and r["mode"] in ("learnable_scale", "absorb_learnable_scale"):
+                r["steps"] = int(10 * r["radius"])  # O(R) instead of O(√R) / O(log R)
+
+    before, after = _claims(suite, "liu-scaling", linear_growth)
+    assert before["scaling-learnable_scale"] and not after["scaling-learnable_scale"]
+    assert before["scaling-absorb_learnable_scale"] and not after["scaling-absorb_learnable_scale"]
+
+
+@pytest.mark.parametrize("learnable_wins", [True, False])
+def test_linreg_claims_follow_the_records(suite, learnable_wins):
+    def set_levels(records):  # flat curves: learnable at 1e-10 and fixed at 1e2, or the other way round
+        for r in records:
+            if r["kind"] == "curve" and r["mode"].startswith("element-"):
+                low = ("learnable" in r["mode"]) == learnable_wins
+                r["value"] = [1e-10 if low else 1e2] * len(r["value"])
+
+    _, after = _claims(suite, "liu-linreg", set_levels)
+    assert after["linreg-element-needs-learnable-scale"] is learnable_wins
+
+
+# ---- configs and the CLI ------------------------------------------------------------------------------
+
+def test_overrides_are_typed():
+    exp = get_experiment("liu-far-target")
+    cfg = apply_overrides(make_config(exp), {"w0": "-5,0", "steps": "7", "states": "keep,reset"})
+    assert cfg.w0 == (-5.0, 0.0) and cfg.steps == 7 and cfg.states == ("keep", "reset")
+    assert make_config(get_experiment("liu-linreg"), seeds=5).seeds == 5
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "liu-far-target", "--set", "foo=1"], "unknown config key 'foo'.*valid keys are w0, target"),
+    (["run", "liu-far-target", "--set", "steps=abc"], "steps=abc: expected int"),
+    (["run", "liu-far-target", "--set", "lr=nan"], "expected a finite float"),
+    (["run", "liu-far-target", "--set", "steps"], "--set takes key=value"),
+    (["run", "liu-far-target", "--set", "states=keep,transport"], "states must include 'keep'"),
+    (["run", "liu-far-target", "--set", "w0=1,2,3"], "w0 has 3 entries but target has 2"),
+    (["run", "nope"], "unknown experiment 'nope'; valid choices are liu-1d"),
+    (["run", "liu-far-target", "--seeds", "3"], "deterministic: --seeds does not apply"),
+    (["run", "liu-linreg", "--seeds", "0"], "--seeds must be at least 1"),
+])
+def test_cli_refusals(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path)])
+    assert e.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())  # a refused run writes nothing
+
+
+def test_cli_list_and_run(tmp_path, capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in EXPERIMENTS)
+    assert main(["run", "liu-1d", "--quick", "--quiet", "--out", str(tmp_path), "--set", "w0s=-1,-10"]) == 0
+    assert "claims reproduced" in capsys.readouterr().out
+    assert validate_run_dir(tmp_path / "liu-1d") == []
+    assert json.loads((tmp_path / "liu-1d" / "config.json").read_text())["w0s"] == [-1.0, -10.0]
+
+
+def test_python_dash_m_list():
+    out = subprocess.run([sys.executable, "-m", "polaropt", "list"], capture_output=True, text=True, check=True)
+    assert "liu-far-target" in out.stdout
+
+
+def test_resume_after_an_interrupted_reproduce_loses_nothing(tmp_path, monkeypatch):
+    names = ["liu-far-target", "liu-1d"]
+    exp = EXPERIMENTS["liu-1d"]
+
+    def killed(config, progress):
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second experiment
+
+    monkeypatch.setattr(exp, "run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(tmp_path, quick=True, quiet=True, names=names, log=lambda *a: None)
+    assert validate_run_dir(tmp_path / "liu-far-target") == []  # the finished one is kept whole
+    assert not (tmp_path / "liu-1d").exists() and not list(tmp_path.glob(".*"))  # nothing half-written
+    first = (tmp_path / "liu-far-target" / "meta.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    said = []
+    reproduce(tmp_path, quick=True, quiet=True, resume=True, names=names, log=said.append)
+    assert said[0] == "liu-far-target: finished earlier, skipped (--resume)"
+    assert (tmp_path / "liu-far-target" / "meta.json").stat().st_mtime_ns == first
+    assert validate_run_dir(tmp_path / "liu-1d") == []
+    # a different config is not "finished": resume re-runs it
