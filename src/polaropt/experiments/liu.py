@@ -89,40 +89,53 @@ class FarTargetConfig:
             raise ValueError(f"states must include 'keep' and be among {po.STATES}, got {self.states}")
 
 
-def _train_toy(w0, target, mode, *, lr, steps, state="keep", batch_dims=0, init="one", loss="mean"):
-    """Train one mode; return (loss per step [T+1, copies], W per step [T+1, copies, N], extra)."""
-    model, opt = build(w0, mode, lr=lr, batch_dims=batch_dims, state=state, init=init)
-    red = (lambda d: d.square().mean(-1)) if loss == "mean" else (lambda d: d.square().sum(-1))
-    losses, ws, ss, vs = [], [], [], []
-    for t in range(steps + 1):
-        w = model.weight
-        per_copy = red(w - target)
-        losses.append(per_copy.detach().clone())
-        ws.append(w.detach().clone())
+def _train_toys(w0, target, modes, *, lr, steps, state="keep", batch_dims=0, init="one"):
+    """Train several modes side by side; return {mode: (loss [T+1, copies], W [T+1, copies, N], s, V)}.
+
+    The modes' weights live in one model with one Adam: the parameters are independent and Adam is
+    elementwise, so this is the same arithmetic as separate runs, with one step loop instead of several.
+    The loss is the mean over elements (what the sources plot), summed over copies and modes.
+    """
+    model = nn.ModuleDict()
+    for mode in modes:
+        model[mode] = Weights(w0)
         if POLAR[mode] is not None:
-            ss.append(po.scale_of(model).detach().reshape(w.shape[0] if batch_dims else 1, -1)[:, 0].clone())
-            vs.append(po.direction_of(model).detach().clone())
+            po.polarize(model[mode], "weight", scale="tensor", init=init, batch_dims=batch_dims, **POLAR[mode])
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    po.attach(opt, model, state=state)
+    hist = {m: ([], [], [], []) for m in modes}
+    for t in range(steps + 1):
+        total = 0
+        for mode in modes:
+            w = model[mode].weight
+            per_copy = (w - target).square().mean(-1)
+            loss, ws, ss, vs = hist[mode]
+            loss.append(per_copy.detach().clone())
+            ws.append(w.detach().clone())
+            if POLAR[mode] is not None:
+                ss.append(po.scale_of(model[mode]).detach().reshape(w.shape[0] if batch_dims else 1, -1)[:, 0].clone())
+                vs.append(po.direction_of(model[mode]).detach().clone())
+            total = total + per_copy.sum()  # copies and modes are independent: a sum keeps their gradients apart
         if t == steps:
             break
         opt.zero_grad()
-        per_copy.sum().backward()  # copies are independent: a sum keeps their gradients apart
+        total.backward()
         opt.step()
-    extra = {"s": torch.stack(ss) if ss else None, "v": torch.stack(vs) if vs else None}
-    return torch.stack(losses), torch.stack(ws), extra
+    return {m: (torch.stack(h[0]), torch.stack(h[1]), torch.stack(h[2]) if h[2] else None,
+                torch.stack(h[3]) if h[3] else None) for m, h in hist.items()}
 
 
 def far_target_run(cfg: FarTargetConfig, progress) -> list[dict]:
     w0 = torch.tensor(cfg.w0, dtype=torch.float64)
     target = torch.tensor(cfg.target, dtype=torch.float64)
-    runs = [(m, "keep") for m in MODES] + [(m, s) for m in MODES if m.startswith("absorb") for s in cfg.states
-                                           if s != "keep"]
+    groups = [("keep", MODES)] + [(st, [m for m in MODES if m.startswith("absorb")]) for st in cfg.states if st != "keep"]
     records = []
-    for mode, state in progress(runs, desc="liu-far-target"):
-        loss, w, _ = _train_toy(w0, target, mode, lr=cfg.lr, steps=cfg.steps, state=state)
-        label = run_label(mode, state)
-        records.append({"kind": "curve", "run": label, "mode": mode, "state": state, "metric": "loss", "seed": 0,
-                        "step": list(range(cfg.steps + 1)), "value": loss.tolist()})
-        records.append({"kind": "trajectory", "run": label, "mode": mode, "state": state, "w": w.tolist()})
+    for state, modes in progress(groups, desc="liu-far-target"):
+        for mode, (loss, w, _, _) in _train_toys(w0, target, modes, lr=cfg.lr, steps=cfg.steps, state=state).items():
+            label = run_label(mode, state)
+            records.append({"kind": "curve", "run": label, "mode": mode, "state": state, "metric": "loss", "seed": 0,
+                            "step": list(range(cfg.steps + 1)), "value": loss.tolist()})
+            records.append({"kind": "trajectory", "run": label, "mode": mode, "state": state, "w": w.tolist()})
     return records
 
 
@@ -249,18 +262,18 @@ def one_d_run(cfg: OneDConfig, progress) -> list[dict]:
     # every W0 is one copy of a (copies, 1) weight: batch_dims=1 keeps their scales apart
     w0 = torch.tensor(cfg.w0s, dtype=torch.float64).unsqueeze(1)
     records = []
+    runs = _train_toys(w0, torch.tensor(cfg.target, dtype=torch.float64), MODES, lr=cfg.lr, steps=cfg.steps, batch_dims=1)
     for mode in progress(MODES, desc="liu-1d"):
-        loss, w, extra = _train_toy(w0, torch.tensor(cfg.target, dtype=torch.float64), mode, lr=cfg.lr,
-                                    steps=cfg.steps, batch_dims=1)
+        loss, w, s_hist, v_hist = runs[mode]
         for k, x0 in enumerate(cfg.w0s):
             base = {"mode": mode, "w0": x0, "seed": 0, "step": list(range(cfg.steps + 1))}
             records.append({"kind": "curve", "run": f"{mode}@{x0:g}", "metric": "loss", **base, "value": loss[:, k].tolist()})
             records.append({"kind": "curve", "run": f"{mode}@{x0:g}", "metric": "w", **base, "value": w[:, k, 0].tolist()})
-            if extra["s"] is not None:
+            if s_hist is not None:
                 records.append({"kind": "curve", "run": f"{mode}@{x0:g}", "metric": "s", **base,
-                                "value": extra["s"][:, k].tolist()})
+                                "value": s_hist[:, k].tolist()})
                 records.append({"kind": "curve", "run": f"{mode}@{x0:g}", "metric": "v", **base,
-                                "value": extra["v"][:, k, 0].tolist()})
+                                "value": v_hist[:, k, 0].tolist()})
     return records
 
 
