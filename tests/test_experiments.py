@@ -178,3 +178,16 @@ def test_resume_after_an_interrupted_reproduce_loses_nothing(tmp_path, monkeypat
     assert (tmp_path / "liu-far-target" / "meta.json").stat().st_mtime_ns == first
     assert validate_run_dir(tmp_path / "liu-1d") == []
     # a different config is not "finished": resume re-runs it
+
+
+def test_modes_trained_side_by_side_equal_separate_runs():
+    import torch
+
+    from polaropt.experiments.liu import MODES, _train_toys
+
+    w0, target = torch.tensor([[-5.0, 1.0], [2.0, -3.0]], dtype=torch.float64), torch.tensor([7.0, 4.0], dtype=torch.float64)
+    together = _train_toys(w0, target, MODES, lr=0.05, steps=40, state="rescale", batch_dims=1)
+    for mode in MODES:
+        alone = _train_toys(w0, target, [mode], lr=0.05, steps=40, state="rescale", batch_dims=1)[mode]
+        for a, b in zip(together[mode], alone):
+            assert (a is None and b is None) or torch.equal(a, b), mode
