@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -49,25 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         for name, exp in EXPERIMENTS.items():
             print(f"{name:<{width}}  {exp.description}")
         return 0
-    try:
-        if args.command == "run":
+    if args.command == "run":
+        try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
             config = make_config(exp, quick=args.quick, seeds=args.seeds, overrides=parse_set(args.overrides))
-            out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
-            import json
-
-            claims = json.loads((out / "claims.json").read_text())
-            for c in claims:
-                print(f"{'reproduced    ' if c['passed'] else 'NOT reproduced'}  {c['id']}: {c['measured']}")
-            print(f"{sum(c['passed'] for c in claims)}/{len(claims)} claims reproduced; report: {out / 'report.md'}")
-            return 0
-        if args.command == "reproduce":
-            log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
-            index = reproduce(Path(args.out), quick=args.quick, resume=args.resume, quiet=args.quiet, log=log)
-            print(index.read_text().split("\n## All claims")[0])
-            return 0
-    except ValueError as e:
-        parser.exit(2, f"polaropt: error: {e}\n")
+        except ValueError as e:
+            parser.exit(2, f"polaropt: error: {e}\n")
+        out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
+        claims = json.loads((out / "claims.json").read_text())
+        for c in claims:
+            print(f"{'reproduced    ' if c['passed'] else 'NOT reproduced'}  {c['id']}: {c['measured']}")
+        print(f"{sum(c['passed'] for c in claims)}/{len(claims)} claims reproduced; report: {out / 'report.md'}")
+        return 0
+    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
+    index = reproduce(Path(args.out), quick=args.quick, resume=args.resume, quiet=args.quiet, log=log)
+    print(index.read_text().split("\n## All claims")[0])
     return 0
 
 

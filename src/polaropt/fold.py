@@ -8,8 +8,9 @@ For ``W = s ⊙ V`` the layer's output can be computed without forming ``W``:
 
 The multiply then touches ``rows × out`` (or ``rows × in``) entries instead of ``out × in``, and
 autograd's backward does the same, so at batch sizes below the layer's width the polar overhead
-nearly vanishes. When ``rows`` is at least the weight's short side, forming ``W`` is cheaper and
-the layer falls back to ``F.linear(x, module.weight, b)``. Both paths are the same function of
+nearly vanishes. When ``rows`` reaches the other side of the weight (``in`` for row and tensor
+scales, ``out`` for column scales), forming ``W`` is cheaper and the layer falls back to
+``F.linear(x, module.weight, b)``. Both paths are the same function of
 ``(s, V, b, x)``; tests hold them equal. ``module.weight`` keeps working either way.
 
 Only exact ``nn.Linear`` modules (a subclass may have its own forward), ``name="weight"``,

@@ -6,19 +6,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from .experiments.framework import EXPERIMENTS
-from .experiments.records import read_records  # noqa: F401  (re-exported for report readers)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from .experiments.records import write_text_atomic
 
 
 def _cell(text) -> str:
@@ -80,7 +71,7 @@ def write_index(out_root: Path) -> Path:
     md += ["", "## All claims", ""]
     for name, d, meta, claims in runs:
         md += claims_table(claims, name)[0 if name == runs[0][0] else 2:]
-    _atomic_write(out_root / "index.md", "\n".join(md) + "\n")
+    write_text_atomic(out_root / "index.md", "\n".join(md) + "\n")
 
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt reproduction suite</title>",
          "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
@@ -105,5 +96,5 @@ def write_index(out_root: Path) -> Path:
             data = base64.b64encode(png.read_bytes()).decode()
             h.append(f"<img alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>")
     h.append("</body></html>")
-    _atomic_write(out_root / "index.html", "\n".join(h))
+    write_text_atomic(out_root / "index.html", "\n".join(h))
     return out_root / "index.md"

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from .framework import RECORD_KINDS
@@ -49,6 +50,14 @@ def config_dict(config) -> dict:
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file and a rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_records(path: Path, records: list[dict]) -> None:
