@@ -24,6 +24,7 @@ from .polar import (
 )
 from .renorm import attach, renormalize_
 from .slices import SCALES
+from .steepest import NORMS, SteepestDescent, steepest_step
 from .transport import STATES
 
 __version__ = "0.1.0"
@@ -31,9 +32,11 @@ __version__ = "0.1.0"
 __all__ = [
     "DIRECTIONS",
     "INITS",
+    "NORMS",
     "ROLES",
     "SCALES",
     "STATES",
+    "SteepestDescent",
     "Polar",
     "PolarTensor",
     "RadiusSquaredLR",
@@ -47,6 +50,7 @@ __all__ = [
     "polarize",
     "renormalize_",
     "scale_of",
+    "steepest_step",
     "unpolarize",
     "__version__",
 ]

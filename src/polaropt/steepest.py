@@ -1,0 +1,195 @@
+"""Steepest descent under a chosen norm (CS182 discussion, seed 004, problem 1).
+
+Each step is the minimizer of the gradient's linear improvement plus a squared-norm penalty, per tensor:
+
+    Δ = argmin_Δ  gᵀΔ + (1/lr)·‖Δ‖²
+
+Write Δ = −t·D with ‖D‖ = 1 and t ≥ 0. Then gᵀΔ = −t·gᵀD is smallest for the D that maximizes gᵀD
+over the unit ball, which by definition of the dual norm gives gᵀD = ‖g‖_*. What is left is
+−t·‖g‖_* + t²/lr, smallest at t = (lr/2)·‖g‖_*. So, for every norm,
+
+    Δ = −(lr/2) · ‖g‖_* · D*,   D* = argmax_{‖D‖ ≤ 1} gᵀD,
+
+and each norm needs only its dual norm and its maximizing direction:
+
+- ``"l2"``: the dual of ‖·‖₂ is ‖·‖₂ and D* = g/‖g‖₂, so Δ = −(lr/2)·g: gradient descent with step lr/2.
+- ``"linf"``: the dual of ‖·‖∞ is ‖·‖₁ and D* = sign(g), so Δ = −(lr/2)·‖g‖₁·sign(g) (sign descent,
+  scaled by the gradient's ℓ1 norm).
+- ``"rms"``: ‖x‖_RMS = ‖x‖₂/√n over the tensor's n elements; its dual is √n·‖·‖₂ and
+  D* = √n·g/‖g‖₂, so Δ = −(lr/2)·n·g: the ℓ2 step made n times longer, so that the per-element
+  (RMS) size of a step does not shrink as the tensor grows.
+- ``"spectral"`` (matrices): the dual of the operator norm ‖·‖₂→₂ is the nuclear norm ‖G‖_* = Σσᵢ and,
+  with the reduced SVD G = U·diag(σ)·Vᵀ, D* = UVᵀ (the orthogonal polar factor), so
+  Δ = −(lr/2)·‖G‖_*·UVᵀ. Since ‖G‖_* = ⟨UVᵀ, G⟩, the step needs only the polar factor, which the
+  Newton–Schulz iteration also gives without an SVD. Tensors with more than two dimensions
+  (convolutions) are treated as the matrix ``shape[0] × (the rest)``; vectors and scalars have no
+  spectral norm and are refused (give them their own param group with another norm).
+
+A zero gradient gives a zero step under every norm (for ``"spectral"`` the polar factor is taken on
+the nonzero singular values only, which is also where Newton–Schulz converges).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim import Optimizer
+
+NORMS = ("l2", "linf", "rms", "spectral")
+ORTHOGONALIZERS = ("svd", "newton_schulz")
+
+
+# ---- the math, one small function each ------------------------------------------------------------
+
+def polar_factor_svd(G: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
+    """UVᵀ from the reduced SVD of the matrix ``G``, over singular values above ``rtol·σ_max``."""
+    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+    if rtol is None:
+        rtol = max(G.shape) * torch.finfo(G.dtype).eps
+    keep = (S > rtol * S.amax()).to(G.dtype) if S.numel() else S
+    return (U * keep) @ Vh
+
+
+def polar_factor_newton_schulz(G: torch.Tensor, steps: int = 30) -> torch.Tensor:
+    """UVᵀ by the cubic Newton–Schulz iteration X ← 1.5·X − 0.5·X·XᵀX from X₀ = G/‖G‖_F.
+
+    Every singular value of X₀ lies in (0, 1], where the map σ ↦ 1.5σ − 0.5σ³ increases towards its
+    fixed point 1 (quadratically near 1; a small σ grows by ×1.5 per step), and zero stays zero. So
+    ``steps`` must cover log(‖G‖_F/σ_min)/log(1.5) plus a few steps for the final digits; the default
+    30 converges to float32 precision for σ_min/‖G‖_F ≳ 1e-4. Runs in float32 at least (the cubic
+    amplifies bfloat16 rounding).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    dtype = G.dtype if G.dtype in (torch.float32, torch.float64) else torch.float32
+    X = G.to(dtype)
+    norm = torch.linalg.matrix_norm(X)  # Frobenius
+    if not torch.is_nonzero(norm > 0):
+        return torch.zeros_like(G)
+    X = X / norm
+    tall = X.shape[0] > X.shape[1]
+    if tall:  # iterate on the wide side: X·Xᵀ is then the smaller Gram matrix
+        X = X.mT
+    for _ in range(steps):
+        X = 1.5 * X - 0.5 * (X @ X.mT) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+def dual_norm_and_direction(g: torch.Tensor, norm: str, *, orthogonalize: str = "svd",
+                            ns_steps: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """(‖g‖_*, D*) for ``norm``: the dual norm of g and the unit-ball direction that attains it."""
+    if norm == "l2":
+        n = torch.linalg.vector_norm(g)
+        return n, torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+    if norm == "linf":
+        return torch.linalg.vector_norm(g, 1), torch.sign(g)
+    if norm == "rms":
+        root = math.sqrt(g.numel())
+        n = torch.linalg.vector_norm(g)
+        return root * n, torch.where(n > 0, root * g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+    if norm == "spectral":
+        G = g.reshape(g.shape[0], -1)
+        P = polar_factor_svd(G) if orthogonalize == "svd" else polar_factor_newton_schulz(G, ns_steps)
+        return (P * G).sum(), P.reshape(g.shape)  # ⟨UVᵀ, G⟩ = Σσᵢ, the nuclear norm
+    raise ValueError(f"unknown norm {norm!r}; valid choices are {', '.join(map(repr, NORMS))}")
+
+
+def steepest_step(g: torch.Tensor, lr: float, norm: str, *, orthogonalize: str = "svd",
+                  ns_steps: int = 30) -> torch.Tensor:
+    """Δ = argmin gᵀΔ + (1/lr)·‖Δ‖² = −(lr/2)·‖g‖_*·D* (see the module docstring).
+
+    ``"l2"`` and ``"rms"`` use their closed forms −(lr/2)·g and −(lr/2)·n·g directly (the same
+    numbers as the dual-norm route without the division by ‖g‖).
+    """
+    if norm == "l2":
+        return g * (-lr / 2)
+    if norm == "rms":
+        return g * (-lr * g.numel() / 2)
+    dual, direction = dual_norm_and_direction(g, norm, orthogonalize=orthogonalize, ns_steps=ns_steps)
+    return direction * (dual * (-lr / 2))
+
+
+# ---- the optimizer ----------------------------------------------------------------------------------
+
+def _check_options(lr, norm, orthogonalize, ns_steps):
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; valid choices are {', '.join(map(repr, NORMS))}")
+    if orthogonalize not in ORTHOGONALIZERS:
+        raise ValueError(f"unknown orthogonalize {orthogonalize!r}; valid choices are "
+                         f"{', '.join(map(repr, ORTHOGONALIZERS))}")
+    if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) or ns_steps < 1:
+        raise ValueError(f"ns_steps must be a positive int, got {ns_steps!r}")
+
+
+class SteepestDescent(Optimizer):
+    """Steepest descent under a norm: every tensor takes Δ = argmin gᵀΔ + (1/lr)·‖Δ‖² (CS182, seed 004).
+
+    Args:
+        params: parameters or param groups; each group may set its own ``norm`` (e.g. ``"spectral"``
+            for weight matrices and ``"l2"`` for biases and scales).
+        lr: the penalty weight α of the source's problem (1); the ``"l2"`` step is −(lr/2)·g.
+        norm: ``"l2"``, ``"linf"``, ``"rms"`` or ``"spectral"`` (closed forms in the module docstring).
+        orthogonalize: how ``"spectral"`` gets UVᵀ: ``"svd"`` (exact) or ``"newton_schulz"`` (matrix
+            products only; see :func:`polar_factor_newton_schulz`).
+        ns_steps: Newton–Schulz iterations.
+
+    Stateless, so it composes with :func:`polaropt.attach` under any state policy, and with
+    :func:`polaropt.param_groups` (extra group keys such as ``norm`` pass through). A non-finite
+    gradient raises ``FloatingPointError`` before any parameter is changed.
+
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.zeros(3))
+        >>> opt = SteepestDescent([w], lr=1.0, norm="linf")
+        >>> w.grad = torch.tensor([1.0, -2.0, 0.5])
+        >>> opt.step()
+        >>> w.data  # −(1/2)·‖g‖₁·sign(g), ‖g‖₁ = 3.5
+        tensor([-1.7500,  1.7500, -1.7500])
+    """
+
+    def __init__(self, params, lr: float = 1e-2, norm: str = "l2", *, orthogonalize: str = "svd",
+                 ns_steps: int = 30):
+        _check_options(lr, norm, orthogonalize, ns_steps)
+        super().__init__(params, dict(lr=lr, norm=norm, orthogonalize=orthogonalize, ns_steps=ns_steps))
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        _check_options(group["lr"], group["norm"], group["orthogonalize"], group["ns_steps"])
+        if group["norm"] == "spectral":
+            flat = [tuple(p.shape) for p in group["params"] if p.ndim < 2]
+            if flat:
+                raise ValueError(f"norm='spectral' needs matrices (ndim >= 2), got parameters of shape "
+                                 f"{', '.join(map(str, flat))}; put them in a param group with norm 'l2', "
+                                 f"'linf' or 'rms'")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SteepestDescent does not support sparse gradients")
+                work.append((group, gi, pi, p))
+        if not work:
+            return loss
+        finite = torch.stack([torch.isfinite(p.grad).all() for *_, p in work])
+        if not bool(finite.all()):  # one device sync per step; nothing has been written yet
+            bad = [f"group {gi} param {pi} {tuple(p.shape)}" for (_, gi, pi, p), ok in zip(work, finite.tolist())
+                   if not ok]
+            raise FloatingPointError(f"SteepestDescent: non-finite gradient of {', '.join(bad)}; "
+                                     f"no parameter was changed")
+        for group, _, _, p in work:
+            g = p.grad if p.grad.dtype in (torch.float32, torch.float64) else p.grad.float()
+            u = steepest_step(g, group["lr"], group["norm"], orthogonalize=group["orthogonalize"],
+                              ns_steps=group["ns_steps"])
+            p.add_(u.to(p.dtype))
+        return loss
