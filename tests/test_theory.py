@@ -48,23 +48,41 @@ def test_gd_limit_against_gradient_descent():
     np.testing.assert_allclose(x, theory.gd_limit(A, y, x0), atol=1e-9)
 
 
-@pytest.mark.parametrize("g0,c", [(0.5, 1.0), (2.0, 0.5), (0.1, 4.0)])
-def test_wn_limit_and_invariant_against_small_step_simulation(g0, c):
-    A, y = problem(1, m=2, d=4)
-    w = np.random.default_rng(2).standard_normal(4)
-    w0n, g, eta = np.linalg.norm(w), g0, 2e-3
-    inv0 = theory.wn_invariant(A, w, g, c, w0n)
-    for _ in range(60000):
+def simulate_wn(A, y, w, g, c, eta=2e-3, steps=60000):
+    """Small-step WN (the source's Algorithm 1) in NumPy, independent of the library."""
+    for _ in range(steps):
         n = np.linalg.norm(w)
         r = A @ (g * w / n) - y
         grad_x = A.T @ r
         gw = (g / n) * (grad_x - (w / n) * (w / n @ grad_x))
         gg = (w / n) @ grad_x
         w, g = w - eta * gw, g - c * eta * gg
+    return w, g
+
+
+@pytest.mark.parametrize("g0,c", [(0.5, 1.0), (2.0, 0.5), (0.1, 4.0)])
+def test_wn_limit_and_invariant_against_small_step_simulation(g0, c):
+    A, y = problem(1, m=2, d=4)
+    w = np.random.default_rng(2).standard_normal(4)
+    w0n, g = np.linalg.norm(w), g0
+    inv0 = theory.wn_invariant(A, w, g, c, w0n)
+    w, g = simulate_wn(A, y, w, g, c)
     x_inf, g_inf = theory.wn_limit(A, y, np.random.default_rng(2).standard_normal(4), g0, c)
     np.testing.assert_allclose(g * w / np.linalg.norm(w), x_inf, atol=5e-3)
     assert abs(g - g_inf) < 5e-3
     np.testing.assert_allclose(theory.wn_invariant(A, w, g, c, w0n), inv0, atol=5e-3 * (1 + np.abs(inv0).max()))
+
+
+def test_wn_limit_when_g_crosses_zero():
+    # starting above the loss at zero (½(−0.98 − 1)² > ½), g passes through 0: the limit has g∞ < 0
+    A, y, w0 = np.array([[1.0, 0.0]]), np.array([1.0]), np.array([-1.0, 0.2])
+    assert 0.5 * (A @ (w0 / np.linalg.norm(w0)) - y) @ (A @ (w0 / np.linalg.norm(w0)) - y) > 0.5 * y @ y
+    w, g = simulate_wn(A, y, w0, 1.0, 1.0, steps=30000)
+    assert g < 0
+    x_inf, g_inf = theory.wn_limit(A, y, w0, 1.0, 1.0, g_sign=g)
+    np.testing.assert_allclose(g * w / np.linalg.norm(w), x_inf, atol=5e-3)
+    assert abs(g - g_inf) < 5e-3
+    assert theory.wn_limit(A, y, w0, 1.0, 1.0)[1] == pytest.approx(-g_inf)  # the default keeps g0's sign
 
 
 def test_refusals():
