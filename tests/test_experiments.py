@@ -129,7 +129,7 @@ def test_overrides_are_typed():
     (["run", "liu-far-target", "--set", "steps"], "--set takes key=value"),
     (["run", "liu-far-target", "--set", "states=keep,transport"], "states must include 'keep'"),
     (["run", "liu-far-target", "--set", "w0=1,2,3"], "w0 has 3 entries but target has 2"),
-    (["run", "nope"], "unknown experiment 'nope'; valid choices are liu-1d"),
+    (["run", "nope"], "unknown experiment 'nope'; valid choices are chou-sparse, cs182-implicit-bias"),
     (["run", "liu-far-target", "--seeds", "3"], "deterministic: --seeds does not apply"),
     (["run", "liu-linreg", "--seeds", "0"], "--seeds must be at least 1"),
 ])
@@ -191,3 +191,113 @@ def test_modes_trained_side_by_side_equal_separate_runs():
         alone = _train_toys(w0, target, [mode], lr=0.05, steps=40, state="rescale", batch_dims=1)[mode]
         for a, b in zip(together[mode], alone):
             assert (a is None and b is None) or torch.equal(a, b), mode
+
+
+# ---- issue 4's experiments: contrary records make their claims fail --------------------------------
+
+def test_overparam_claims_fail_on_contrary_records(suite):
+    def mutate(records):
+        for r in records:
+            if r["kind"] == "point" and r["method"] == "gd":
+                r["dist"] += 0.05  # GD no longer lands at x† + P⊥x0
+            if r["kind"] == "point" and r["method"] == "wn":
+                r["dist"] = 10.0 * r["g_star"]  # WN far from x† everywhere
+
+    before, after = _claims(suite, "wu-overparam-ls", mutate)
+    assert before["gd-distance-is-null-part"] and not after["gd-distance-is-null-part"]
+    assert before["wn-rpgd-wider-range"] and not after["wn-rpgd-wider-range"]
+    assert before["wn-rpgd-overlap"] and not after["wn-rpgd-overlap"]
+
+
+def test_flow_limit_claims_fail_on_contrary_records(suite):
+    def mutate(records):
+        for r in records:
+            if r["kind"] == "point" and r["group"] == "grid" and r["method"] == "wn":
+                r["err"] = 0.5  # far from the closed form
+                r["max_invariant_drift"] = 0.3  # the same drift at both steps: not a step-size effect
+            if r["kind"] == "point" and r["group"] == "example":
+                r["x"] = r["x_source"]  # as if the runs landed where the source says
+
+    before, after = _claims(suite, "wu-flow-limit", mutate)
+    for claim in ("flow-limit-wn", "flow-invariant-conserved", "example-derived-limit"):
+        assert before[claim] and not after[claim], claim
+    assert not before["example-source-limit"] and after["example-source-limit"]
+
+
+def test_two_stage_claims_fail_on_contrary_records(suite):
+    def mutate(records):
+        for r in records:
+            if r["kind"] == "curve" and r["metric"] == "wperp":
+                r["value"] = [1.0] * len(r["value"])  # the null-space part never shrinks
+            if r["kind"] == "curve" and r["metric"] == "dist":
+                r["value"][-1] = 0.5 * r["g_star"]
+
+    before, after = _claims(suite, "wu-two-stage", mutate)
+    assert before["stage1-geometric"] and not after["stage1-geometric"]
+    assert before["two-stage-reaches-min-norm"] and not after["two-stage-reaches-min-norm"]
+
+
+def test_chou_claims_fail_on_contrary_records(suite):
+    def mutate(records):
+        gd = sorted((r for r in records if r["kind"] == "point" and r["method"] == "gd"), key=lambda r: r["alpha"])
+        errs = [r["err_l1"] for r in gd]
+        for r, e in zip(gd, reversed(errs)):
+            r["err_l1"] = e  # GD best at large α
+        for r in records:
+            if r["kind"] == "point" and r["method"] == "wn":
+                r["median_product"] = r["alpha"] ** 2  # no magnification at all
+
+    before, after = _claims(suite, "chou-sparse", mutate)
+    assert before["gd-needs-small-init"] and not after["gd-needs-small-init"]
+    assert before["magnification-identity"] and not after["magnification-identity"]
+
+
+def test_cs182_claims_fail_on_contrary_records(suite):
+    def bias(records):
+        for r in records:
+            if r["kind"] == "point" and r["problem"] == "toy" and r["method"] in ("sign", "adam"):
+                r["theta"] = [0.990001, 0.099, 0.0099]  # the ℓ2 limit instead of [1, 1, 1]/1.11
+            if r["kind"] == "point" and r["problem"] == "random" and r["method"] == "sign":
+                r["norm_inf"] = r["min_l2_norm_inf"] * 1.5
+
+    before, after = _claims(suite, "cs182-implicit-bias", bias)
+    for claim in ("toy-sign-limit", "toy-adam-limit", "random-sign-linf-flavoured"):
+        assert before[claim] and not after[claim], claim
+
+    def rms(records):
+        for r in records:
+            if r["kind"] == "point" and r["part"] == "layer" and r["init"] == "plain":
+                r["rms_sq_mean"] *= 1.2
+            if r["kind"] == "curve" and r["part"] == "ball" and r["norm"] == "rms":
+                r["value"] = [1.0] * len(r["value"])  # the RMS ball drawn as the ℓ2 unit ball
+
+    before, after = _claims(suite, "cs182-rms", rms)
+    assert before["layer-rms-plain"] and not after["layer-rms-plain"]
+    assert before["unit-balls-2d"] and not after["unit-balls-2d"]
+
+
+def test_per_copy_hooks_equal_separate_runs():
+    """wu's per-copy step and ratio hooks give the same numbers as one run per copy with its own lr."""
+    import torch
+
+    import polaropt as po
+    from polaropt.experiments.wu import Weights, build, gaussian_problems, residual_loss
+
+    A, y, *_ = gaussian_problems(3, 6, 2, 0)
+    x0 = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    c, f = torch.tensor([0.5, 2.0], dtype=torch.float64), torch.tensor([1.0, 0.25], dtype=torch.float64)
+    model, opt = build(x0, ("wn",), eta=0.01, c=c, step=f)
+    for _ in range(20):
+        opt.zero_grad()
+        residual_loss(A, y, model["wn"].weight).sum().backward()
+        opt.step()
+    for k in range(2):
+        alone = Weights(x0[k:k + 1])
+        po.polarize(alone, "weight", scale="tensor", direction="normalize", batch_dims=1)
+        o = torch.optim.SGD(po.param_groups(alone, scale={"lr": 0.01 * f[k].item() * c[k].item()},
+                                            direction={"lr": 0.01 * f[k].item()}), lr=0.01)
+        for _ in range(20):
+            o.zero_grad()
+            residual_loss(A[k:k + 1], y[k:k + 1], alone.weight).sum().backward()
+            o.step()
+        assert torch.allclose(alone.weight[0], model["wn"].weight[k], rtol=1e-12, atol=1e-14)

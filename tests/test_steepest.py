@@ -85,11 +85,15 @@ def test_newton_schulz_matches_svd(shape, seed):
     assert torch.allclose(a, b, atol=1e-9)
 
 
-def test_newton_schulz_on_a_rank_deficient_matrix():
-    u, v = torch.randn(5, 2, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_newton_schulz_on_a_rank_deficient_matrix(seed):
+    gen = torch.Generator().manual_seed(seed)
+    u, v = torch.randn(5, 2, dtype=torch.float64, generator=gen), torch.randn(2, 4, dtype=torch.float64, generator=gen)
     G = u @ v  # rank 2: both paths keep only the nonzero singular directions
-    assert torch.allclose(polar_factor_newton_schulz(G, 60), polar_factor_svd(G), atol=1e-9)
+    assert torch.allclose(polar_factor_newton_schulz(G, 30), polar_factor_svd(G), atol=1e-8)
     assert torch.linalg.matrix_rank(polar_factor_svd(G)) == 2
+    # rounding noise in the null space grows ×1.5 a step: far too many steps turn it into spurious directions
+    assert torch.linalg.matrix_rank(polar_factor_newton_schulz(G, 150)) > 2
 
 
 def test_too_few_newton_schulz_steps_are_visibly_off():

@@ -57,8 +57,10 @@ def polar_factor_newton_schulz(G: torch.Tensor, steps: int = 30) -> torch.Tensor
     Every singular value of X₀ lies in (0, 1], where the map σ ↦ 1.5σ − 0.5σ³ increases towards its
     fixed point 1 (quadratically near 1; a small σ grows by ×1.5 per step), and zero stays zero. So
     ``steps`` must cover log(‖G‖_F/σ_min)/log(1.5) plus a few steps for the final digits; the default
-    30 converges to float32 precision for σ_min/‖G‖_F ≳ 1e-4. Runs in float32 at least (the cubic
-    amplifies bfloat16 rounding).
+    30 converges to float32 precision for σ_min/‖G‖_F ≳ 1e-4. Zero singular values stay zero only in
+    exact arithmetic: rounding noise there also grows ×1.5 a step, so for a rank-deficient G keep
+    ``steps`` well below ~80 (float64) or use the SVD. Runs in float32 at least (the cubic amplifies
+    bfloat16 rounding).
     """
     if steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
