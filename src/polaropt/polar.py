@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold
-from .slices import check_scale, norm_dtype, reduce_dims, scale_shape, slice_norm
+from .slices import check_scale, reduce_dims, scale_shape, slice_norm
 
 DIRECTIONS = ("free", "normalize", "project", "absorb")
 INITS = ("norm", "one")

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy import stats
-from torch import nn
 
 import polaropt as po
 from polaropt import theory
 
 from .framework import Claim, Experiment, register
+from .toys import Weights
 
 SRC = "003 Chou, Rauhut, Ward 2023"
 NOTES_DERIVATION = (
@@ -40,14 +40,6 @@ NOTES_DERIVATION = (
     "∂ũ₋ᵢ = −2r²ũ₋ᵢgᵢ give d ln(ũ₊ᵢũ₋ᵢ)/dt = 2η_u·κ with κ = ũᵀ∂ the same for every i; and dr/dt = −η_r·κ/r. "
     "Hence ln(ũ₊ᵢũ₋ᵢ) + (r² − r0²)/c is constant (c = η_r/η_u), and w₊ᵢw₋ᵢ = r²ũ₊ᵢũ₋ᵢ = α²·(r²/r0²)·"
     "exp(−(r² − r0²)/c) = α²/ρ² for every coordinate, with r0² = 2Nα².")
-
-
-class Weights(nn.Module):
-    """w = (w₊, w₋) per copy: shape [copies, 2, N]."""
-
-    def __init__(self, w0: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(w0.clone())
 
 
 def dln_output(W: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch import nn
 import polaropt as po
 
 from .framework import Claim, Experiment, first_below, fmt_steps, register
+from .toys import Weights
 
 MODES = ("no_scale", "learnable_scale", "absorb_learnable_scale", "absorb_fixed_scale")
 SOURCE_NAMES = {
@@ -37,14 +38,6 @@ POLAR = {  # mode -> polarize options (None: a plain parameter)
 SRC_001 = "001 Optimization 1 (Liu), Experiment"
 SRC_000 = "000 Optimization 2 (Liu)"
 NOTES = "seed-findings.md (re-simulated there in float64)"
-
-
-class Weights(nn.Module):
-    """A bare weight tensor: the toy problems' whole model."""
-
-    def __init__(self, w0: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(w0.clone())
 
 
 def build(w0: torch.Tensor, mode: str, *, lr: float, scale: str = "tensor", init: str = "one",

@@ -29,20 +29,13 @@ import polaropt as po
 from polaropt import theory
 
 from .framework import Claim, Experiment, register
+from .toys import Weights
 
 SRC = "002 Wu et al. 2020"
 NOTES = "seed-findings.md (Wu et al., derived and checked)"
 METHODS = ("gd", "wn", "rpgd")
 LABELS = {"gd": "GD", "wn": "WN (normalize)", "rpgd": "rPGD (project)", "flow": "WN flow (theory)"}
 DIRECTION = {"wn": "normalize", "rpgd": "project"}
-
-
-class Weights(nn.Module):
-    """The whole model: x, one row per independent copy."""
-
-    def __init__(self, x0: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(x0.clone())
 
 
 def gaussian_problems(m: int, d: int, draws: int, seed: int):
