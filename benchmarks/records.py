@@ -26,3 +26,23 @@ def write_record(record: dict, path: str | None) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(record, f, indent=1)
     os.replace(tmp, out)
+
+
+def time_interleaved(variants: dict, *, repeats: int, calls: int, sync=lambda: None) -> dict[str, list[float]]:
+    """Seconds per call of every ``variants[name]()``, round-robin over ``repeats`` rounds of ``calls`` calls.
+
+    Interleaving puts every variant in every round, so a machine that drifts (shared, noisy) slows all
+    of them alike; ``sync`` (e.g. ``torch.cuda.synchronize``) closes each timed block on a device.
+    """
+    import time
+
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - t0) / calls)
+    return times

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import polaropt as po
-from records import new_record, write_record
+from records import new_record, time_interleaved, write_record
 
 
 def main(argv=None) -> dict:
@@ -31,16 +30,9 @@ def main(argv=None) -> dict:
     for layer in model:
         po.polarize(layer, "weight", scale="row", direction="absorb")
         po.polarize(layer, "bias", scale="tensor", direction="absorb")
-    variants = {"foreach": True, "loop": False}
-    times = {v: [] for v in variants}
-    for _ in range(args.repeats):
-        for name, foreach in variants.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.calls):
-                po.renormalize_(model, foreach=foreach)
-            sync()
-            times[name].append((time.perf_counter() - t0) / args.calls)
+    variants = {"foreach": lambda: po.renormalize_(model, foreach=True),
+                "loop": lambda: po.renormalize_(model, foreach=False)}
+    times = time_interleaved(variants, repeats=args.repeats, calls=args.calls, sync=sync)
     med = {v: statistics.median(t) for v, t in times.items()}
     record = new_record("renorm", vars(args), args.device)
     record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_loop": med[v] / med["loop"],

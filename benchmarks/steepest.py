@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import polaropt as po
-from records import new_record, write_record
+from records import new_record, time_interleaved, write_record
 
 
 def main(argv=None) -> dict:
@@ -39,15 +38,8 @@ def main(argv=None) -> dict:
         "spectral-ns": dict(norm="spectral", orthogonalize="newton_schulz", ns_steps=args.ns_steps),
     }
     opts = {v: po.SteepestDescent(params, lr=0.0, **kw) for v, kw in variants.items()}  # lr 0: params stay put
-    times = {v: [] for v in variants}
-    for _ in range(args.repeats):
-        for name, opt in opts.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(args.calls):
-                opt.step()
-            sync()
-            times[name].append((time.perf_counter() - t0) / args.calls)
+    times = time_interleaved({v: opt.step for v, opt in opts.items()}, repeats=args.repeats, calls=args.calls,
+                             sync=sync)
     med = {v: statistics.median(t) for v, t in times.items()}
     record = new_record("steepest", vars(args), args.device)
     record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_svd": med[v] / med["spectral-svd"],
