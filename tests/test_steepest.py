@@ -199,3 +199,17 @@ def test_bad_group_option_refused():
     opt = po.SteepestDescent([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1)
     with pytest.raises(ValueError, match="unknown norm 'nuclear'"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "norm": "nuclear"})
+
+
+@pytest.mark.parametrize("norm", po.NORMS)
+def test_closed_forms_equal_the_general_dual_norm_formula(norm):
+    """steepest_step's direct forms (l2, rms) and the general −(lr/2)·‖g‖_*·D* agree for every norm."""
+    from polaropt.steepest import dual_norm_and_direction
+
+    g = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    dual, direction = dual_norm_and_direction(g, norm)
+    assert torch.allclose(po.steepest_step(g, 0.7, norm), -0.35 * dual * direction, rtol=1e-12, atol=1e-14)
+    # D* lies on the unit sphere of the norm and attains the dual norm
+    size = {"l2": torch.linalg.vector_norm(direction), "linf": direction.abs().max(),
+            "rms": direction.square().mean().sqrt(), "spectral": torch.linalg.matrix_norm(direction, 2)}[norm]
+    assert size == pytest.approx(1.0, rel=1e-12) and (g * direction).sum() == pytest.approx(float(dual), rel=1e-12)
