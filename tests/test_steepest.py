@@ -199,6 +199,9 @@ def test_bad_group_option_refused():
     opt = po.SteepestDescent([torch.nn.Parameter(torch.ones(2, 2))], lr=0.1)
     with pytest.raises(ValueError, match="unknown norm 'nuclear'"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "norm": "nuclear"})
+    with pytest.raises(ValueError, match="norm='spectral' needs matrices"):
+        opt.add_param_group({"params": torch.nn.Parameter(torch.ones(2)), "norm": "spectral"})
+    assert len(opt.param_groups) == 1  # a refused group is not left behind
 
 
 @pytest.mark.parametrize("norm", po.NORMS)

@@ -157,15 +157,18 @@ class SteepestDescent(Optimizer):
         super().__init__(params, dict(lr=lr, norm=norm, orthogonalize=orthogonalize, ns_steps=ns_steps))
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        # checked before torch appends the group, so a refused group leaves the optimizer as it was
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        group = {**self.defaults, **param_group}
         _check_options(group["lr"], group["norm"], group["orthogonalize"], group["ns_steps"])
         if group["norm"] == "spectral":
-            flat = [tuple(p.shape) for p in group["params"] if p.ndim < 2]
+            flat = [tuple(p.shape) for p in params if p.ndim < 2]
             if flat:
                 raise ValueError(f"norm='spectral' needs matrices (ndim >= 2), got parameters of shape "
                                  f"{', '.join(map(str, flat))}; put them in a param group with norm 'l2', "
                                  f"'linf' or 'rms'")
+        super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -11,6 +11,7 @@ convergence" (seed 004), re-run with polaropt's public API (``SteepestDescent``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -119,7 +120,7 @@ def implicit_bias_run(cfg: ImplicitBiasConfig, progress) -> list[dict]:
     methods = ("gd", "sign", "linf", "adam")
     # the l2 step must stay below 2/λmax of the loss's Hessian 2AᵀA: lr/2 < 1/λmax(AᵀA); same for ℓ∞ over d
     lam = float(torch.linalg.eigvalsh(A @ A.mT).max())
-    cfg_r = type(cfg)(**{**cfg.__dict__, "gd_lr": 1.0 / lam, "linf_lr": 0.5 / (lam * cfg.d)})
+    cfg_r = dataclasses.replace(cfg, gd_lr=1.0 / lam, linf_lr=0.5 / (lam * cfg.d))
     out = train(A, y, methods, cfg_r, cfg.random_steps)
     for k in range(cfg.draws):
         An, yn = A[k].numpy(), y[k].numpy()
