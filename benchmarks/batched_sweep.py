@@ -27,7 +27,7 @@ class Weights(nn.Module):
 
 
 def train(w0, target, steps, batch_dims):
-    model = po.polarize(Weights(w0), scale="tensor", direction="absorb", init="norm", batch_dims=batch_dims)
+    model = po.polarize(Weights(w0), scale="tensor", mode="absorb", init="norm", batch_dims=batch_dims)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     po.attach(opt, model)
     for _ in range(steps):

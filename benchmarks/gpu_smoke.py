@@ -14,11 +14,11 @@ def main() -> None:
     assert torch.cuda.is_available(), "needs a CUDA device"
     dev = "cuda"
     for dtype in (torch.float32, torch.bfloat16):
-        for direction in po.DIRECTIONS:
+        for direction in po.MODES:
             torch.manual_seed(0)
             model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev, dtype)
             for layer in (model[0], model[2]):
-                po.polarize(layer, scale="row", direction=direction)
+                po.polarize(layer, scale="row", mode=direction)
             opt = torch.optim.Adam(po.param_groups(model, scale={"lr": 1e-3}), lr=1e-2)
             po.attach(opt, model, state="rescale")
             for _ in range(20):

@@ -31,7 +31,7 @@ def build(variant: str, seed: int = 0, device: str = "cpu"):
             torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)
     elif variant != "plain":
         for m in linears:
-            po.polarize(m, "weight", scale="row", direction=variant)
+            po.polarize(m, "weight", scale="row", mode=variant)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     if variant in ("project", "absorb"):
         po.attach(opt, model)

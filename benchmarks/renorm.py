@@ -28,8 +28,8 @@ def main(argv=None) -> dict:
     model = nn.Sequential(*[nn.Linear(args.width, args.width) for _ in range(args.layers)]).to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     for layer in model:
-        po.polarize(layer, "weight", scale="row", direction="absorb")
-        po.polarize(layer, "bias", scale="tensor", direction="absorb")
+        po.polarize(layer, "weight", scale="row", mode="absorb")
+        po.polarize(layer, "bias", scale="tensor", mode="absorb")
     variants = {"foreach": lambda: po.renormalize_(model, foreach=True),
                 "loop": lambda: po.renormalize_(model, foreach=False)}
     times = time_interleaved(variants, repeats=args.repeats, calls=args.calls, sync=sync)

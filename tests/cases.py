@@ -14,26 +14,26 @@ SEEDS = (0, 1, 2)
 @dataclass(frozen=True)
 class Case:
     scale: str
-    direction: str
+    mode: str
     trainable_scale: bool = True
     init: str = "norm"
 
     @property
     def id(self) -> str:
-        return f"{self.scale}-{self.direction}-{'train' if self.trainable_scale else 'fixed'}-{self.init}"
+        return f"{self.scale}-{self.mode}-{'train' if self.trainable_scale else 'fixed'}-{self.init}"
 
     def kwargs(self) -> dict:
-        return dict(scale=self.scale, direction=self.direction, trainable_scale=self.trainable_scale, init=self.init)
+        return dict(scale=self.scale, mode=self.mode, trainable_scale=self.trainable_scale, init=self.init)
 
 
-def _valid(scale, direction, init) -> bool:
-    return not (direction == "normalize" and (scale == "element" or init == "one"))
+def _valid(scale, mode, init) -> bool:
+    return not (mode == "normalize" and (scale == "element" or init == "one"))
 
 
 CASES = [Case(s, d, t, i) for s, d, t, i in itertools.product(
     ("tensor", "row", "column", "element"), ("free", "normalize", "project", "absorb"), (True, False), ("norm", "one"))
     if _valid(s, d, i)]
-RENORM_CASES = [c for c in CASES if c.direction in ("project", "absorb")]
+RENORM_CASES = [c for c in CASES if c.mode in ("project", "absorb")]
 
 
 def case_params(cases):

@@ -19,8 +19,8 @@ def _can_compile() -> str | None:
 def test_compiled_forward_matches_eager():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    po.polarize(model[0], scale="row", direction="normalize")
-    po.polarize(model[2], scale="column", direction="absorb")
+    po.polarize(model[0], scale="row", mode="normalize")
+    po.polarize(model[2], scale="column", mode="absorb")
     x = torch.randn(5, 8)
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)

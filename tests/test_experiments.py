@@ -293,7 +293,7 @@ def test_per_copy_hooks_equal_separate_runs():
         opt.step()
     for k in range(2):
         alone = Weights(x0[k:k + 1])
-        po.polarize(alone, "weight", scale="tensor", direction="normalize", batch_dims=1)
+        po.polarize(alone, "weight", scale="tensor", mode="normalize", batch_dims=1)
         o = torch.optim.SGD(po.param_groups(alone, scale={"lr": 0.01 * f[k].item() * c[k].item()},
                                             direction={"lr": 0.01 * f[k].item()}), lr=0.01)
         for _ in range(20):

@@ -18,7 +18,7 @@ from cases import SEEDS
 def test_folded_forward_and_gradients_equal_the_product(scale, bias, shape, seed):
     torch.manual_seed(seed)
     layer = nn.Linear(9, 7, bias=bias).double()
-    po.polarize(layer, scale=scale, direction="absorb")
+    po.polarize(layer, scale=scale, mode="absorb")
     assert "forward" in layer.__dict__
     with torch.no_grad():  # make s and V generic (V off the sphere, s of both signs)
         po.direction_of(layer).mul_(torch.rand(7, 9, dtype=torch.float64) + 0.5)
@@ -36,11 +36,11 @@ def test_folded_forward_and_gradients_equal_the_product(scale, bias, shape, seed
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [dict(direction="normalize"), dict(scale="element"), dict(batch_dims=0, name="bias")])
+@pytest.mark.parametrize("kwargs", [dict(mode="normalize"), dict(scale="element"), dict(batch_dims=0, name="bias")])
 def test_not_folded(kwargs):
     layer = nn.Linear(4, 3)
     name = kwargs.pop("name", "weight")
-    po.polarize(layer, name, **({"scale": "row", "direction": "absorb"} | kwargs))
+    po.polarize(layer, name, **({"scale": "row", "mode": "absorb"} | kwargs))
     assert "forward" not in layer.__dict__
 
 
@@ -49,14 +49,14 @@ def test_subclasses_are_not_folded():
         def forward(self, x):
             return super().forward(x) * 2
 
-    layer = po.polarize(MyLinear(4, 3), scale="row", direction="absorb")
+    layer = po.polarize(MyLinear(4, 3), scale="row", mode="absorb")
     assert "forward" not in layer.__dict__
     x = torch.randn(2, 4)
     torch.testing.assert_close(layer(x), 2 * F.linear(x, layer.weight, layer.bias))
 
 
 def test_unpolarize_restores_the_class_forward():
-    layer = po.polarize(nn.Linear(4, 3), scale="row", direction="absorb")
+    layer = po.polarize(nn.Linear(4, 3), scale="row", mode="absorb")
     po.unpolarize(layer)
     assert "forward" not in layer.__dict__
     x = torch.randn(2, 4)
@@ -65,7 +65,7 @@ def test_unpolarize_restores_the_class_forward():
 
 def test_deepcopy_binds_the_forward_to_the_copy():
     # (pickling a parametrized module is refused by torch itself; checkpoints go through state_dict)
-    layer = po.polarize(nn.Linear(4, 3), scale="row", direction="absorb")
+    layer = po.polarize(nn.Linear(4, 3), scale="row", mode="absorb")
     clone = copy.deepcopy(layer)
     with torch.no_grad():
         po.scale_of(layer).mul_(2)  # must not leak into the copy

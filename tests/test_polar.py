@@ -45,7 +45,7 @@ def test_forward_right_inverse_roundtrip_after_assignment(case):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_normalize_row_matches_torch_weight_norm(seed):
     ours, theirs = linear(seed, 7, 6), linear(seed, 7, 6)
-    po.polarize(ours, scale="row", direction="normalize")
+    po.polarize(ours, scale="row", mode="normalize")
     torch.nn.utils.parametrizations.weight_norm(theirs, "weight", dim=0)
     with torch.no_grad():  # the same W, with V of different norms: ours is unit, theirs is W
         po.direction_of(ours).mul_(torch.rand(6, 1, dtype=torch.float64) + 0.5)
@@ -61,7 +61,7 @@ def test_normalize_row_matches_torch_weight_norm(seed):
 
 
 def test_free_gradients_are_the_chain_rule():
-    layer = po.polarize(linear(0), scale="row", direction="free")
+    layer = po.polarize(linear(0), scale="row", mode="free")
     x = torch.randn(3, 5, dtype=torch.float64)
     w = layer.weight.detach().clone().requires_grad_(True)
     nn.functional.linear(x, w, layer.bias).sin().sum().backward()
@@ -73,21 +73,21 @@ def test_free_gradients_are_the_chain_rule():
 
 def test_conv_row_scale_is_per_output_channel():
     conv = nn.Conv2d(3, 8, 3).double()
-    po.polarize(conv, scale="row", direction="absorb")
+    po.polarize(conv, scale="row", mode="absorb")
     assert po.scale_of(conv).shape == (8, 1, 1, 1)
     n = po.direction_of(conv).flatten(1).norm(dim=1)
     torch.testing.assert_close(n, torch.ones(8, dtype=torch.float64))
 
 
 def test_fixed_scale_gets_no_gradient():
-    layer = po.polarize(linear(0), scale="row", direction="free", trainable_scale=False)
+    layer = po.polarize(linear(0), scale="row", mode="free", trainable_scale=False)
     layer(torch.randn(2, 5, dtype=torch.float64)).sum().backward()
     assert po.scale_of(layer).grad is None and po.direction_of(layer).grad is not None
 
 
-@pytest.mark.parametrize("direction", po.DIRECTIONS)
+@pytest.mark.parametrize("direction", po.MODES)
 def test_unpolarize_bakes_out_s_times_direction(direction):
-    layer = po.polarize(linear(0), scale="row", direction=direction)
+    layer = po.polarize(linear(0), scale="row", mode=direction)
     opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     po.attach(opt, layer)
     for _ in range(3):
@@ -102,11 +102,11 @@ def test_unpolarize_bakes_out_s_times_direction(direction):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("direction", po.DIRECTIONS)
+@pytest.mark.parametrize("direction", po.MODES)
 def test_dtypes(dtype, direction):
     layer = linear(0, 64, 8, dtype)
     w0 = layer.weight.detach().clone()
-    po.polarize(layer, scale="row", direction=direction)
+    po.polarize(layer, scale="row", mode=direction)
     assert po.scale_of(layer).dtype == dtype and po.direction_of(layer).dtype == dtype
     assert layer.weight.dtype == dtype
     tol = {torch.bfloat16: 2e-2, torch.float32: 1e-6, torch.float64: 1e-14}[dtype]
@@ -118,10 +118,10 @@ def test_dtypes(dtype, direction):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(scale="channel"), "valid choices are 'tensor', 'row', 'column', 'element'"),
-    (dict(direction="sphere"), "valid choices are 'free', 'normalize', 'project', 'absorb'"),
+    (dict(mode="sphere"), "valid choices are 'free', 'normalize', 'project', 'absorb'"),
     (dict(init="zero"), "valid choices are 'norm', 'one'"),
-    (dict(direction="normalize", scale="element"), "zero gradient"),
-    (dict(direction="normalize", init="one"), "use init='norm'"),
+    (dict(mode="normalize", scale="element"), "zero gradient"),
+    (dict(mode="normalize", init="one"), "use init='norm'"),
     (dict(eps=0.0), "eps must be a positive"),
     (dict(eps=float("nan")), "eps must be a positive"),
     (dict(batch_dims=2), "at least"),
@@ -143,7 +143,7 @@ def test_polarizing_twice_is_refused():
 
 
 def test_missing_tensor_is_refused():
-    with pytest.raises(ValueError, match=r"no tensor 'wieght'.*\['weight', 'bias'\]"):
+    with pytest.raises(ValueError, match=r"no parameter 'wieght'.*\['weight', 'bias'\]"):
         po.polarize(linear(0), "wieght")
 
 
@@ -154,14 +154,14 @@ def test_zero_norm_slice_is_refused(direction, init):
     with torch.no_grad():
         layer.weight[2] = 0
     with pytest.raises(ValueError, match="1 slice.*zero norm"):
-        po.polarize(layer, scale="row", direction=direction, init=init)
+        po.polarize(layer, scale="row", mode=direction, init=init)
 
 
 def test_zero_norm_slice_is_fine_when_no_norm_is_needed():
     layer = linear(0)
     with torch.no_grad():
         layer.weight[2] = 0
-    po.polarize(layer, scale="row", direction="free", init="one")
+    po.polarize(layer, scale="row", mode="free", init="one")
     assert torch.equal(layer.weight[2], torch.zeros(5, dtype=torch.float64))
 
 
@@ -182,9 +182,9 @@ def test_not_polarized_errors():
 
 def test_polar_tensors_finds_nested_tensors():
     model = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
-    po.polarize(model[0], "weight", direction="free")
-    po.polarize(model[1][1], "bias", scale="element", direction="absorb", init="one")
-    found = [(t.qualname, t.polar.direction) for t in po.polar_tensors(model)]
+    po.polarize(model[0], "weight", mode="free")
+    po.polarize(model[1][1], "bias", scale="element", mode="absorb", init="one")
+    found = [(t.qualname, t.polar.mode) for t in po.polar_tensors(model)]
     assert found == [("0.weight", "free"), ("1.1.bias", "absorb")]
 
 
@@ -196,7 +196,7 @@ def test_normalize_fused_kernel_equals_reference_path(scale, batch_dims, seed):
     fused, ref = nn.Module(), nn.Module()
     for m in (fused, ref):
         m.weight = nn.Parameter(w.clone())
-        po.polarize(m, scale=scale, direction="normalize", batch_dims=batch_dims)
+        po.polarize(m, scale=scale, mode="normalize", batch_dims=batch_dims)
         with torch.no_grad():
             po.direction_of(m).mul_(torch.linspace(0.5, 2.0, 60, dtype=torch.float64).view(3, 4, 5))
     polar = po.polar_spec(fused)

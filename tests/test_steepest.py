@@ -131,7 +131,7 @@ def test_l2_is_sgd_with_half_the_step():
 def test_composes_with_polarize(direction):
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 4)
-    po.polarize(layer, "weight", scale="row", direction=direction)
+    po.polarize(layer, "weight", scale="row", mode=direction)
     groups = po.param_groups(layer, scale={"norm": "l2"}, direction={"norm": "spectral"}, rest={"norm": "rms"})
     opt = po.SteepestDescent(groups, lr=0.05)
     if direction in ("project", "absorb"):

@@ -2,16 +2,18 @@
 
     >>> import torch, polaropt as po
     >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    >>> for layer in (model[0], model[2]):
-    ...     _ = po.polarize(layer, "weight", scale="row", direction="absorb")
-    >>> opt = torch.optim.Adam(po.param_groups(model, scale={"lr": 1e-3}), lr=1e-2)
+    >>> po.polarize_model(model, scale="row", mode="absorb")
+    ['0.weight', '2.weight']
+    >>> opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.1), lr=1e-2)
     >>> handle = po.attach(opt, model, state="keep")
 """
 
+from .checkpoint import load_plain_state_dict, plain_state_dict
 from .groups import ROLES, RadiusSquaredLR, TwoStageLR, param_groups
+from .models import polarize_model, reinitialize_, unpolarize_model
 from .polar import (
-    DIRECTIONS,
     INITS,
+    MODES,
     Polar,
     PolarTensor,
     direction_of,
@@ -22,16 +24,17 @@ from .polar import (
     scale_of,
     unpolarize,
 )
-from .renorm import attach, renormalize_
+from .renorm import renormalize_
 from .slices import SCALES
 from .steepest import NORMS, SteepestDescent, steepest_step
+from .steps import attach
 from .transport import STATES
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "DIRECTIONS",
     "INITS",
+    "MODES",
     "NORMS",
     "ROLES",
     "SCALES",
@@ -44,13 +47,18 @@ __all__ = [
     "attach",
     "direction_of",
     "is_polarized",
+    "load_plain_state_dict",
     "param_groups",
+    "plain_state_dict",
     "polar_spec",
     "polar_tensors",
     "polarize",
+    "polarize_model",
+    "reinitialize_",
     "renormalize_",
     "scale_of",
     "steepest_step",
     "unpolarize",
+    "unpolarize_model",
     "__version__",
 ]

@@ -14,8 +14,15 @@ scales, ``out`` for column scales), forming ``W`` is cheaper and the layer falls
 ``(s, V, b, x)``; tests hold them equal. ``module.weight`` keeps working either way.
 
 Only exact ``nn.Linear`` modules (a subclass may have its own forward), ``name="weight"``,
-``batch_dims=0`` and the product directions (``free``/``project``/``absorb``) are folded;
+``batch_dims=0`` and the product modes (``free``/``project``/``absorb``) are folded;
 ``normalize`` already runs torch's fused weight-norm kernel.
+
+The fast path keeps ``nn.Linear``'s contract: at every call it takes the plain
+``F.linear(x, module.weight, bias)`` whenever folding could differ from it: under
+``torch.autocast`` (which would otherwise compute part of the product in float32), inside
+``parametrize.cached()`` (which caches ``W``), when another parametrization is stacked on the
+weight, or when the parametrization was removed by torch's ``remove_parametrizations``. A forward
+the user patched on the instance is never replaced, and only our own forward is ever removed.
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 FOLDED = ("free", "project", "absorb")
 
 
 def foldable(module: nn.Module, name: str, polar) -> bool:
-    return (type(module) is nn.Linear and name == "weight" and polar.batch_dims == 0
-            and polar.direction in FOLDED and polar.scale in ("tensor", "row", "column"))
+    return (parametrize.type_before_parametrizations(module) is nn.Linear and name == "weight"
+            and polar.batch_dims == 0 and polar.mode in FOLDED and polar.scale in ("tensor", "row", "column")
+            and "forward" not in module.__dict__)
 
 
 def folded_linear(x: torch.Tensor, s: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -44,9 +53,22 @@ def folded_linear(x: torch.Tensor, s: torch.Tensor, v: torch.Tensor, bias: torch
     return z * s if bias is None else torch.addcmul(bias, z, s)
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    plist = self.parametrizations.weight
-    v, scale = plist.original1, plist[0].scale
+    plist = self.parametrizations["weight"] if parametrize.is_parametrized(self, "weight") else None
+    polar = plist[0] if plist is not None and len(plist) == 1 else None
+    if (polar is None or getattr(polar, "mode", None) not in FOLDED or parametrize._cache_enabled
+            or _autocast_on(x.device.type)):
+        return F.linear(x, self.weight, self.bias)
+    if polar._stale:
+        raise RuntimeError(polar._stale_message())
+    v, scale = plist.original1, polar.scale
     rows = x.numel() // max(x.shape[-1], 1)
     # folding multiplies rows×out entries (rows×in for column scales), forming W multiplies out×in
     if rows >= (v.shape[0] if scale == "column" else v.shape[1]):
@@ -59,5 +81,12 @@ def install(module: nn.Module) -> None:
     module.forward = types.MethodType(_forward, module)
 
 
-def remove(module: nn.Module) -> None:
-    module.__dict__.pop("forward", None)
+def installed(module: nn.Module) -> bool:
+    f = module.__dict__.get("forward")
+    return isinstance(f, types.MethodType) and f.__func__ is _forward
+
+
+def remove(module: nn.Module, name: str = "weight") -> None:
+    """Remove our folded forward (never a forward the user set on the instance)."""
+    if name == "weight" and installed(module):
+        del module.__dict__["forward"]

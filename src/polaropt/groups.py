@@ -1,29 +1,62 @@
-"""Optimizer param groups that tell scales from directions, and the step-size schedules the seeds use.
+"""Optimizer param groups that tell scales from directions, with weight decay where it means what it means
+for ``W``, and the step-size schedules the seeds use.
 
-``param_groups(model, scale={...}, direction={...}, rest={...})`` returns ordinary torch param
-groups, each tagged with a ``"polar_role"`` key (``"scale"``, ``"direction"`` or ``"rest"``), so
-any ``torch.optim`` optimizer takes them and the schedules below can find the scale groups.
+``param_groups(model, scale={...}, direction={...}, rest={...}, weight_decay=λ)`` returns ordinary
+torch param groups, each tagged with ``"polar_role"`` (``"scale"``, ``"direction"`` or ``"rest"``)
+and, for polar groups, ``"polar_decay"`` (whether the group carries ``W``'s weight decay), so any
+``torch.optim`` optimizer takes them and the schedules below can find the scale groups.
+
+Weight decay. Decoupled weight decay (AdamW, ``SGD`` without momentum) shrinks a plain weight by
+``(1 − lr·λ)`` per step. For ``W = s ⊙ Ŵ`` exactly one factor must carry it, or ``W`` shrinks twice
+(or not at all):
+
+==============  ================  ================================================================
+mode            decay goes on     why
+==============  ================  ================================================================
+``free``        ``V``             ``s ⊙ (cV) = c·W`` for every granularity (learnable multipliers
+                                  decay the matrix, not the multipliers)
+``absorb``      ``V``             the shrink of ``V`` is absorbed into ``s`` at renormalization:
+                                  ``a = (1 − lr·λ)``, ``s ← a·s``, so ``W ← (1 − lr·λ)·W``; works
+                                  with a fixed scale too (absorb multiplies it anyway)
+``normalize``   ``s``             ``W`` does not see ``‖V‖``: decay on ``V`` would do nothing
+``project``     ``s``             the projection throws ``V``'s shrink away
+==============  ================  ================================================================
+
+The other factor's group gets ``weight_decay=0`` explicitly, so an optimizer default
+(``AdamW(..., weight_decay=λ)``, whose default is 0.01) also lands on one factor only. ``W`` then
+shrinks by ``(1 − lr·λ)`` with the ``lr`` of the carrying group. A ``normalize``/``project`` weight
+with a fixed scale has a fixed norm ``‖W‖ = s``: there is nothing for decay to act on, and none is
+applied. For optimizers whose ``weight_decay`` is an L2 term added to the gradient (``Adam``,
+``SGD`` with momentum), the term is placed the same way.
 
 Schedules (both are ``torch.optim.lr_scheduler.LRScheduler``: call ``.step()`` after
-``optimizer.step()``, save them with ``state_dict()``):
+``optimizer.step()``, save them with ``state_dict()``). They act as *step-time multipliers*: just
+before each optimizer step they multiply the scale groups' current lr (whatever other schedulers
+set it to) and just after it they put it back (:mod:`polaropt.steps`). So they compose with any
+torch scheduler (``CosineAnnealingLR``, ``LinearLR`` warm-up, ``OneCycleLR``, ...) in either order,
+and ``optimizer.param_groups[i]["lr"]`` read between steps is the other schedulers' lr.
 
-- :class:`TwoStageLR` (Wu et al. 2020, seed 002, Theorem 3.2): the scales are frozen (lr 0) for
-  the first ``freeze_steps`` steps, then released to their own lr.
+- :class:`TwoStageLR` (Wu et al. 2020, seed 002, Theorem 3.2): the scales are frozen (lr × 0) for
+  the first ``freeze_steps`` steps, then released.
 - :class:`RadiusSquaredLR` (Chou et al. 2023, seed 003, Sec. 3.4): ``(η_r, η_u) = (r², 1)``, i.e. the
-  scale group's lr is ``base_lr · r(t)²`` and the direction's stays ``base_lr``.
+  scale group's lr is multiplied by ``r(t)²`` and the direction's is left alone.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from . import guard
 from .polar import polar_tensors
+from .steps import _orphan_message, control
 
 ROLES = ("scale", "direction", "rest")
+DECAY_ON = {"free": "direction", "absorb": "direction", "normalize": "scale", "project": "scale"}
 
 
 def _options(role: str, options) -> dict:
@@ -31,41 +64,72 @@ def _options(role: str, options) -> dict:
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"{role}= takes a dict of optimizer options such as {{'lr': 1e-3}}, got {options!r}")
-    if "params" in options or "polar_role" in options:
-        raise ValueError(f"{role}= sets optimizer options; 'params' and 'polar_role' are filled in by param_groups")
+    for key in ("params", "polar_role", "polar_decay"):
+        if key in options:
+            raise ValueError(f"{role}= sets optimizer options; {key!r} is filled in by param_groups")
+    if role != "rest" and "weight_decay" in options:
+        raise ValueError(
+            f"{role}={{'weight_decay': ...}} is refused: param_groups(weight_decay=λ) places W's decay on the one "
+            "factor that carries it for each mode (see polaropt.groups); the other factor must get none")
     return dict(options)
 
 
 def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: Mapping | None = None,
-                 rest: Mapping | None = None, split_scales: bool = False) -> list[dict]:
+                 rest: Mapping | None = None, weight_decay: float | None = None,
+                 split_scales: bool = False) -> list[dict]:
     """Torch param groups: polar scales, polar directions, and every other trainable parameter.
 
     Args:
         scale, direction, rest: optimizer options for each group (e.g. ``{"lr": 1e-3}``); options
             not given fall back to the optimizer's defaults. With ``lr_scale = c · lr_direction``
             this sets Wu's step-size ratio ``c`` (seed 002) or Chou's ``η_r/η_u`` (seed 003).
+            ``weight_decay`` may be set for ``rest`` only (e.g. ``rest={"weight_decay": 0}`` to
+            keep biases and norm gains undecayed).
+        weight_decay: λ for ``W`` of every polar tensor (placed per mode, see the module docs) and
+            for ``rest``; None leaves the carrying groups to the optimizer's default.
         split_scales: one group per scale tensor (``RadiusSquaredLR`` then uses each tensor's own r).
 
     Frozen scales (``trainable_scale=False``) and other parameters with ``requires_grad=False`` are
-    left out. Empty groups are omitted. Each group carries ``"polar_role"``.
+    left out. Empty groups are omitted. A shared (tied) weight appears once.
+
+    Raises:
+        ValueError: a weight tied to a polarized one that was not polarized itself (the tie would
+            be cut), or ``weight_decay`` in ``scale=``/``direction=``.
     """
     scale, direction, rest = _options("scale", scale), _options("direction", direction), _options("rest", rest)
-    scales, directions, seen = [], [], set()
+    if weight_decay is not None and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+    orphaned = guard.orphans(model)
+    if orphaned:
+        raise ValueError(_orphan_message(orphaned))
+    decay = {} if weight_decay is None else {"weight_decay": weight_decay}
+    scales = {True: [], False: []}
+    directions = {True: [], False: []}
+    seen = set()
     for t in polar_tensors(model):
         seen.update((id(t.scale), id(t.direction)))
+        on = DECAY_ON[t.polar.mode]
         if t.scale.requires_grad:
-            scales.append(t.scale)
-        directions.append(t.direction)
+            scales[on == "scale"].append(t.scale)
+        directions[on == "direction"].append(t.direction)
     others = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
-    scale_lists = [[s] for s in scales] if split_scales else [scales]
-    groups = [{"params": ps, "polar_role": "scale", **scale} for ps in scale_lists]
-    groups += [{"params": directions, "polar_role": "direction", **direction},
-               {"params": others, "polar_role": "rest", **rest}]
+
+    def group(params, role, carries, options):
+        return {"params": params, "polar_role": role, "polar_decay": carries,
+                **(decay if carries else {"weight_decay": 0.0}), **options}
+
+    groups = []
+    for carries in (False, True):
+        lists = [[s] for s in scales[carries]] if split_scales else [scales[carries]]
+        groups += [group(ps, "scale", carries, scale) for ps in lists]
+    groups += [group(directions[True], "direction", True, direction),
+               group(directions[False], "direction", False, direction),
+               {"params": others, "polar_role": "rest", **decay, **rest}]
     return [g for g in groups if g["params"]]
 
 
-def _scale_groups(optimizer: torch.optim.Optimizer) -> list[int]:
-    idx = [i for i, g in enumerate(optimizer.param_groups) if g.get("polar_role") == "scale"]
+def _scale_groups(optimizer: torch.optim.Optimizer) -> tuple[int, ...]:
+    idx = tuple(i for i, g in enumerate(optimizer.param_groups) if g.get("polar_role") == "scale")
     if not idx:
         raise ValueError(
             "the optimizer has no param group with polar_role='scale'; build it from "
@@ -74,46 +138,58 @@ def _scale_groups(optimizer: torch.optim.Optimizer) -> list[int]:
     return idx
 
 
-class TwoStageLR(LRScheduler):
+class _StepMultiplier(LRScheduler):
+    """An ``LRScheduler`` whose effect is a factor on some groups' lr during each optimizer step.
+
+    ``get_lr`` returns the groups' current lr (the chainable identity), so stepping it never
+    changes what other schedulers set; ``factors`` is applied by :mod:`polaropt.steps` around the
+    step. The optimizer's controller holds it weakly: a schedule that is garbage stops acting.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, last_epoch: int = -1):
+        self._scale_idx = _scale_groups(optimizer)
+        super().__init__(optimizer, last_epoch)
+        control(optimizer).multipliers.append(weakref.WeakMethod(self.factors))
+
+    def get_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def factors(self, optimizer) -> dict[int, float]:
+        raise NotImplementedError
+
+
+class TwoStageLR(_StepMultiplier):
     """Freeze the scales for ``freeze_steps`` optimizer steps, then release them (Wu et al. 2020, Thm 3.2).
 
-    During the first stage the scale groups' lr is 0, the others keep their base lr. With plain
-    gradient descent this is exactly "g frozen"; with a stateful optimizer (Adam) the scales'
-    moments still accumulate gradients while frozen.
+    During the first stage the scale groups step with lr × 0; the other groups, and every group
+    after the first stage, step with the lr they have. With plain gradient descent this is
+    exactly "g frozen"; with a stateful optimizer (Adam) the scales' moments still accumulate
+    gradients while frozen. Composes with any torch scheduler in either order (see the module docs).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, freeze_steps: int, last_epoch: int = -1):
         if not isinstance(freeze_steps, int) or isinstance(freeze_steps, bool) or freeze_steps < 0:
             raise ValueError(f"freeze_steps must be a non-negative int, got {freeze_steps!r}")
         self.freeze_steps = freeze_steps
-        self._scale_idx = set(_scale_groups(optimizer))
         super().__init__(optimizer, last_epoch)
 
-    def get_lr(self) -> list[float]:
-        frozen = self.last_epoch < self.freeze_steps
-        return [0.0 if (frozen and i in self._scale_idx) else base for i, base in enumerate(self.base_lrs)]
+    def factors(self, optimizer) -> dict[int, float]:
+        return {i: 0.0 for i in self._scale_idx} if self.last_epoch < self.freeze_steps else {}
 
 
-class RadiusSquaredLR(LRScheduler):
+class RadiusSquaredLR(_StepMultiplier):
     """Chou et al.'s time-dependent step sizes ``(η_r, η_u) = (r², 1)`` (seed 003, Sec. 3.4).
 
-    Each scale group's lr is ``base_lr · mean(s²)`` over its scale entries, recomputed from the
-    current scales at every ``step()``; with one scalar scale per group (``param_groups(...,
-    split_scales=True)`` and ``scale="tensor"``) this is exactly ``base_lr · r²``. Other groups keep
-    their base lr.
+    At each optimizer step every scale group's lr is multiplied by ``mean(s²)`` over its scale
+    entries, taken from the current scales; with one scalar scale per group (``param_groups(...,
+    split_scales=True)`` and ``scale="tensor"``) this is exactly ``lr · r²``. Other groups keep
+    their lr. Composes with any torch scheduler in either order (see the module docs).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, last_epoch: int = -1):
-        self._scale_idx = set(_scale_groups(optimizer))
-        super().__init__(optimizer, last_epoch)
-
     @torch.no_grad()
-    def get_lr(self) -> list[float]:
-        out = []
-        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            if i in self._scale_idx:
-                r2 = torch.cat([p.detach().reshape(-1).double() for p in group["params"]]).square().mean()
-                out.append(base * float(r2))
-            else:
-                out.append(base)
+    def factors(self, optimizer) -> dict[int, float]:
+        out = {}
+        for i in self._scale_idx:
+            params = optimizer.param_groups[i]["params"]
+            out[i] = float(torch.cat([p.detach().reshape(-1).double() for p in params]).square().mean())
         return out

@@ -6,7 +6,7 @@ leaves, ``s = module.parametrizations.weight.original0`` and
 what the optimizer updates; ``module.weight`` keeps its shape and meaning and is recomputed from
 them on every access.
 
-Direction modes (how ``Ŵ`` is obtained from ``V``):
+Modes (how ``Ŵ`` is obtained from ``V``):
 
 - ``"free"``: ``W = s ⊙ V``, ``V`` unconstrained (learnable multipliers; Liu 001 "learnable_scale").
 - ``"normalize"``: ``W = s ⊙ V/‖V‖``, the gradient flows through the norm (weight normalization,
@@ -17,8 +17,20 @@ Direction modes (how ``Ŵ`` is obtained from ``V``):
   "re-parametrization": ``W`` is unchanged, the scale grows multiplicatively, so reaching a target
   of norm R takes O(log R) steps instead of O(R)).
 
-``"project"`` and ``"absorb"`` act after the step, so they need :func:`polaropt.attach` (or a call
-of :func:`polaropt.renormalize_`); ``"free"`` and ``"normalize"`` work with ``polarize`` alone.
+``"project"`` and ``"absorb"`` act after the step, so they need :func:`polaropt.attach` (or a call of
+:func:`polaropt.renormalize_` after every step). Forgetting it is an error, not a silent ``"free"``:
+an optimizer step that moves their ``V`` with nothing renormalizing it makes the next forward raise
+(see :mod:`polaropt.guard`). ``"free"`` and ``"normalize"`` work with ``polarize`` alone.
+
+A Parameter shared by several modules (a tied embedding and output head) is polarized once: every
+owner reads the same ``s`` and ``V`` (one ParametrizationList registered under each owner), so the
+parameter count and the tie are kept. ``polarize`` on the second owner joins the first; an owner
+left holding the replaced Parameter is refused by :func:`polaropt.param_groups`, :func:`polaropt.attach`
+and at the optimizer's first step. :func:`polaropt.polarize_model` polarizes all owners at once.
+
+Initialize first, then polarize: ``nn.init.*_(module.weight)``, ``reset_parameters()`` and
+``module.weight.data.normal_()`` write into a recomputed ``W`` that is thrown away. Use
+:func:`polaropt.reinitialize_` on a polarized model.
 """
 
 from __future__ import annotations
@@ -30,13 +42,15 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from . import fold
+from . import fold, guard
+from .guard import RENORMALIZED
 from .slices import check_scale, reduce_dims, scale_shape, slice_norm
 
-DIRECTIONS = ("free", "normalize", "project", "absorb")
+MODES = ("free", "normalize", "project", "absorb")
 INITS = ("norm", "one")
-RENORMALIZED = ("project", "absorb")  # the directions that act after the optimizer step
 DEFAULT_EPS = 1e-12
+# the settings a checkpoint records and a load compares (init and eps only matter at polarize time)
+CHECKPOINTED = ("mode", "scale", "trainable_scale", "batch_dims")
 
 
 def _choice(kind: str, value, valid: tuple[str, ...]) -> str:
@@ -49,24 +63,26 @@ class Polar(nn.Module):
     """The parametrization ``(s, V) ↦ W``; ``right_inverse`` splits a weight into ``(s, V)``.
 
     ``forward(right_inverse(W)) == W`` for every mode (up to rounding). The configuration lives in
-    plain attributes, so a model's ``state_dict`` holds only ``s`` and ``V``.
+    plain attributes; ``get_extra_state`` puts ``mode``, ``scale``, ``trainable_scale`` and
+    ``batch_dims`` into the model's ``state_dict``, and loading a checkpoint saved with other
+    settings raises an error naming the tensor and both settings.
     """
 
-    def __init__(self, ndim: int, *, scale: str, direction: str, trainable_scale: bool, init: str,
+    def __init__(self, ndim: int, *, scale: str, mode: str, trainable_scale: bool, init: str,
                  batch_dims: int, eps: float):
         super().__init__()
         self.scale = check_scale(scale)
-        self.direction = _choice("direction", direction, DIRECTIONS)
+        self.mode = _choice("mode", mode, MODES)
         self.init = _choice("init", init, INITS)
-        if direction == "normalize" and scale == "element":
+        if mode == "normalize" and scale == "element":
             raise ValueError(
-                "direction='normalize' with scale='element' is refused: each slice is one entry, so "
-                "V/‖V‖ = sign(V) and V gets zero gradient; use direction='absorb' or 'free' for "
+                "mode='normalize' with scale='element' is refused: each slice is one entry, so "
+                "V/‖V‖ = sign(V) and V gets zero gradient; use mode='absorb' or 'free' for "
                 "element-wise scales, or a coarser scale ('tensor', 'row', 'column')"
             )
-        if direction == "normalize" and init == "one":
+        if mode == "normalize" and init == "one":
             raise ValueError(
-                "init='one' keeps V = W0 unnormalized, but direction='normalize' divides by ‖V‖, so W "
+                "init='one' keeps V = W0 unnormalized, but mode='normalize' divides by ‖V‖, so W "
                 "would change at polarize; use init='norm' (valid choices: 'norm', 'one')"
             )
         if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
@@ -79,43 +95,105 @@ class Polar(nn.Module):
         self._fused_dim = None if len(kept) > 1 else (kept[0] if kept else -1)
         self.trainable_scale = bool(trainable_scale)
         self.eps = float(eps)
+        self._label = "a polarized tensor"  # "Linear.weight" or the qualified name; for messages
+        self._owners = 1  # modules that read this parametrization (tied weights: more than one)
+        self._stale = False  # set by polaropt.guard: V was stepped and not renormalized
+        self._seen_version = 0
+        self._stepped_by = "an optimizer"
+        self._loading = None  # the state_dict prefix while load_state_dict runs, for messages
 
     def forward(self, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.direction == "normalize":
-            if self._fused_dim is not None and v.dtype in (torch.float32, torch.float64):
-                # one fused kernel forward and backward (what torch's own weight_norm runs); about
-                # as fast as the unnormalized product. Its norm is not clamped: ‖V‖ was checked
-                # non-zero at polarize and gradient steps on V/‖V‖ do not drive it to 0.
-                return torch._weight_norm(v, s, self._fused_dim)
-            # s / ‖V‖ is one small tensor; multiplying V by it is a single pass over V. The norm is
-            # taken in float32 or better and clamped by eps, so a collapsed slice gives 0, not NaN.
-            n = slice_norm(v, self.dims).clamp_min(self.eps)
-            return v * (s / n).to(v.dtype)
-        return s * v
+        if self._stale:
+            raise RuntimeError(self._stale_message())
+        return compose(s, v, self)
 
     @torch.no_grad()
-    def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def check(self, w: torch.Tensor) -> torch.Tensor:
+        """Refuse a weight this parametrization cannot split; return its slice norms."""
         if not torch.is_floating_point(w):
-            raise ValueError(f"polar weights must be floating point, got dtype {w.dtype}")
+            raise ValueError(f"polar weights must be floating point, got dtype {w.dtype} for {self._label}")
+        if w.is_meta:
+            raise ValueError(
+                f"{self._label} is on the meta device, so it has no values to split into s and V; "
+                "initialize first, then polarize: model.to_empty(device=...) and reset_parameters() "
+                "(or your init), then polaropt.polarize"
+            )
         if not torch.isfinite(w).all():
-            raise ValueError("the weight holds NaN or Inf; a polar split of it would be meaningless")
-        sshape = scale_shape(w.shape, self.scale, self.batch_dims)
-        needs_norm = self.init == "norm" or self.direction in ("normalize", "project", "absorb")
+            raise ValueError(f"{self._label} holds NaN or Inf; a polar split of it would be meaningless")
         n = slice_norm(w, self.dims)
+        needs_norm = self.init == "norm" or self.mode in ("normalize", "project", "absorb")
         if needs_norm and bool((n == 0).any()):
             bad = int((n == 0).sum())
             raise ValueError(
-                f"{bad} slice(s) of the weight (scale={self.scale!r}) have zero norm, but "
-                f"direction={self.direction!r} with init={self.init!r} needs a norm to divide by; "
+                f"{bad} slice(s) of {self._label} (scale={self.scale!r}) have zero norm, but "
+                f"mode={self.mode!r} with init={self.init!r} needs a norm to divide by; "
                 "re-initialize the weight or use a coarser scale"
             )
+        return n
+
+    @torch.no_grad()
+    def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.check(w)
         if self.init == "norm":
             return n.to(w.dtype), (w / n).to(w.dtype)
-        return torch.ones(sshape, dtype=w.dtype, device=w.device), w.clone()
+        return torch.ones(scale_shape(w.shape, self.scale, self.batch_dims), dtype=w.dtype, device=w.device), w.clone()
+
+    def settings(self) -> dict:
+        """The settings a checkpoint records: ``mode``, ``scale``, ``trainable_scale``, ``batch_dims``."""
+        return {k: getattr(self, k) for k in CHECKPOINTED}
+
+    def get_extra_state(self) -> dict:
+        return self.settings()
+
+    def set_extra_state(self, state) -> None:
+        mine = self.settings()
+        if not isinstance(state, dict) or {k: state.get(k) for k in CHECKPOINTED} != mine:
+            where = _tensor_name(self._loading) if self._loading is not None else self._label
+            saved = ", ".join(f"{k}={state.get(k)!r}" for k in CHECKPOINTED) if isinstance(state, dict) else repr(state)
+            ours = ", ".join(f"{k}={v!r}" for k, v in mine.items())
+            raise ValueError(f"the checkpoint's {where} was polarized with {saved}, but this model's has {ours}; "
+                             "polarize the model as the checkpoint was (or load a plain checkpoint with "
+                             "polaropt.load_plain_state_dict)")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._loading = prefix
+        try:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _stale_message(self) -> str:
+        return (f"{self._label} is polarized with mode={self.mode!r}, which renormalizes V after every optimizer "
+                f"step, but {self._stepped_by}.step() moved V and nothing renormalized it (it would silently train "
+                "mode='free'). Call po.attach(optimizer, model) once after building the optimizer (attach(..., "
+                "every=k) renormalizes every k steps), or po.renormalize_(model) after each step; "
+                "use mode='free' for no renormalization")
 
     def extra_repr(self) -> str:
-        return (f"scale={self.scale!r}, direction={self.direction!r}, trainable_scale={self.trainable_scale}, "
+        return (f"scale={self.scale!r}, mode={self.mode!r}, trainable_scale={self.trainable_scale}, "
                 f"init={self.init!r}, batch_dims={self.batch_dims}, eps={self.eps:g}")
+
+
+def compose(s: torch.Tensor, v: torch.Tensor, polar: Polar) -> torch.Tensor:
+    """``W = s ⊙ V`` (``free``/``project``/``absorb``) or ``s ⊙ V/‖V‖`` (``normalize``; see ``eps`` in polarize)."""
+    if polar.mode != "normalize":
+        return s * v
+    if polar._fused_dim is not None and v.dtype in (torch.float32, torch.float64):
+        # one fused kernel forward and backward (what torch's own weight_norm runs); about as fast
+        # as the unnormalized product. It divides by ‖V‖ unclamped (eps does not apply here): a
+        # slice of V that is exactly zero gives NaN, which attach's step guard reports by name.
+        return torch._weight_norm(v, s, polar._fused_dim)
+    # s / ‖V‖ is one small tensor; multiplying V by it is a single pass over V. The norm is taken
+    # in float32 or better and clamped by eps, so a collapsed slice gives 0, not NaN.
+    n = slice_norm(v, polar.dims).clamp_min(polar.eps)
+    return v * (s / n).to(v.dtype)
+
+
+def _tensor_name(prefix: str) -> str:
+    """``"0.parametrizations.weight.0."`` (a Polar's state_dict prefix) -> ``"0.weight"``."""
+    parts = prefix.rstrip(".").split(".")
+    owner, name = parts[:-3], parts[-2]
+    return ".".join(owner + [name])
 
 
 def _polar_of(module: nn.Module, name: str) -> Polar | None:
@@ -125,30 +203,60 @@ def _polar_of(module: nn.Module, name: str) -> Polar | None:
     return plist[0] if len(plist) == 1 and isinstance(plist[0], Polar) else None
 
 
-def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", direction: str = "absorb",
+def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
+    """Make ``module.<name>`` (still holding the Parameter that ``plist`` replaced) read ``plist``."""
+    polar = plist[0]
+    mine = {"mode": polar.mode, "scale": polar.scale, "trainable_scale": polar.trainable_scale,
+            "batch_dims": polar.batch_dims}
+    asked = {k: spec[k] for k in mine}
+    if asked != mine:
+        raise ValueError(
+            f"{type(module).__name__}.{name} shares its Parameter with {polar._label}, which is already polarized "
+            f"with {mine}; a shared weight has one polar form, so polarize it with the same settings (asked: {asked})"
+        )
+    # register_parametrization installs the class and the property; its fresh leaves are then
+    # replaced by the shared ParametrizationList, so every owner reads the same s and V
+    parametrize.register_parametrization(module, name, polar, unsafe=True)
+    module.parametrizations[name] = plist
+    polar._owners += 1
+    return module
+
+
+def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", mode: str = "absorb",
              trainable_scale: bool = True, init: str = "norm", batch_dims: int = 0,
              eps: float = DEFAULT_EPS) -> nn.Module:
     """Write ``module.<name>`` in polar form ``W = s ⊙ Ŵ`` and return ``module``.
 
     Args:
-        scale: which entries share one scale: ``"tensor"``, ``"row"`` (dim 0, per output unit or
-            conv channel), ``"column"`` (dim 1, per input unit) or ``"element"``.
-        direction: ``"free"``, ``"normalize"``, ``"project"`` or ``"absorb"`` (see the module docs).
+        scale: which entries share one scale: ``"tensor"``, ``"row"`` (dim 0: per output unit of a
+            Linear, output channel of a Conv, token of an Embedding; for ``ConvTranspose*d``, whose
+            weight is ``(in, out/groups, ...)``, dim 0 is the *input* channel), ``"column"`` (dim 1)
+            or ``"element"``.
+        mode: ``"free"``, ``"normalize"``, ``"project"`` or ``"absorb"`` (see the module docs);
+            ``"project"`` and ``"absorb"`` need :func:`polaropt.attach`.
         trainable_scale: if False, ``s`` gets ``requires_grad=False`` (no gradient, no optimizer
             update) but ``"absorb"`` still multiplies it at renormalization: the seeds' "fixed scale".
         init: ``"norm"``: ``s = ‖W0‖`` per slice and ``V = W0/‖W0‖``; ``"one"``: ``s = 1, V = W0``
             (what Liu's notebooks do; not allowed with ``"normalize"``, which would change ``W``).
         batch_dims: the leading ``batch_dims`` dims index independent copies; norms never mix them.
-        eps: renormalization divides by ``max(‖V‖, eps)`` (and ``"normalize"`` by the same clamp), so
-            a slice whose norm collapsed to 0 stays 0 instead of becoming NaN.
+        eps: renormalization divides by ``max(‖V‖, eps)``, so a slice whose norm collapsed to 0 stays 0
+            instead of becoming NaN; so does ``"normalize"`` in bfloat16/float16 or with two or more
+            kept dims. ``"normalize"`` in float32/float64 runs torch's fused weight-norm kernel, which
+            does not clamp: there a slice of ``V`` that is exactly zero gives NaN, and the step guard of
+            :func:`polaropt.attach` refuses the step, naming the tensor and the zero slice.
+
+    A Parameter that another module also holds (a tied weight) is polarized once: call ``polarize``
+    on every owner with the same settings (the later calls join the first), or use
+    :func:`polaropt.polarize_model`, which finds them all.
 
     Raises:
         ValueError: an unknown choice, ``"normalize"`` with ``"element"``, a tensor already
-            parametrized, a missing tensor, or a zero-norm slice when a norm is needed.
+            parametrized, a missing tensor, a buffer, a meta tensor, or a zero-norm slice when a
+            norm is needed.
 
     Example:
         >>> import torch, polaropt as po
-        >>> layer = po.polarize(torch.nn.Linear(3, 2), "weight", scale="row", direction="absorb")
+        >>> layer = po.polarize(torch.nn.Linear(3, 2), "weight", scale="row", mode="absorb")
         >>> po.scale_of(layer).shape, po.direction_of(layer).shape
         (torch.Size([2, 1]), torch.Size([2, 3]))
     """
@@ -157,17 +265,27 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
     if parametrize.is_parametrized(module, name):
         what = "polarized" if _polar_of(module, name) is not None else "parametrized"
         raise ValueError(f"{type(module).__name__}.{name} is already {what}; call polaropt.unpolarize first")
-    tensor = getattr(module, name, None)
+    if name in module._buffers:
+        raise ValueError(f"{type(module).__name__}.{name} is a buffer, not a Parameter: polarize makes s and V "
+                         "trainable leaves of the optimizer; polarize parameters only")
+    tensor = module._parameters.get(name)
     if not isinstance(tensor, torch.Tensor):
-        names = [n for n, _ in module.named_parameters(recurse=False)]
-        raise ValueError(f"{type(module).__name__} has no tensor {name!r}; its parameters are {names}")
-    polar = Polar(tensor.ndim, scale=scale, direction=direction, trainable_scale=trainable_scale, init=init,
-                  batch_dims=batch_dims, eps=eps)
-    folded = fold.foldable(module, name, polar)  # before parametrize swaps the module's class
-    parametrize.register_parametrization(module, name, polar)
-    if not trainable_scale:
-        module.parametrizations[name].original0.requires_grad_(False)
-    if folded:
+        names = [n for n, p in module.named_parameters(recurse=False) if p is not None]
+        raise ValueError(f"{type(module).__name__} has no parameter {name!r}; its parameters are {names}")
+    shared = guard.replaced_by(tensor)
+    spec = dict(scale=scale, mode=mode, trainable_scale=bool(trainable_scale), batch_dims=batch_dims)
+    polar = Polar(tensor.ndim, init=init, eps=eps, **spec)
+    if shared is not None:
+        _join(module, name, shared, spec)
+    else:
+        polar._label = f"{type(module).__name__}.{name}"
+        polar.check(tensor)
+        parametrize.register_parametrization(module, name, polar)
+        plist = module.parametrizations[name]
+        if not trainable_scale:
+            plist.original0.requires_grad_(False)
+        guard.register(tensor, plist, polar)
+    if fold.foldable(module, name, polar):
         fold.install(module)
     return module
 
@@ -175,14 +293,29 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
 def unpolarize(module: nn.Module, name: str = "weight") -> nn.Module:
     """Bake ``module.<name>`` back into one plain ``nn.Parameter`` holding ``s ⊙ Ŵ``; return ``module``.
 
-    The optimizer that held ``s`` and ``V`` no longer sees the weight: build a new one.
+    The optimizer that held ``s`` and ``V`` no longer sees the weight: build a new one. A weight
+    shared by several modules is refused here (it would be untied): use
+    :func:`polaropt.unpolarize_model`, which gives all owners one new Parameter.
     """
-    if _polar_of(module, name) is None:
+    polar = _polar_of(module, name)
+    if polar is None:
         raise ValueError(f"{type(module).__name__}.{name} is not polarized")
-    if name == "weight":
-        fold.remove(module)
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    if polar._owners > 1:
+        raise ValueError(f"{type(module).__name__}.{name} is shared by {polar._owners} modules (a tied weight); "
+                         "unpolarizing one owner would untie it: use po.unpolarize_model(model) instead")
+    _remove(module, name)
     return module
+
+
+def _remove(module: nn.Module, name: str) -> torch.Tensor:
+    """Bake one owner's polar weight into a plain Parameter; return it."""
+    plist = module.parametrizations[name]
+    fold.remove(module, name)
+    plist[0]._owners -= 1
+    if plist[0]._owners == 0:
+        guard.forget(plist)
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return module._parameters[name]
 
 
 def is_polarized(module: nn.Module, name: str = "weight") -> bool:
@@ -190,7 +323,7 @@ def is_polarized(module: nn.Module, name: str = "weight") -> bool:
 
 
 def polar_spec(module: nn.Module, name: str = "weight") -> Polar:
-    """The :class:`Polar` parametrization of ``module.<name>`` (its scale, direction, ... settings)."""
+    """The :class:`Polar` parametrization of ``module.<name>`` (its scale, mode, ... settings)."""
     polar = _polar_of(module, name)
     if polar is None:
         raise ValueError(f"{type(module).__name__}.{name} is not polarized; call polaropt.polarize first")
@@ -214,7 +347,11 @@ def direction_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
 
 
 class PolarTensor(NamedTuple):
-    """One polarized tensor found in a model: where it lives, its settings and its two leaves."""
+    """One polarized tensor found in a model: where it lives, its settings and its two leaves.
+
+    A shared (tied) tensor is found once, at its first owner; ``owners`` lists every
+    ``(qualname, module, name)`` that reads it.
+    """
 
     qualname: str  # e.g. "0.weight"
     module: nn.Module
@@ -222,15 +359,22 @@ class PolarTensor(NamedTuple):
     polar: Polar
     scale: torch.Tensor
     direction: torch.Tensor
+    owners: tuple = ()
 
 
 def polar_tensors(model: nn.Module) -> Iterator[PolarTensor]:
-    """Every polarized tensor of ``model`` (recursively), in ``model.named_modules()`` order."""
-    for prefix, module in model.named_modules():
+    """Every polarized tensor of ``model`` (recursively, each shared tensor once), in module order."""
+    found: dict[int, list] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
         plists = getattr(module, "parametrizations", None)
-        if plists is None:
+        if plists is None or not parametrize.is_parametrized(module):
             continue
         for name, plist in plists.items():
             if len(plist) == 1 and isinstance(plist[0], Polar):
-                yield PolarTensor(f"{prefix}.{name}" if prefix else name, module, name, plist[0],
-                                  plist.original0, plist.original1)
+                owner = (f"{prefix}.{name}" if prefix else name, module, name)
+                entry = found.setdefault(id(plist), [plist, []])
+                if all(m is not module or n != name for _, m, n in entry[1]):
+                    entry[1].append(owner)
+    for plist, owners in found.values():
+        qualname, module, name = owners[0]
+        yield PolarTensor(qualname, module, name, plist[0], plist.original0, plist.original1, tuple(owners))

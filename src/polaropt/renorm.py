@@ -1,6 +1,6 @@
 """Renormalization after the optimizer step: project (rPGD) or absorb (Liu's re-parametrization).
 
-For every tensor polarized with ``direction="project"`` or ``"absorb"``, with ``a = max(‖V‖, eps)``
+For every tensor polarized with ``mode="project"`` or ``"absorb"``, with ``a = max(‖V‖, eps)``
 per slice (norm in float32 or better):
 
 - ``"project"`` (Wu et al. 2020, seed 002, rPGD):   ``V ← V/a``            (``W`` changes)
@@ -20,30 +20,31 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from . import guard
 from .polar import RENORMALIZED, PolarTensor, polar_tensors
 from .slices import slice_norm
 from .transport import check_state_policy, moment_orders
 
 
 def _targets(model: nn.Module) -> list[PolarTensor]:
-    return [t for t in polar_tensors(model) if t.polar.direction in RENORMALIZED]
+    return [t for t in polar_tensors(model) if t.polar.mode in RENORMALIZED]
 
 
 def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
-    """``a`` per slice for every target, after checking that nothing is NaN or Inf.
+    """``a`` per slice for every target, after checking that no ``V`` or ``s`` holds NaN or Inf.
 
     The check happens before any tensor is modified, so a failure leaves the model as it was.
     """
     norms = [slice_norm(t.direction, t.polar.dims) for t in targets]
-    scales = [t.scale for t in targets if t.polar.direction == "absorb"]
     # max |x| is NaN/Inf iff x holds one: one foreach kernel and one device sync for the whole model
-    peaks = torch._foreach_norm(norms + scales, float("inf"))
+    peaks = torch._foreach_norm(norms + [t.scale for t in targets], float("inf"))
     if not bool(torch.isfinite(torch.stack([p.to(torch.float64) for p in peaks])).all()):
         bad = [t.qualname for t, n in zip(targets, norms)
                if not (torch.isfinite(n).all() and torch.isfinite(t.scale).all())]
         raise FloatingPointError(
-            f"NaN or Inf found while renormalizing {', '.join(bad)}; nothing was modified "
-            "(lower the learning rate, or check the loss and inputs)"
+            f"renormalize_ found NaN or Inf in the scale or direction of {', '.join(bad)} and changed nothing; "
+            "the values were already there (written by the optimizer step, or set directly). "
+            "Lower the learning rate, or check the loss and inputs."
         )
     return [n.clamp_min_(t.polar.eps) for t, n in zip(targets, norms)]
 
@@ -51,14 +52,26 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
 def _plan_transport(optimizer, targets, state: str) -> list[tuple[int, torch.Tensor, int, list]]:
     """What the state policy will touch: ``(target index, param, sign, [(moment, order)])``.
 
-    Built before anything is modified, so a state ``"rescale"`` cannot transport (an unknown key)
-    raises while the model and the optimizer are still as they were.
+    Built before anything is modified, so a policy that cannot be carried out (an unknown state
+    key; ``s`` and ``V`` of an ``"absorb"`` tensor in different optimizers) raises while the model
+    and the optimizer are still as they were.
     """
     if optimizer is None or state == "keep":
         return []
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     plan = []
     for i, t in enumerate(targets):
-        sides = [(t.direction, 1)] + ([(t.scale, -1)] if t.polar.direction == "absorb" else [])
+        absorb = t.polar.mode == "absorb"
+        if absorb and t.scale.requires_grad and (id(t.direction) in held) != (id(t.scale) in held):
+            inside, outside = ("V", "s") if id(t.direction) in held else ("s", "V")
+            raise ValueError(
+                f"state={state!r} changes the optimizer state of both s and V of {t.qualname} at every "
+                f"renormalization, but only {inside} is in this optimizer ({outside} is in another one or none), "
+                f"so the moments of {outside} would stay in the old coordinates. Put s and V in one optimizer "
+                "(param groups may give them different lr), make the scale fixed (trainable_scale=False), "
+                "or use state='keep'"
+            )
+        sides = [(t.direction, 1)] + ([(t.scale, -1)] if absorb else [])
         for param, sign in sides:
             if param in optimizer.state:
                 moments = moment_orders(optimizer.state[param], t.qualname) if state == "rescale" else []
@@ -80,7 +93,7 @@ def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
     norms = _slice_norms(targets)
     for t, a in zip(targets, norms):
         t.direction.div_(a)
-        if t.polar.direction == "absorb":
+        if t.polar.mode == "absorb":
             t.scale.mul_(a)
     return norms
 
@@ -93,7 +106,7 @@ def _renormalize_foreach(targets: list[PolarTensor]) -> list[torch.Tensor]:
         vs, avs, ss, ass = groups[(t.direction.device, t.direction.dtype)]
         vs.append(t.direction)
         avs.append(a.expand_as(t.direction))  # foreach ops need equal shapes: broadcast as a view
-        if t.polar.direction == "absorb":
+        if t.polar.mode == "absorb":
             ss.append(t.scale)
             ass.append(a)
     for vs, avs, ss, ass in groups.values():
@@ -114,6 +127,7 @@ def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = 
 
     Raises:
         FloatingPointError: a NaN/Inf in a direction or scale; names the tensors and modifies none.
+        ValueError: a state policy this optimizer cannot carry out; modifies nothing.
     """
     check_state_policy(state, optimizer)
     targets = _targets(model)
@@ -123,27 +137,5 @@ def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = 
     norms = (_renormalize_foreach if foreach else _renormalize_reference)(targets)
     with torch.no_grad():
         _transport(optimizer, plan, norms, state)
-
-
-def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep"):
-    """Renormalize ``model`` after every ``optimizer.step()``; return a removable handle.
-
-    Registers :func:`renormalize_` with ``optimizer.register_step_post_hook``, so any
-    ``torch.optim`` optimizer works. ``state`` is validated now, against this optimizer.
-
-    Example:
-        >>> import torch, polaropt as po
-        >>> model = po.polarize(torch.nn.Linear(4, 2), scale="row", direction="absorb")
-        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        >>> handle = po.attach(opt, model, state="rescale")
-        >>> model(torch.randn(8, 4)).square().mean().backward(); opt.step()
-        >>> bool(torch.allclose(po.direction_of(model).norm(dim=1), torch.ones(2)))
-        True
-        >>> handle.remove()
-    """
-    check_state_policy(state, optimizer)
-
-    def hook(opt, args, kwargs):
-        renormalize_(model, optimizer=opt, state=state)
-
-    return optimizer.register_step_post_hook(hook)
+    for t in targets:
+        guard.mark_clean(t.polar, t.direction)

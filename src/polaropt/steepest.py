@@ -114,9 +114,18 @@ def steepest_step(g: torch.Tensor, lr: float, norm: str, *, orthogonalize: str =
 
 # ---- the optimizer ----------------------------------------------------------------------------------
 
-def _check_options(lr, norm, orthogonalize, ns_steps):
+# group keys SteepestDescent reads, plus the tags polaropt.param_groups adds and the keys torch
+# itself puts in groups; anything else (momentum, betas, ...) would be silently ignored, so it is refused
+KNOWN_KEYS = frozenset({"params", "lr", "norm", "orthogonalize", "ns_steps", "weight_decay", "polar_role",
+                        "polar_decay", "polar_steps", "initial_lr", "param_names"})
+
+
+def _check_options(lr, norm, orthogonalize, ns_steps, weight_decay=0.0):
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite non-negative number, got {lr!r}")
+    if (not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not math.isfinite(weight_decay)
+            or weight_decay < 0):
+        raise ValueError(f"weight_decay must be a finite non-negative number, got {weight_decay!r}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; valid choices are {', '.join(map(repr, NORMS))}")
     if orthogonalize not in ORTHOGONALIZERS:
@@ -137,9 +146,13 @@ class SteepestDescent(Optimizer):
         orthogonalize: how ``"spectral"`` gets UVᵀ: ``"svd"`` (exact) or ``"newton_schulz"`` (matrix
             products only; see :func:`polar_factor_newton_schulz`).
         ns_steps: Newton–Schulz iterations.
+        weight_decay: decoupled weight decay, ``p ← p·(1 − lr·weight_decay)`` before the step (as
+            AdamW), so :func:`polaropt.param_groups`'s placement applies.
 
-    Stateless, so it composes with :func:`polaropt.attach` under any state policy, and with
-    :func:`polaropt.param_groups` (extra group keys such as ``norm`` pass through). A non-finite
+    It keeps no optimizer state, so every state policy of :func:`polaropt.attach` is exact with it
+    (``"keep"``, ``"reset"`` and ``"rescale"`` all have nothing to change). Each param group may set
+    ``lr``, ``norm``, ``orthogonalize``, ``ns_steps`` and ``weight_decay``; any other key (such as
+    ``momentum``, which it does not implement) is refused rather than ignored. A non-finite
     gradient raises ``FloatingPointError`` before any parameter is changed.
 
         >>> import torch
@@ -151,17 +164,24 @@ class SteepestDescent(Optimizer):
         tensor([-1.7500,  1.7500, -1.7500])
     """
 
+    stateless = True  # no per-parameter state: attach's state policies have nothing to transport
+
     def __init__(self, params, lr: float = 1e-2, norm: str = "l2", *, orthogonalize: str = "svd",
-                 ns_steps: int = 30):
-        _check_options(lr, norm, orthogonalize, ns_steps)
-        super().__init__(params, dict(lr=lr, norm=norm, orthogonalize=orthogonalize, ns_steps=ns_steps))
+                 ns_steps: int = 30, weight_decay: float = 0.0):
+        _check_options(lr, norm, orthogonalize, ns_steps, weight_decay)
+        super().__init__(params, dict(lr=lr, norm=norm, orthogonalize=orthogonalize, ns_steps=ns_steps,
+                                      weight_decay=weight_decay))
 
     def add_param_group(self, param_group: dict) -> None:
         # checked before torch appends the group, so a refused group leaves the optimizer as it was
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        unknown = sorted(set(param_group) - KNOWN_KEYS)
+        if unknown:
+            raise ValueError(f"SteepestDescent does not implement the param group option(s) {', '.join(map(repr, unknown))}; "
+                             f"it reads {', '.join(sorted(KNOWN_KEYS - {'params', 'polar_role', 'polar_decay', 'polar_steps', 'initial_lr', 'param_names'}))}")
         group = {**self.defaults, **param_group}
-        _check_options(group["lr"], group["norm"], group["orthogonalize"], group["ns_steps"])
+        _check_options(group["lr"], group["norm"], group["orthogonalize"], group["ns_steps"], group["weight_decay"])
         if group["norm"] == "spectral":
             flat = [tuple(p.shape) for p in params if p.ndim < 2]
             if flat:
@@ -193,6 +213,8 @@ class SteepestDescent(Optimizer):
             raise FloatingPointError(f"SteepestDescent: non-finite gradient of {', '.join(bad)}; "
                                      f"no parameter was changed")
         for group, _, _, p in work:
+            if group["weight_decay"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
             g = p.grad if p.grad.dtype in (torch.float32, torch.float64) else p.grad.float()
             u = steepest_step(g, group["lr"], group["norm"], orthogonalize=group["orthogonalize"],
                               ns_steps=group["ns_steps"])

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import torch
 
+from .steepest import SteepestDescent
+
 STATES = ("keep", "reset", "rescale")
 
 # Order in the gradient of every per-parameter state tensor of the optimizers "rescale" supports;
 # "step" is a counter, not a moment.
 MOMENT_ORDER = {"momentum_buffer": 1, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2}
-RESCALABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+# SteepestDescent keeps no state: rescaling it is exact because there is nothing to rescale
+RESCALABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, SteepestDescent)
 _COUNTERS = ("step",)
 
 

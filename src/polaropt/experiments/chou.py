@@ -3,7 +3,7 @@ re-run with polaropt's public API.
 
 Sparse recovery with a diagonal linear network x = w₊⊙w₊ − w₋⊙w₋ (depth L = 2), balanced
 initialization w₊ = w₋ = α·1 (so x0 = 0), Gaussian measurements y = Ax*. Plain gradient descent on w
-against weight normalization in polar coordinates, w = r·u/‖u‖ (``polarize(direction="normalize")``)
+against weight normalization in polar coordinates, w = r·u/‖u‖ (``polarize(mode="normalize")``)
 with step η_u on u and η_r = c·η_u on r, for several ratios c.
 
 Which polar model. The seed gives only x = r·u/‖u‖ and the magnification factor
@@ -92,7 +92,7 @@ def sparse_run(cfg: SparseConfig, progress) -> list[dict]:
     gd_lr, wn_lr = lr_of(gd_alpha), lr_of(wn_alpha)
     ones = lambda a: a[:, None, None] * torch.ones(len(a), 2, cfg.n, dtype=torch.float64)  # noqa: E731
     gd, wn = Weights(ones(gd_alpha)), Weights(ones(wn_alpha))
-    po.polarize(wn, "weight", scale="tensor", direction="normalize", batch_dims=1)
+    po.polarize(wn, "weight", scale="tensor", mode="normalize", batch_dims=1)
     r, u = po.scale_of(wn), po.direction_of(wn)
     r0 = r.detach().reshape(-1).clone()
     # Per-copy steps as gradient factors (plain SGD: a gradient factor is a step factor). GD: a fixed step. WN: u

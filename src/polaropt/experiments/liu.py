@@ -31,9 +31,9 @@ SOURCE_NAMES = {
 }
 POLAR = {  # mode -> polarize options (None: a plain parameter)
     "no_scale": None,
-    "learnable_scale": dict(direction="free", trainable_scale=True),
-    "absorb_learnable_scale": dict(direction="absorb", trainable_scale=True),
-    "absorb_fixed_scale": dict(direction="absorb", trainable_scale=False),
+    "learnable_scale": dict(mode="free", trainable_scale=True),
+    "absorb_learnable_scale": dict(mode="absorb", trainable_scale=True),
+    "absorb_fixed_scale": dict(mode="absorb", trainable_scale=False),
 }
 SRC_001 = "001 Optimization 1 (Liu), Experiment"
 SRC_000 = "000 Optimization 2 (Liu)"
@@ -47,7 +47,7 @@ def build(w0: torch.Tensor, mode: str, *, lr: float, scale: str = "tensor", init
     if POLAR[mode] is not None:
         po.polarize(model, "weight", scale=scale, init=init, batch_dims=batch_dims, **POLAR[mode])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    if POLAR[mode] is not None and POLAR[mode]["direction"] == "absorb":
+    if POLAR[mode] is not None and POLAR[mode]["mode"] == "absorb":
         po.attach(opt, model, state=state)
     return model, opt
 
@@ -623,7 +623,7 @@ def linreg_run(cfg: LinregConfig, progress) -> list[dict]:
         for label, sc, tr, ab in modes:
             model[label] = Weights(w0)
             po.polarize(model[label], "weight", scale=sc, init="one", batch_dims=1, trainable_scale=tr,
-                        direction="absorb" if ab else "free")
+                        mode="absorb" if ab else "free")
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
         po.attach(opt, model, state=state)
         g = torch.Generator().manual_seed(12345)  # the same fresh batches for every group

@@ -4,8 +4,8 @@ weight normalization", NeurIPS 2020 (seed 002), re-run with polaropt's public AP
 Over-parametrized least squares ``min ½‖Ax − y‖²`` (A: m×d, m < d) solved three ways:
 
 - GD: a plain parameter x and ``torch.optim.SGD``;
-- WN: ``polarize(direction="normalize")``, x = g·w/‖w‖ (the source's Algorithm 1);
-- rPGD: ``polarize(direction="project")`` + ``attach``, x = g·w with w renormalized after every step
+- WN: ``polarize(mode="normalize")``, x = g·w/‖w‖ (the source's Algorithm 1);
+- rPGD: ``polarize(mode="project")`` + ``attach``, x = g·w with w renormalized after every step
   (Algorithm 2).
 
 The step on g is ``c`` times the step on w (``param_groups(scale={"lr": c·η}, direction={"lr": η})``,
@@ -66,7 +66,7 @@ def build(x0: torch.Tensor, methods, *, eta: float, c: float | torch.Tensor, ste
     model = nn.ModuleDict({m: Weights(x0) for m in methods})
     for m in methods:
         if m in DIRECTION:
-            po.polarize(model[m], "weight", scale="tensor", direction=DIRECTION[m], batch_dims=1)
+            po.polarize(model[m], "weight", scale="tensor", mode=DIRECTION[m], batch_dims=1)
     per_copy_c = torch.is_tensor(c)
     opt = torch.optim.SGD(po.param_groups(model, scale={"lr": eta * (1.0 if per_copy_c else c)},
                                           direction={"lr": eta}), lr=eta)
@@ -610,7 +610,7 @@ def two_stage_run(cfg: TwoStageConfig, progress) -> list[dict]:
     runs = {}
     for T1 in cfg.freeze_steps:
         model = Weights(x0)
-        po.polarize(model, "weight", scale="tensor", direction="project", batch_dims=1)
+        po.polarize(model, "weight", scale="tensor", mode="project", batch_dims=1)
         g, w = po.scale_of(model), po.direction_of(model)
         # Condition 3.1: the step on w is 1/g_t² (the optimal step for orthonormal A), per copy: SGD with lr 1
         # on the direction and its gradient divided by g² (for plain SGD a gradient factor is a step factor)
@@ -726,7 +726,7 @@ def two_stage_figures(records, cfg: TwoStageConfig, out_dir) -> list[str]:
 def two_stage_notes(records, cfg: TwoStageConfig) -> str:
     return "\n".join([
         f"Setup: A ({cfg.m}×{cfg.d}) with orthonormal rows (QR of a Gaussian matrix), y ~ N(0, I), so x† = Aᵀy and "
-        f"g* = ‖y‖; w0 uniform on the sphere, g0 = {cfg.g0_ratio:g}·g*. rPGD (`direction='project'`) with the step "
+        f"g* = ‖y‖; w0 uniform on the sphere, g0 = {cfg.g0_ratio:g}·g*. rPGD (`mode='project'`) with the step "
         f"1/g_t² on w (a gradient hook on the direction) and γ on g, frozen for the first T1 steps by "
         f"`polaropt.TwoStageLR` — the source's case (b), γ(1) = 0, γ(2) = {cfg.gamma:g} < 1/4. The source's "
         f"case (a) (a small nonzero γ(1)) and Proposition 3.3 (general A, fixed g, then GD) are not run; the "

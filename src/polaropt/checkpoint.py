@@ -1,0 +1,121 @@
+"""Checkpoints in and out of polar form: plain state dicts for export, inference and fine-tuning.
+
+A polarized model's own ``state_dict`` holds ``s`` and ``V`` (``"0.parametrizations.weight.original0"``
+and ``...original1``) and each tensor's polar settings (``"...weight.0._extra_state"``: mode, scale,
+trainable_scale, batch_dims); loading it into a model polarized differently raises an error naming
+the tensor and both settings. Resuming training uses that state dict, bitwise.
+
+- :func:`plain_state_dict`: the state dict of the *unpolarized* architecture, every polar tensor
+  baked back to its plain name (``"0.weight" = s ⊙ Ŵ``), loadable with ``strict=True`` into the
+  plain model (export, inference, other tools). A tied weight appears under every owner's name, as
+  torch's own ``state_dict`` does.
+- :func:`load_plain_state_dict`: a plain checkpoint into a polarized model (fine-tuning a
+  pretrained model with polar weights); each weight is split by the rule ``polarize`` uses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules.module import _IncompatibleKeys
+
+from .polar import polar_tensors
+
+
+def _polar_keys(model: nn.Module) -> tuple[dict[str, tuple], set[str]]:
+    """``{plain key: (PolarTensor, owner index)}`` and the set of the polar state-dict keys they stand for."""
+    plain, polar = {}, set()
+    for t in polar_tensors(model):
+        for k, (qualname, _, name) in enumerate(t.owners):
+            base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
+            plain[qualname] = (t, k)
+            polar.update((base + "original0", base + "original1", base + "0._extra_state"))
+    return plain, polar
+
+
+@torch.no_grad()
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with every polarized tensor baked back to its plain name (``s ⊙ Ŵ``).
+
+    Loads with ``strict=True`` into the same architecture without polaropt. Key order follows
+    ``model.state_dict()``, each baked weight where its ``original0`` was.
+
+    Example:
+        >>> import torch, polaropt as po
+        >>> plain = torch.nn.Linear(3, 2)
+        >>> polar = po.polarize(torch.nn.Linear(3, 2), scale="row")
+        >>> sorted(po.plain_state_dict(polar))
+        ['bias', 'weight']
+        >>> _ = plain.load_state_dict(po.plain_state_dict(polar), strict=True)
+    """
+    plain_keys, polar_keys = _polar_keys(model)
+    at = {}
+    for qualname, (t, k) in plain_keys.items():
+        name = t.owners[k][2]
+        base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
+        at[base + "original0"] = qualname
+    weights = {id(t.polar): getattr(t.module, t.name).detach() for t in polar_tensors(model)}
+    out = {}
+    for key, value in model.state_dict().items():
+        if key in at:
+            t, _ = plain_keys[at[key]]
+            out[at[key]] = weights[id(t.polar)]
+        elif key not in polar_keys:
+            out[key] = value
+    return out
+
+
+def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = True) -> _IncompatibleKeys:
+    """Load a plain (unpolarized) checkpoint into the polarized ``model``.
+
+    Each polarized weight found under its plain name is split into ``s`` and ``V`` by the rule
+    :func:`polaropt.polarize` uses (same ``init``, zero-norm and NaN checks); every other entry loads
+    as with ``load_state_dict``. Everything (keys, shapes, the splits, tied weights agreeing) is
+    checked before anything is written, so a refusal leaves the model as it was.
+
+    Returns torch's ``(missing_keys, unexpected_keys)`` named in the plain checkpoint's terms.
+
+    Raises:
+        RuntimeError: with ``strict=True``, missing or unexpected keys (torch's message format),
+            or a shape mismatch.
+        ValueError: a weight that cannot be split, or the owners of a tied weight disagreeing.
+    """
+    plain_keys, polar_keys = _polar_keys(model)
+    own = model.state_dict()
+    expected = [k for k in own if k not in polar_keys] + list(plain_keys)
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in set(expected)]
+    errors = []
+    if strict and (missing or unexpected):
+        if unexpected:
+            errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
+        if missing:
+            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
+    for key, value in state_dict.items():
+        ref = own.get(key) if key not in plain_keys else plain_keys[key][0].direction
+        if ref is not None and torch.is_tensor(value) and value.shape != ref.shape:
+            errors.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                          f"the shape in current model is {tuple(ref.shape)}.")
+    if errors:
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}:\n\t" + "\n\t".join(errors))
+
+    translated = {k: v for k, v in state_dict.items() if k in own and k not in polar_keys}
+    split: dict[int, tuple] = {}
+    for t in polar_tensors(model):
+        given = [(q, state_dict[q]) for q, _, _ in t.owners if q in state_dict]
+        if not given:
+            continue
+        w = given[0][1]
+        for q, other in given[1:]:
+            if not torch.equal(other, w):
+                raise ValueError(f"{given[0][0]} and {q} are one tied weight in this model, but the checkpoint "
+                                 "holds different values for them")
+        s, v = t.polar.right_inverse(w.detach().to(device=t.direction.device, dtype=t.direction.dtype))
+        split[id(t.polar)] = (t, s, v)
+    for t, s, v in split.values():
+        for qualname, _, name in t.owners:
+            base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
+            translated[base + "original0"], translated[base + "original1"] = s, v
+            translated[base + "0._extra_state"] = t.polar.settings()
+    model.load_state_dict(translated, strict=False)
+    return _IncompatibleKeys(missing, unexpected)

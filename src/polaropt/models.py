@@ -1,0 +1,249 @@
+"""Whole-model operations: polarize every matrix of a model, undo it, and re-initialize a polar model.
+
+``polarize_model(model)`` is one call for a GPT, a CNN or an LSTM: it finds every parameter with
+two or more dims (Linear, Conv*, Embedding, ``MultiheadAttention.in_proj_weight``, LSTM weights,
+...), groups the owners of each shared Parameter (a tied embedding and output head is polarized
+once and stays tied) and polarizes them with one spec.
+
+Defaults and why:
+
+- ``scale="row"``: one scale per output unit (a Linear's output feature, a Conv's output channel,
+  an Embedding's token), the granularity of torch's ``weight_norm(dim=0)``: each unit's gain is a
+  scale, each unit's incoming weights a direction. (For ``ConvTranspose*d``, whose weight is
+  ``(in, out/groups, ...)``, dim 0 is the input channel; pass ``scale="column"`` and ``include``
+  for those if you want per-output-channel scales.)
+- ``mode="absorb"``: the default of :func:`polaropt.polarize` and the library's reason to exist
+  (Liu's re-parametrization: ``W`` is unchanged by the renormalization, the scale grows
+  multiplicatively). It needs :func:`polaropt.attach`; forgetting it raises at the next forward.
+- 1-D tensors (biases, LayerNorm/BatchNorm gains) are left alone: their "direction" would be a sign.
+  Name one exactly in ``include`` to polarize it anyway.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import fold, guard
+from .polar import DEFAULT_EPS, Polar, _remove, polar_tensors, polarize
+from .steps import _orphan_message
+
+SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
+Selector = "str | Iterable[str] | Callable[[str, nn.Module, torch.Tensor], bool] | None"
+
+
+def _candidates(model: nn.Module) -> list[tuple[torch.Tensor, list[tuple[str, nn.Module, str]]]]:
+    """Every plain (not parametrized) Parameter of ``model`` with all its owners, in module order."""
+    found: dict[int, tuple] = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, (parametrize.ParametrizationList, Polar)):
+            continue
+        for name, p in module._parameters.items():
+            if p is None:
+                continue
+            owners = found.setdefault(id(p), (p, []))[1]
+            if all(m is not module or n != name for _, m, n in owners):
+                owners.append((f"{prefix}.{name}" if prefix else name, module, name))
+    return list(found.values())
+
+
+def _patterns(kind: str, selector) -> list[str] | None:
+    if selector is None or callable(selector):
+        return None
+    patterns = [selector] if isinstance(selector, str) else list(selector)
+    bad = [p for p in patterns if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{kind}= takes glob patterns (str), a list of them or a callable "
+                        f"(qualname, module, tensor) -> bool; got {bad[0]!r}")
+    return patterns
+
+
+def _select(candidates, include, exclude) -> list[tuple[torch.Tensor, list]]:
+    inc, exc = _patterns("include", include), _patterns("exclude", exclude)
+    used_inc, used_exc, only_flat = set(), set(), {}
+    chosen = []
+    for p, owners in candidates:
+        names = [q for q, _, _ in owners]
+        if callable(exclude):
+            excluded = any(exclude(q, m, p) for q, m, _ in owners)
+        else:
+            hits = {pat for pat in exc or () for q in names if fnmatchcase(q, pat)}
+            used_exc |= hits
+            excluded = bool(hits)
+        if include is None:
+            selected = p.ndim >= 2
+        elif callable(include):
+            selected = any(include(q, m, p) for q, m, _ in owners)
+        else:
+            hits = {pat for pat in inc for q in names if fnmatchcase(q, pat)}
+            exact = {pat for pat in inc if pat in names}
+            if p.ndim >= 2:
+                selected = bool(hits)
+                used_inc |= hits
+            else:  # a 1-D tensor is polarized only when named exactly
+                selected = bool(exact)
+                used_inc |= exact
+                for pat in hits - exact:
+                    only_flat.setdefault(pat, []).append(names[0])
+        if selected and not excluded:
+            chosen.append((p, owners))
+    everything = [q for _, owners in candidates for q, _, _ in owners]
+    for pat in inc or ():
+        if pat not in used_inc:
+            if pat in only_flat:
+                raise ValueError(
+                    f"include pattern {pat!r} matches only tensors with fewer than 2 dims "
+                    f"({', '.join(only_flat[pat][:5])}), which are polarized only when named exactly "
+                    f"(e.g. include=[{only_flat[pat][0]!r}])")
+            raise ValueError(f"include pattern {pat!r} matches no parameter of the model; its parameters are "
+                             f"{_preview(everything)}")
+    for pat in exc or ():
+        if pat not in used_exc:
+            raise ValueError(f"exclude pattern {pat!r} matches no parameter of the model; its parameters are "
+                             f"{_preview(everything)}")
+    return chosen
+
+
+def _preview(names: list[str], k: int = 12) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selector = None, **spec) -> list[str]:
+    """Polarize every matrix-shaped parameter of ``model``; return the qualified names polarized.
+
+    Args:
+        include: which parameters: None (every parameter with ``ndim >= 2``), glob patterns on the
+            qualified name (``"*.attn.*"``, ``["fc1.weight", "fc2.weight"]``; a 1-D tensor only when
+            named exactly), or a callable ``(qualname, module, tensor) -> bool``.
+        exclude: parameters to leave plain (same forms); applied after ``include``.
+        **spec: settings for :func:`polaropt.polarize`: ``scale`` (default ``"row"``), ``mode``
+            (default ``"absorb"``), ``trainable_scale``, ``init``, ``batch_dims``, ``eps``.
+
+    A Parameter held by several modules (tied weights) is selected when any of its names is, and
+    polarized once for all owners; every owner's name is in the result. Parameters already
+    parametrized are skipped. Everything is checked before anything is polarized (unknown
+    settings, patterns that match nothing, zero-norm slices, NaN, meta tensors), so a refusal
+    leaves the model as it was.
+
+    Raises:
+        ValueError: a pattern that matches nothing, a bad setting, or a weight that cannot be split.
+
+    Example:
+        >>> import torch, polaropt as po
+        >>> model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+        >>> model[1].weight = model[0].weight  # a tied head
+        >>> po.polarize_model(model)
+        ['0.weight', '1.weight']
+        >>> sum(p.numel() for p in model.parameters())  # s (10) + V (40) + the head's bias (10)
+        60
+    """
+    unknown = sorted(set(spec) - set(SPEC_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown polarize setting(s) {', '.join(map(repr, unknown))}; valid are "
+                         f"{', '.join(map(repr, SPEC_DEFAULTS))}")
+    spec = {**SPEC_DEFAULTS, **spec}
+    orphaned = guard.orphans(model)
+    if orphaned:
+        raise ValueError(_orphan_message(orphaned))
+    chosen = _select(_candidates(model), include, exclude)
+    for p, owners in chosen:  # validate all before changing any
+        polar = Polar(p.ndim, **spec)
+        polar._label = owners[0][0]
+        polar.check(p)
+    done = []
+    for p, owners in chosen:
+        for qualname, module, name in owners:
+            polarize(module, name, **spec)
+            done.append(qualname)
+        module, name = owners[0][1], owners[0][2]
+        module.parametrizations[name][0]._label = owners[0][0]
+    return done
+
+
+def unpolarize_model(model: nn.Module) -> list[str]:
+    """Bake every polarized tensor of ``model`` back into a plain Parameter holding ``s ⊙ Ŵ``.
+
+    A shared (tied) weight becomes one Parameter held by all its owners. Returns the qualified
+    names. Build a new optimizer afterwards.
+    """
+    done = []
+    for t in list(polar_tensors(model)):
+        with torch.no_grad():
+            w = getattr(t.module, t.name).detach().clone()
+        plain = nn.Parameter(w, requires_grad=True)
+        for qualname, module, name in t.owners:
+            _remove(module, name)
+            setattr(module, name, plain)
+            done.append(qualname)
+    return done
+
+
+def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Module:
+    """Run an initializer on a polarized model as if it were plain, then split the result back.
+
+    ``fn`` is called on every submodule, children first (as ``model.apply(fn)``), while every
+    polarized tensor is a plain Parameter holding ``W``; so ``nn.init.*_(m.weight)``,
+    ``m.reset_parameters()`` and Hugging Face-style ``_init_weights(m)`` work. Afterwards each
+    ``W`` is split by the same rule as :func:`polaropt.polarize` and written into the *existing*
+    ``s`` and ``V`` (an optimizer built on them stays valid, though its state describes the old
+    weights). Ties are kept: the owners of a shared weight see one Parameter during ``fn``.
+
+    This is the supported way: on a polarized model, ``nn.init.*_(m.weight)`` or
+    ``m.weight.data.normal_()`` write into a recomputed ``W`` that is thrown away.
+
+    If ``fn`` raises, every tensor is polarized again with its ``s`` and ``V`` as they were
+    (whatever ``fn`` already did to plain tensors stays, as with ``model.apply``).
+
+    Example:
+        >>> import torch, polaropt as po
+        >>> layer = po.polarize(torch.nn.Linear(3, 2), scale="row", mode="absorb")
+        >>> _ = po.reinitialize_(layer, lambda m: torch.nn.init.ones_(m.weight) if hasattr(m, "weight") else None)
+        >>> bool(torch.allclose(layer.weight, torch.ones(2, 3)))
+        True
+    """
+    if not callable(fn):
+        raise TypeError(f"reinitialize_ expects a callable fn(module), got {type(fn).__name__}")
+    orphaned = guard.orphans(model)
+    if orphaned:
+        raise ValueError(_orphan_message(orphaned))
+    saved = []
+    try:
+        for t in list(polar_tensors(model)):
+            with torch.no_grad():
+                plain = nn.Parameter(getattr(t.module, t.name).detach().clone(), requires_grad=t.direction.requires_grad)
+            saved.append((t, [module.parametrizations[name] for _, module, name in t.owners], plain))
+            for _, module, name in t.owners:
+                fold.remove(module, name)
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+                setattr(module, name, plain)
+        model.apply(fn)
+    finally:
+        # put every ParametrizationList back as it was (s and V untouched so far); a placeholder
+        # registration installs torch's class and property without splitting fn's result
+        for t, plists, _ in saved:
+            for (_, module, name), plist in zip(t.owners, plists):
+                if parametrize.is_parametrized(module, name):
+                    continue
+                parametrize.register_parametrization(module, name, _Placeholder(), unsafe=True)
+                module.parametrizations[name] = plist
+                if fold.foldable(module, name, plist[0]):
+                    fold.install(module)
+    # fn succeeded: split every new W (all checked before any is written), then write s and V
+    splits = [t.polar.right_inverse(plain) for t, _, plain in saved]
+    with torch.no_grad():
+        for (t, _, _), (s, v) in zip(saved, splits):
+            t.scale.copy_(s)
+            t.direction.copy_(v)
+            guard.mark_clean(t.polar, t.direction)
+    return model
+
+
+class _Placeholder(nn.Module):
+    """An identity parametrization, registered only to be swapped for the saved ParametrizationList."""
+
+    def forward(self, x):
+        return x

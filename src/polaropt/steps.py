@@ -1,0 +1,246 @@
+"""What polaropt does around ``optimizer.step()``: one controller per optimizer, hooks in a fixed order.
+
+Before the step (``register_step_pre_hook``):
+
+1. **Gradient guard** (with :func:`attach`): one ``torch._foreach_norm`` over every gradient the
+   optimizer is about to use and one host sync; a NaN or Inf refuses the step with
+   ``FloatingPointError`` naming the tensors, before the optimizer writes anything, so every
+   parameter and every optimizer state is as it was.
+2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
+   each multiplies its groups' *current* lr, whatever other schedulers set it to, for the duration
+   of this step.
+
+After the step (``register_step_post_hook``, in this order):
+
+3. The multiplied lrs are put back, so chained torch schedulers (``CosineAnnealingLR``,
+   ``LinearLR``, ``OneCycleLR``, ...) always read and write the lr they set, in any order.
+4. **Renormalization** (with :func:`attach`): every ``every``-th step, :func:`polaropt.renormalize_`
+   with the chosen state policy; on the other steps the moved directions are recorded as
+   deliberately left until later (so :mod:`polaropt.guard` does not raise). The step count lives in
+   ``optimizer.param_groups[0]["polar_steps"]``, so it is saved and restored with the optimizer's
+   ``state_dict``.
+
+All of polaropt's work sits in one pre-hook and one post-hook per optimizer, whatever the order in
+which ``attach`` and the schedules were created.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+from torch import nn
+
+from . import guard
+from .polar import polar_tensors
+from .renorm import _plan_transport, _targets, renormalize_
+from .slices import slice_norm
+from .transport import check_state_policy
+
+_controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
+
+
+class _Control:
+    """polaropt's hooks on one optimizer; removed from torch when nothing uses them any more."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = weakref.ref(optimizer)
+        self.attached: list[dict] = []     # {"model", "state", "every"}
+        self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
+        self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
+        self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
+
+    def release_if_unused(self) -> None:
+        if not self.attached and not self.multipliers:
+            for h in self.handles:
+                h.remove()
+            opt = self.optimizer()
+            if opt is not None:
+                _controls.pop(opt, None)
+
+    def _pre(self, optimizer, args, kwargs) -> None:
+        self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
+        if self.attached:
+            check_gradients(optimizer, [a["model"] for a in self.attached])
+        if self.multipliers:
+            applied = []
+            for ref in list(self.multipliers):
+                factors = ref()
+                if factors is None:  # the schedule was garbage-collected: it stops acting
+                    self.multipliers.remove(ref)
+                    continue
+                for i, factor in factors(optimizer).items():
+                    group = optimizer.param_groups[i]
+                    applied.append((i, group["lr"]))
+                    group["lr"] = group["lr"] * factor
+            self.applied = applied
+
+    def _restore(self, optimizer) -> None:
+        if self.applied is not None:
+            for i, lr in reversed(self.applied):
+                optimizer.param_groups[i]["lr"] = lr
+            self.applied = None
+
+    def _post(self, optimizer, args, kwargs) -> None:
+        self._restore(optimizer)
+        if not self.attached:
+            return
+        group = optimizer.param_groups[0]
+        group["polar_steps"] = count = group.get("polar_steps", 0) + 1
+        for a in self.attached:
+            if count % a["every"] == 0:
+                renormalize_(a["model"], optimizer=optimizer, state=a["state"])
+            else:
+                for t in _targets(a["model"]):
+                    guard.mark_clean(t.polar, t.direction)
+
+
+def control(optimizer: torch.optim.Optimizer) -> _Control:
+    c = _controls.get(optimizer)
+    if c is None:
+        c = _controls[optimizer] = _Control(optimizer)
+    return c
+
+
+def _names(models, optimizer) -> dict[int, str]:
+    names = {}
+    for model in models:
+        for qualname, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), qualname)
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            names.setdefault(id(p), f"group {gi} param {pi} {tuple(p.shape)}")
+    return names
+
+
+def _zero_slices(models) -> list[str]:
+    """Tensors whose normalize-mode V has an all-zero slice (the fused kernel's 0/0)."""
+    out = []
+    for model in models:
+        for t in polar_tensors(model):
+            if t.polar.mode == "normalize":
+                k = int((slice_norm(t.direction.detach(), t.polar.dims) == 0).sum())
+                if k:
+                    out.append(f"{t.qualname} ({k} slice(s) of V are exactly zero, so V/‖V‖ is 0/0)")
+    return out
+
+
+@torch.no_grad()
+def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
+    """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
+
+    One ``torch._foreach_norm`` (max-abs) per device and one host sync; nothing is modified.
+    """
+    by_device: dict = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            g = p.grad
+            if g is not None:
+                by_device.setdefault(g.device, []).append(g._values() if g.is_sparse else g)
+    if not by_device:
+        return
+    peaks = [n.float() for grads in by_device.values() for n in torch._foreach_norm(grads, float("inf"))]
+    if bool(torch.isfinite(torch.stack([p.cpu() for p in peaks]) if len(by_device) > 1 else torch.stack(peaks)).all()):
+        return
+    names = _names(models, optimizer)
+    bad = [names[id(p)] for group in optimizer.param_groups for p in group["params"]
+           if p.grad is not None and not bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())]
+    why = _zero_slices(models)
+    raise FloatingPointError(
+        f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; the step was refused before "
+        f"{type(optimizer).__name__} wrote anything, so every parameter and optimizer state is as it was"
+        + (f". Cause found: {'; '.join(why)}" if why else " (lower the learning rate, or check the loss and inputs)")
+    )
+
+
+class AttachHandle:
+    """What :func:`attach` returns: ``remove()`` detaches (like torch's ``RemovableHandle``)."""
+
+    def __init__(self, ctl: _Control, entry: dict):
+        self._ctl, self._entry = ctl, entry
+
+    def remove(self) -> None:
+        if self._entry in self._ctl.attached:
+            self._ctl.attached.remove(self._entry)
+            self._ctl.release_if_unused()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def _stateless(optimizer) -> bool:
+    """True when ``reset`` can drop nothing: plain SGD (no momentum) or an optimizer that keeps no state."""
+    if getattr(optimizer, "stateless", False):
+        return True
+    return isinstance(optimizer, torch.optim.SGD) and all(g.get("momentum", 0) == 0 for g in optimizer.param_groups)
+
+
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep", every: int = 1) -> AttachHandle:
+    """Guard and renormalize ``model`` around every ``optimizer.step()``; return a removable handle.
+
+    - Before each step, every gradient the optimizer will use is checked for NaN/Inf (one foreach
+      reduction and one host sync); a bad one raises ``FloatingPointError`` before anything is
+      written. This guards every mode, ``free`` and ``normalize`` included.
+    - After every ``every``-th step, the ``"project"``/``"absorb"`` tensors are renormalized
+      (:func:`polaropt.renormalize_`) and the optimizer state is handled by ``state``:
+
+      - ``"keep"``: the state stays as it is (Liu's notebooks).
+      - ``"rescale"``: Adam/AdamW/SGD moments are transported into the new coordinates (exact;
+        :mod:`polaropt.transport`). ``s`` and ``V`` must be in this optimizer.
+      - ``"reset"``: the state of every renormalized tensor is **deleted**. With ``every=1`` that is
+        after every step, so Adam never has more than one gradient in its moments: each update is
+        ``lr·g/(|g|+eps) ≈ lr·sign(g)`` (sign descent) and momentum never builds up. A warning says
+        so; use ``every=k > 1`` (a restart every k steps) or ``"rescale"``.
+
+    ``every=k > 1`` lets ``V`` leave the sphere for up to ``k − 1`` steps (mode ``"project"`` and
+    ``"absorb"`` then train like ``"free"`` in between). The step count is kept in
+    ``optimizer.param_groups[0]["polar_steps"]`` and so survives a checkpoint.
+
+    Works with any ``torch.optim`` optimizer (through ``register_step_pre_hook`` /
+    ``register_step_post_hook``); validates ``state`` against this optimizer now.
+
+    Example:
+        >>> import torch, polaropt as po
+        >>> model = po.polarize(torch.nn.Linear(4, 2), scale="row", mode="absorb")
+        >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        >>> handle = po.attach(opt, model, state="rescale")
+        >>> model(torch.randn(8, 4)).square().mean().backward(); opt.step()
+        >>> bool(torch.allclose(po.direction_of(model).norm(dim=1), torch.ones(2)))
+        True
+        >>> handle.remove()
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach expects the model (an nn.Module) second, got {type(model).__name__}")
+    check_state_policy(state, optimizer)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every must be a positive int (renormalize every k steps), got {every!r}")
+    orphaned = guard.orphans(model)
+    if orphaned:
+        raise ValueError(_orphan_message(orphaned))
+    # a policy that cannot be carried out is refused now, not at the first step
+    if state != "keep":
+        _plan_transport(optimizer, _targets(model), state)
+    if state == "reset" and every == 1 and not _stateless(optimizer):
+        warnings.warn(
+            f"attach(state='reset', every=1) deletes {type(optimizer).__name__}'s state of every renormalized tensor "
+            "after every step: adaptive moments restart each step (Adam becomes sign descent, lr·sign(g)) and momentum "
+            "never builds up. Use every=k > 1 or state='rescale' unless that is what you want.",
+            UserWarning, stacklevel=2)
+    ctl = control(optimizer)
+    entry = {"model": model, "state": state, "every": every}
+    ctl.attached.append(entry)
+    return AttachHandle(ctl, entry)
+
+
+def _orphan_message(orphaned: list[tuple[str, str]]) -> str:
+    pairs = "; ".join(f"{name} still holds the Parameter that {home} had before it was polarized"
+                      for name, home in orphaned)
+    return (f"a shared weight was polarized at only some of its owners: {pairs}. The tie is cut (the other owner "
+            "trains a copy nothing else reads). Polarize every owner with the same settings (po.polarize on each, "
+            "or po.polarize_model(model), which finds them all)")
