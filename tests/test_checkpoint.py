@@ -60,3 +60,76 @@ def test_checkpoint_resume_is_bitwise(direction, state, opt_name):
                                         "0.parametrizations.weight.original1", "0.parametrizations.weight.0._extra_state",
                                         "2.bias", "2.parametrizations.weight.original0",
                                         "2.parametrizations.weight.original1", "2.parametrizations.weight.0._extra_state"}
+
+
+# ----- polar settings travel with the checkpoint -------------------------------------------------------
+
+@pytest.mark.parametrize("change", [dict(mode="free"), dict(scale="tensor"), dict(trainable_scale=False)])
+def test_loading_into_a_differently_polarized_model_names_both_settings(change):
+    spec = dict(scale="row", mode="absorb", trainable_scale=True)
+    src = po.polarize(nn.Sequential(nn.Linear(4, 3))[0], **spec)
+    ckpt = src.state_dict()
+    other = po.polarize(nn.Linear(4, 3), **{**spec, **change})
+    key, value = next(iter(change.items()))
+    with pytest.raises((ValueError, RuntimeError), match=rf"(weight was polarized with .*{key}=|size mismatch)"):
+        other.load_state_dict(ckpt)
+    if key != "scale":  # a scale change also changes s's shape, which torch reports itself
+        with pytest.raises(ValueError, match=rf"checkpoint's weight was polarized with mode='absorb', scale='row', "
+                                             rf"trainable_scale=True, batch_dims=0, but this model's has .*{key}={value!r}"):
+            other.load_state_dict(ckpt)
+
+
+def test_nested_names_in_the_settings_error():
+    a, b = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    po.polarize_model(a, mode="absorb")
+    po.polarize_model(b, mode="project")
+    with pytest.raises(ValueError, match=r"checkpoint's 0\.weight was polarized with mode='absorb'"):
+        b.load_state_dict(a.state_dict())
+
+
+# ----- plain checkpoints in and out --------------------------------------------------------------------
+
+def plain_and_polar(mode="absorb"):
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    polar = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    po.polarize_model(polar, mode=mode)
+    return plain, polar
+
+
+def test_plain_state_dict_has_the_plain_keys_in_order():
+    plain, polar = plain_and_polar()
+    assert list(po.plain_state_dict(polar)) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert set(po.plain_state_dict(polar)) == set(plain.state_dict())
+    w = po.plain_state_dict(polar)["0.weight"]
+    assert not w.requires_grad and torch.equal(w, polar[0].weight.detach())
+
+
+def test_load_plain_state_dict_reports_keys_like_torch_and_changes_nothing_on_refusal():
+    plain, polar = plain_and_polar()
+    before = {k: v.clone() for k, v in polar.state_dict().items() if torch.is_tensor(v)}
+    sd = plain.state_dict()
+    bad = {k: v for k, v in sd.items() if k != "2.weight"} | {"extra": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match=r'(?s)Missing key\(s\) in state_dict: "2\.weight"\. .*Unexpected key\(s\) in state_dict: "extra"'):
+        po.load_plain_state_dict(polar, bad)
+    wrong = dict(sd) | {"0.weight": torch.zeros(8, 7, dtype=torch.float64)}
+    with pytest.raises(RuntimeError, match=r"size mismatch for 0\.weight: .*\(8, 7\) .*\(8, 6\)"):
+        po.load_plain_state_dict(polar, wrong)
+    zero = dict(sd) | {"2.weight": torch.zeros(3, 8, dtype=torch.float64)}
+    with pytest.raises(ValueError, match="zero norm"):
+        po.load_plain_state_dict(polar, zero)
+    assert all(torch.equal(v, before[k]) for k, v in polar.state_dict().items() if torch.is_tensor(v))
+    result = po.load_plain_state_dict(polar, bad, strict=False)
+    assert result.missing_keys == ["2.weight"] and result.unexpected_keys == ["extra"]
+    torch.testing.assert_close(polar[0].weight, plain[0].weight, rtol=1e-14, atol=1e-15)
+    assert torch.equal(polar[2].parametrizations.weight.original1, before["2.parametrizations.weight.original1"])
+
+
+def test_load_plain_state_dict_refuses_a_tie_the_checkpoint_does_not_have():
+    emb, head = nn.Embedding(5, 4), nn.Linear(4, 5, bias=False)
+    head.weight = emb.weight
+    tied = nn.ModuleDict({"emb": emb, "head": head})
+    po.polarize_model(tied)
+    untied = {"emb.weight": torch.randn(5, 4), "head.weight": torch.randn(5, 4)}
+    with pytest.raises(ValueError, match="one tied weight in this model, but the checkpoint holds different values"):
+        po.load_plain_state_dict(tied, untied)

@@ -73,3 +73,69 @@ def test_deepcopy_binds_the_forward_to_the_copy():
     assert clone.forward.__self__ is clone
     torch.testing.assert_close(clone(x), F.linear(x, clone.weight, clone.bias))
     torch.testing.assert_close(2 * clone.weight, layer.weight)
+
+
+# ----- the fast path keeps nn.Linear's contract ----------------------------------------------------------
+
+def folded_layer(scale="row"):
+    torch.manual_seed(0)
+    layer = po.polarize(nn.Linear(9, 7), scale=scale, mode="absorb")
+    assert fold.installed(layer)
+    return layer
+
+
+def test_torch_remove_parametrizations_leaves_a_working_linear():
+    layer = folded_layer()
+    w = layer.weight.detach().clone()
+    torch.nn.utils.parametrize.remove_parametrizations(layer, "weight")
+    x = torch.randn(2, 9)
+    torch.testing.assert_close(layer(x), F.linear(x, w, layer.bias))
+
+
+def test_a_stacked_parametrization_is_respected():
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    layer = folded_layer()
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", Double())
+    x = torch.randn(2, 9)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("rows", [2, 40])
+def test_autocast_output_dtype_matches_plain_linear(rows):
+    layer, plain = folded_layer(), nn.Linear(9, 7)
+    x = torch.randn(rows, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == plain(x).dtype == torch.bfloat16
+
+
+def test_parametrize_cached_reuses_w():
+    layer = folded_layer()
+    x = torch.randn(2, 9)
+    calls = []
+    po.polar_spec(layer).register_forward_hook(lambda *a: calls.append(1))
+    with torch.nn.utils.parametrize.cached():
+        y1, y2 = layer(x), layer(x)
+    assert len(calls) == 1  # W formed once, as the cache promises
+    torch.testing.assert_close(y1, F.linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(y2, y1)
+
+
+def test_a_forward_patched_by_the_user_is_kept_and_survives_unpolarize():
+    layer = nn.Linear(9, 7)
+    layer.forward = lambda x: torch.zeros(3)
+    po.polarize(layer, scale="row", mode="absorb")
+    assert not fold.installed(layer) and torch.equal(layer(torch.randn(2, 9)), torch.zeros(3))
+    po.unpolarize(layer)
+    assert torch.equal(layer(torch.randn(2, 9)), torch.zeros(3))
+
+
+def test_the_folded_path_raises_the_stale_error_too():
+    layer = folded_layer()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.randn(2, 9)).sum().backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="mode='absorb'.*po.attach"):
+        layer(torch.randn(2, 9))

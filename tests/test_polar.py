@@ -207,3 +207,17 @@ def test_normalize_fused_kernel_equals_reference_path(scale, batch_dims, seed):
         m.weight.sin().sum().backward()
     torch.testing.assert_close(po.scale_of(fused).grad, po.scale_of(ref).grad, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(po.direction_of(fused).grad, po.direction_of(ref).grad, rtol=1e-12, atol=1e-14)
+
+
+def test_a_buffer_is_refused():
+    bn = nn.BatchNorm1d(4)
+    with pytest.raises(ValueError, match="running_mean is a buffer, not a Parameter"):
+        po.polarize(bn, "running_mean")
+    assert not parametrize.is_parametrized(bn)
+
+
+def test_polar_settings_and_repr():
+    layer = po.polarize(linear(0), scale="row", mode="project", trainable_scale=False)
+    assert po.polar_spec(layer).settings() == {"mode": "project", "scale": "row", "trainable_scale": False,
+                                               "batch_dims": 0}
+    assert "mode='project'" in repr(layer)

@@ -216,3 +216,32 @@ def test_closed_forms_equal_the_general_dual_norm_formula(norm):
     size = {"l2": torch.linalg.vector_norm(direction), "linf": direction.abs().max(),
             "rms": direction.square().mean().sqrt(), "spectral": torch.linalg.matrix_norm(direction, 2)}[norm]
     assert size == pytest.approx(1.0, rel=1e-12) and (g * direction).sum() == pytest.approx(float(dual), rel=1e-12)
+
+
+def test_unknown_group_options_are_refused_not_ignored():
+    w = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"does not implement the param group option\(s\) 'momentum'"):
+        po.SteepestDescent([{"params": [w], "momentum": 0.9}], lr=0.1)
+    with pytest.raises(ValueError, match=r"'betas'"):
+        po.SteepestDescent([{"params": [w], "betas": (0.9, 0.99)}], lr=0.1)
+
+
+def test_decoupled_weight_decay():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    opt = po.SteepestDescent([w], lr=0.5, norm="l2", weight_decay=0.1)
+    w.grad = torch.tensor([0.2, 0.4], dtype=torch.float64)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0], dtype=torch.float64) * (1 - 0.05)
+                               - 0.25 * torch.tensor([0.2, 0.4], dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight_decay must be a finite non-negative"):
+        po.SteepestDescent([w], lr=0.5, weight_decay=-1.0)
+
+
+@pytest.mark.parametrize("state", po.STATES)
+def test_every_state_policy_is_accepted_because_there_is_no_state(state):
+    layer = po.polarize(torch.nn.Linear(4, 3).double(), scale="row", mode="absorb")
+    opt = po.SteepestDescent(po.param_groups(layer, weight_decay=0.01), lr=0.1, norm="l2")
+    po.attach(opt, layer, state=state)
+    layer(torch.randn(5, 4, dtype=torch.float64)).square().sum().backward()
+    opt.step()
+    assert not opt.state

@@ -87,10 +87,10 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
     unexpected = [k for k in state_dict if k not in set(expected)]
     errors = []
     if strict and (missing or unexpected):
+        if missing:  # torch's order and wording
+            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
         if unexpected:
             errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
-        if missing:
-            errors.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". ")
     for key, value in state_dict.items():
         ref = own.get(key) if key not in plain_keys else plain_keys[key][0].direction
         if ref is not None and torch.is_tensor(value) and value.shape != ref.shape:

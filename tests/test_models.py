@@ -1,0 +1,338 @@
+"""The shapes people train: a small GPT (tied embedding/head, fused qkv, LayerNorm), a CNN and an LSTM,
+each polarized whole with ``polarize_model`` in every mode and trained with AdamW + a cosine schedule."""
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import polaropt as po
+
+VOCAB, D, T = 48, 32, 12
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv = nn.Linear(D, 3 * D)  # fused q, k, v
+        self.proj = nn.Linear(D, D)
+        self.fc, self.out = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, 2, D // 2).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, D)
+        x = x + self.proj(y)
+        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok_emb, self.pos_emb = nn.Embedding(VOCAB, D), nn.Embedding(T, D)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.ln_f = nn.LayerNorm(D)
+        self.lm_head = nn.Linear(D, VOCAB, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied
+
+    def forward(self, idx):
+        x = self.tok_emb(idx) + self.pos_emb(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class CNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(), nn.Flatten())
+        self.head = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class LSTMLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.lstm = nn.LSTM(16, 24, num_layers=2, batch_first=True)
+        self.head = nn.Linear(24, VOCAB)
+
+    def forward(self, idx):
+        return self.head(self.lstm(self.emb(idx))[0])
+
+
+def batch(kind, step):
+    """Learnable toy data: images are a class template plus noise; text follows t -> (3t + 1) mod VOCAB."""
+    g = torch.Generator().manual_seed(1000 + step)
+    if kind == "cnn":
+        templates = torch.randn(10, 1, 10, 10, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+        y = torch.randint(0, 10, (16,), generator=g)
+        return templates[y] + 0.5 * torch.randn(16, 1, 10, 10, generator=g, dtype=torch.float64), y
+    idx = [torch.randint(0, VOCAB, (8,), generator=g)]
+    for _ in range(T):
+        idx.append((3 * idx[-1] + 1) % VOCAB)
+    idx = torch.stack(idx, 1)
+    return idx[:, :-1], idx[:, 1:]
+
+
+def loss_of(model, kind, step):
+    x, y = batch(kind, step)
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+MODELS = {"gpt": GPT, "cnn": CNN, "lstm": LSTMLM}
+EXPECTED = {  # what polarize_model must find: every matrix, each tied weight under both names
+    "gpt": ["tok_emb.weight", "lm_head.weight", "pos_emb.weight"]
+           + [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("qkv", "proj", "fc", "out")],
+    "cnn": ["features.0.weight", "features.3.weight", "head.weight"],
+    "lstm": ["emb.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1",
+             "head.weight"],
+}
+
+
+def build(kind, mode, seed=0):
+    torch.manual_seed(seed)
+    model = MODELS[kind]().double()
+    names = po.polarize_model(model, mode=mode)
+    opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
+    po.attach(opt, model)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=30)
+    return model, opt, sched, names
+
+
+def train(model, opt, sched, kind, start, n):
+    losses = []
+    for step in range(start, start + n):
+        opt.zero_grad()
+        loss = loss_of(model, kind, step)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("mode", po.MODES)
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_whole_model_trains_keeps_ties_and_round_trips(kind, mode):
+    torch.manual_seed(0)
+    plain = MODELS[kind]().double()
+    model, opt, sched, names = build(kind, mode)
+    assert sorted(names) == sorted(EXPECTED[kind])
+    # every polarized matrix adds its row scales and nothing else; the tied weight counts once
+    scales = sum(t.scale.numel() for t in po.polar_tensors(model))
+    assert n_params(model) == n_params(plain) + scales
+    with torch.no_grad():
+        x, _ = batch(kind, 0)
+        torch.testing.assert_close(model(x), plain(x), rtol=1e-12, atol=1e-12)  # polarize keeps W
+
+    losses = train(model, opt, sched, kind, 0, 15)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    losses += train(model, opt, sched, kind, 15, 15)
+    assert losses[-1] < 0.8 * losses[0], losses  # it learns (plain AdamW: ×0.02–0.6 here)
+    if kind == "gpt":
+        assert torch.equal(model.tok_emb.weight, model.lm_head.weight)  # still one weight
+        assert model.tok_emb.parametrizations.weight is model.lm_head.parametrizations.weight
+    if mode in ("project", "absorb"):
+        for t in po.polar_tensors(model):
+            n = torch.linalg.vector_norm(t.direction, dim=t.polar.dims, keepdim=True)
+            torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-12, atol=0)
+
+    # resume from the checkpoint in a fresh model: the same 15 steps, bitwise
+    resumed, opt2, sched2, _ = build(kind, mode, seed=7)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    resumed.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    sched2.load_state_dict(ckpt["sched"])
+    train(resumed, opt2, sched2, kind, 15, 15)
+    for (key, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
+        assert (a == b) if isinstance(a, dict) else torch.equal(a, b), key
+
+    # export: a plain state dict that the unpolarized architecture loads strictly, same outputs
+    plain.load_state_dict(po.plain_state_dict(model), strict=True)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        x, _ = batch(kind, 3)
+        torch.testing.assert_close(plain(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_plain_checkpoint_into_a_polar_model(kind):
+    torch.manual_seed(3)
+    pretrained = MODELS[kind]().double()
+    model, *_ = build(kind, "absorb", seed=5)  # other values: the load must replace them
+    result = po.load_plain_state_dict(model, pretrained.state_dict())
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    pretrained.eval(), model.eval()
+    with torch.no_grad():
+        x, _ = batch(kind, 0)
+        torch.testing.assert_close(model(x), pretrained(x), rtol=1e-12, atol=1e-12)
+    for t in po.polar_tensors(model):  # split by polarize's rule: unit directions
+        n = torch.linalg.vector_norm(t.direction, dim=t.polar.dims, keepdim=True)
+        torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-12, atol=0)
+
+
+# ----- polarize_model: what it selects, and what it refuses -------------------------------------------
+
+def test_polarize_model_include_exclude_and_one_dim_tensors():
+    torch.manual_seed(0)
+    model = GPT().double()
+    names = po.polarize_model(model, include=["blocks.*"], exclude="*.proj.weight", mode="free")
+    assert names == [f"blocks.{i}.{n}.weight" for i in range(2) for n in ("qkv", "fc", "out")]
+    assert not po.is_polarized(model.tok_emb) and not po.is_polarized(model.blocks[0].proj)
+    # 1-D tensors only when named exactly; a callable sees (qualname, module, tensor)
+    more = po.polarize_model(model, include=["ln_f.weight", "blocks.0.proj.weight"], scale="tensor", mode="free")
+    assert more == ["blocks.0.proj.weight", "ln_f.weight"]  # in module order
+    picked = po.polarize_model(model, include=lambda q, m, t: isinstance(m, nn.Embedding), mode="free")
+    assert picked == ["tok_emb.weight", "lm_head.weight", "pos_emb.weight"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(include="*.nothing"), r"include pattern '\*\.nothing' matches no parameter of the model; its parameters are"),
+    (dict(exclude="head.*"), r"exclude pattern 'head\.\*' matches no parameter"),
+    (dict(include="*.bias"), r"matches only tensors with fewer than 2 dims .*named exactly"),
+    (dict(direction="absorb"), r"unknown polarize setting\(s\) 'direction'; valid are 'scale', 'mode'"),
+    (dict(mode="sphere"), r"unknown mode 'sphere'; valid choices are 'free', 'normalize', 'project', 'absorb'"),
+    (dict(include=[3]), r"glob patterns"),
+])
+def test_polarize_model_refusals_leave_the_model_as_it_was(kwargs, match):
+    torch.manual_seed(0)
+    model = GPT().double()
+    before = n_params(model)
+    with pytest.raises((ValueError, TypeError), match=match):
+        po.polarize_model(model, **kwargs)
+    assert not list(po.polar_tensors(model)) and n_params(model) == before
+
+
+def test_polarize_model_validates_everything_before_polarizing_anything():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight[1] = 0  # a zero row cannot be split with a row scale
+    with pytest.raises(ValueError, match=r"1 slice\(s\) of 1\.weight .*zero norm"):
+        po.polarize_model(model)
+    assert not po.is_polarized(model[0])
+
+
+# ----- tied weights ------------------------------------------------------------------------------------
+
+def test_polarizing_one_owner_of_a_tie_is_refused_and_the_second_joins():
+    torch.manual_seed(0)
+    model = GPT().double()
+    before = n_params(model)
+    po.polarize(model.tok_emb, scale="row", mode="absorb")
+    with pytest.raises(ValueError, match=r"lm_head\.weight still holds the Parameter that tok_emb\.weight had"):
+        po.param_groups(model)
+    with pytest.raises(ValueError, match=r"lm_head\.weight still holds"):
+        po.attach(torch.optim.SGD(po.polar_tensors(model).__next__().module.parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match=r"lm_head\.weight still holds"):
+        po.polarize_model(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)  # the orphan is in it
+    loss_of(model, "gpt", 0).backward()
+    with pytest.raises(RuntimeError, match=r"updates a Parameter of shape \(48, 32\) that polaropt\.polarize replaced"):
+        opt.step()
+    with pytest.raises(ValueError, match=r"shares its Parameter with Embedding\.weight, which is already polarized"):
+        po.polarize(model.lm_head, scale="row", mode="free")
+    po.polarize(model.lm_head, scale="row", mode="absorb")  # joins: one s, one V
+    assert model.lm_head.parametrizations.weight is model.tok_emb.parametrizations.weight
+    assert n_params(model) == before + VOCAB
+    with pytest.raises(ValueError, match="shared by 2 modules .*unpolarize_model"):
+        po.unpolarize(model.lm_head)
+
+
+def test_unpolarize_model_keeps_the_tie():
+    torch.manual_seed(0)
+    model = GPT().double()
+    before = n_params(model)
+    po.polarize_model(model)
+    w = model.tok_emb.weight.detach().clone()
+    assert sorted(po.unpolarize_model(model)) == sorted(EXPECTED["gpt"])
+    assert model.lm_head.weight is model.tok_emb.weight and isinstance(model.tok_emb.weight, nn.Parameter)
+    assert torch.equal(model.tok_emb.weight.detach(), w) and n_params(model) == before
+
+
+# ----- re-initialization -------------------------------------------------------------------------------
+
+def hf_style_init(module):
+    """What Hugging Face's _init_weights does."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            module.bias.data.zero_()
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_reinitialize_runs_plain_initializers_and_keeps_ties_and_leaves(kind):
+    torch.manual_seed(0)
+    model = MODELS[kind]().double()
+    po.polarize_model(model, mode="absorb")
+    leaves = [(t.scale, t.direction) for t in po.polar_tensors(model)]
+    with torch.no_grad():  # the pitfall: these write into a recomputed W that is thrown away
+        w0 = [getattr(t.module, t.name).clone() for t in po.polar_tensors(model)]
+        for t in po.polar_tensors(model):
+            getattr(t.module, t.name).data.normal_()
+            nn.init.zeros_(getattr(t.module, t.name))
+    assert all(torch.equal(getattr(t.module, t.name), w) for t, w in zip(po.polar_tensors(model), w0))
+
+    torch.manual_seed(1)
+    po.reinitialize_(model, lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    torch.manual_seed(1)
+    plain = MODELS[kind]().double()
+    plain.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    plain.load_state_dict(po.plain_state_dict(model), strict=True)
+    # the polar model now holds a fresh init: same distribution as torch's, not the old weights
+    for t, w in zip(po.polar_tensors(model), w0):
+        assert not torch.allclose(getattr(t.module, t.name), w)
+    assert [(t.scale, t.direction) for t in po.polar_tensors(model)] == leaves  # the optimizer's leaves
+    for t in po.polar_tensors(model):
+        n = torch.linalg.vector_norm(t.direction, dim=t.polar.dims, keepdim=True)
+        torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-12, atol=0)
+
+    po.reinitialize_(model, hf_style_init)
+    emb = model.tok_emb if kind == "gpt" else model.emb if kind == "lstm" else model.head
+    assert 0.015 < float(emb.weight.detach().std()) < 0.025
+    if kind == "gpt":
+        assert torch.equal(model.tok_emb.weight, model.lm_head.weight)
+
+
+def test_reinitialize_failure_restores_the_polar_form():
+    model = po.polarize(nn.Linear(3, 2), scale="row", mode="absorb")
+    s, v = po.scale_of(model).detach().clone(), po.direction_of(model).detach().clone()
+
+    def broken(m):
+        nn.init.zeros_(m.weight)
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        po.reinitialize_(model, broken)
+    assert po.is_polarized(model) and torch.equal(po.scale_of(model), s) and torch.equal(po.direction_of(model), v)
+    with pytest.raises(ValueError, match="zero norm"):  # zeros cannot be split with mode='absorb'
+        po.reinitialize_(model, lambda m: nn.init.zeros_(m.weight))
+    assert torch.equal(po.scale_of(model), s) and torch.equal(po.direction_of(model), v)
+
+
+def test_meta_device_is_refused_with_initialize_first():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"meta device.*initialize first, then polarize"):
+        po.polarize(model[0])
+    with pytest.raises(ValueError, match=r"0\.weight is on the meta device"):
+        po.polarize_model(model)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    for m in model:
+        m.reset_parameters()
+    po.polarize_model(model)
+    assert all(float(t.scale.abs().max()) < 10 for t in po.polar_tensors(model))

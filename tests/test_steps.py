@@ -1,0 +1,215 @@
+"""What happens around optimizer.step(): the stale-direction check, attach(every=k), the gradient guard,
+state policies across two optimizers, and parameters that polarize replaced."""
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import polaropt as po
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+
+
+def polar_mlp(seed=0, **spec):
+    model = mlp(seed)
+    po.polarize(model[0], **spec)
+    return model
+
+
+def step(model, opt, seed=0, x=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64) if x is None else x
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+
+
+def tensors(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+
+
+def opt_state(opt):
+    return {(id(p), k): v.clone() for p, st in opt.state.items() for k, v in st.items() if torch.is_tensor(v)}
+
+
+# ----- a renormalized mode never silently trains as "free" -----------------------------------------
+
+@pytest.mark.parametrize("mode", ["project", "absorb"])
+@pytest.mark.parametrize("batch", [2, 40])  # 2 rows: nn.Linear's folded path; 40: W is formed
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "steepest"])
+def test_forgotten_attach_raises_at_the_next_forward(mode, batch, optimizer):
+    model = polar_mlp(scale="row", mode=mode)
+    opt = {"adam": lambda p: torch.optim.Adam(p, lr=0.1), "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+           "steepest": lambda p: po.SteepestDescent(p, lr=0.1)}[optimizer](model.parameters())
+    x = torch.randn(batch, 6, dtype=torch.float64)
+    step(model, opt, x=x)  # the first forward is fine: nothing was stepped yet
+    with pytest.raises(RuntimeError, match=rf"Linear\.weight is polarized with mode='{mode}'.*po\.attach"):
+        model(x)
+    po.renormalize_(model)  # renormalizing by hand is the other supported way
+    model(x)
+
+
+@pytest.mark.parametrize("mode", ["free", "normalize"])
+def test_modes_without_renormalization_need_no_attach(mode):
+    model = polar_mlp(scale="row", mode=mode)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    for t in range(3):
+        step(model, opt, seed=t)
+
+
+def test_loading_a_checkpoint_is_not_a_step():
+    model = polar_mlp(scale="row", mode="absorb")
+    other = polar_mlp(1, scale="row", mode="absorb")
+    model.load_state_dict(other.state_dict())  # copies into V in place: must not count as a step
+    model(torch.randn(2, 6, dtype=torch.float64))
+
+
+def test_attach_every_k_renormalizes_every_k_steps_and_survives_a_checkpoint():
+    def build():
+        model = polar_mlp(scale="row", mode="project")
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        po.attach(opt, model, every=3)
+        return model, opt
+
+    model, opt = build()
+    v = po.direction_of(model[0])
+    on_sphere = []
+    for t in range(7):
+        step(model, opt, seed=t)  # forwards between renormalizations are allowed
+        on_sphere.append(bool(torch.allclose(v.norm(dim=1), torch.ones(5, dtype=torch.float64), rtol=1e-12)))
+    assert on_sphere == [False, False, True, False, False, True, False]
+    assert opt.param_groups[0]["polar_steps"] == 7
+    buf = io.BytesIO()
+    torch.save({"m": model.state_dict(), "o": opt.state_dict()}, buf)
+    step(model, opt, seed=7)
+    step(model, opt, seed=8)  # the 9th step renormalizes
+    resumed, opt2 = build()
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    resumed.load_state_dict(ck["m"])
+    opt2.load_state_dict(ck["o"])
+    step(resumed, opt2, seed=7)
+    step(resumed, opt2, seed=8)
+    assert torch.equal(po.direction_of(resumed[0]), v)
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(5, dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("every", [0, -1, 1.5, True])
+def test_attach_every_refusals(every):
+    model = polar_mlp(mode="absorb")
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        po.attach(torch.optim.SGD(model.parameters(), lr=0.1), model, every=every)
+
+
+def test_reset_at_every_step_warns_and_makes_adam_sign_descent():
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.warns(UserWarning, match="sign descent"):
+        po.attach(opt, model, state="reset")
+    v = po.direction_of(model[0])
+    for t in range(3):
+        before = v.detach().clone()
+        opt.zero_grad()
+        model(torch.randn(4, 6, dtype=torch.float64)).square().mean().backward()
+        g = v.grad.clone()
+        opt.step()
+        # the step on V before renormalization was lr·sign(g) (fresh moments every step): undo the division
+        a = (before - 1e-3 * torch.sign(g)).norm(dim=1, keepdim=True)
+        torch.testing.assert_close(v.detach() * a, before - 1e-3 * torch.sign(g), rtol=1e-6, atol=1e-9)
+    with _no_warning():
+        po.attach(torch.optim.SGD(model.parameters(), lr=0.1), model, state="reset")  # SGD: nothing to lose
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("error")
+
+    def __exit__(self, *exc):
+        self._w.__exit__(*exc)
+
+
+# ----- the gradient guard: refused before anything is written, in every mode ------------------------
+
+@pytest.mark.parametrize("mode", po.MODES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_changes_no_parameter_and_no_state(mode, bad):
+    model = mlp()
+    po.polarize_model(model, mode=mode)
+    opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.1), lr=0.01)
+    po.attach(opt, model, state="rescale" if mode != "normalize" else "keep")
+    step(model, opt, seed=0)  # build some optimizer state
+    params, state = tensors(model), opt_state(opt)
+    opt.zero_grad()
+    model(torch.randn(4, 6, dtype=torch.float64)).square().mean().backward()
+    model[2].bias.grad[0] = bad  # one bad entry in a plain parameter's gradient
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient .*in 2\.bias; the step was refused before AdamW"):
+        opt.step()
+    assert all(torch.equal(v, params[k]) for k, v in tensors(model).items())
+    assert all(torch.equal(v, state[k]) for k, v in opt_state(opt).items())
+
+
+def test_inf_in_a_project_scale_is_caught():
+    model = polar_mlp(scale="row", mode="project")
+    with torch.no_grad():
+        po.scale_of(model[0])[0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"0\.weight and changed nothing"):
+        po.renormalize_(model)
+
+
+def test_normalize_zero_slice_is_named_by_the_guard():
+    model = polar_mlp(scale="row", mode="normalize")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    with torch.no_grad():
+        po.direction_of(model[0])[2] = 0  # pruning a unit by zeroing its direction
+    model(torch.randn(4, 6, dtype=torch.float64)).square().mean().backward()
+    with pytest.raises(FloatingPointError, match=r"0\.weight \(1 slice\(s\) of V are exactly zero"):
+        opt.step()
+
+
+def test_normalize_zero_slice_is_clamped_off_the_fused_path():
+    # bfloat16 takes the general path, which divides by max(‖V‖, eps): a zero slice stays zero
+    layer = po.polarize(nn.Linear(6, 5).to(torch.bfloat16), scale="row", mode="normalize")
+    with torch.no_grad():
+        po.direction_of(layer)[2] = 0
+    assert torch.equal(layer.weight[2], torch.zeros(6, dtype=torch.bfloat16))
+    assert torch.isfinite(layer.weight).all()
+
+
+# ----- state policies need s and V in one optimizer ---------------------------------------------------
+
+@pytest.mark.parametrize("state", ["rescale", "reset"])
+def test_state_policy_refuses_s_and_v_in_two_optimizers(state):
+    model = polar_mlp(scale="row", mode="absorb")
+    groups = po.param_groups(model)
+    opt_s = torch.optim.Adam([g for g in groups if g["polar_role"] == "scale"], lr=1e-3)
+    opt_v = torch.optim.Adam([g for g in groups if g["polar_role"] != "scale"], lr=1e-2)
+    with pytest.raises(ValueError, match=r"only V is in this optimizer \(s is in another one or none\)"):
+        po.attach(opt_v, model, state=state)
+    with pytest.raises(ValueError, match=r"only s is in this optimizer"):
+        po.attach(opt_s, model, state=state)
+    po.attach(opt_v, model, state="keep")  # keep touches no state: fine
+    # a fixed scale has no moments to transport
+    fixed = polar_mlp(scale="row", mode="absorb", trainable_scale=False)
+    po.attach(torch.optim.Adam(fixed.parameters(), lr=1e-2), fixed, state="rescale")
+
+
+# ----- a Parameter polarize replaced is never trained silently ----------------------------------------
+
+def test_optimizer_built_before_polarize_is_refused():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    po.polarize(model[0], mode="free")
+    model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
+    before = tensors(model)
+    with pytest.raises(RuntimeError, match=r"Parameter of shape \(5, 6\) that polaropt.polarize replaced .*Linear\.weight"):
+        opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in tensors(model).items())
