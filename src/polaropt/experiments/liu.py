@@ -11,6 +11,7 @@ the optimizer but still absorbs the norm. Mode names say what the modes do; the 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,8 +49,16 @@ def build(w0: torch.Tensor, mode: str, *, lr: float, scale: str = "tensor", init
         po.polarize(model, "weight", scale=scale, init=init, batch_dims=batch_dims, **POLAR[mode])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     if POLAR[mode] is not None and POLAR[mode]["mode"] == "absorb":
-        po.attach(opt, model, state=state)
+        attach(opt, model, state)
     return model, opt
+
+
+def attach(opt, model, state: str) -> None:
+    """``po.attach``; ``state="reset"`` after every step is one of the policies compared on purpose (its
+    notes explain why it is worse), so attach's warning about it is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"attach\(state='reset', every=1\)")
+        po.attach(opt, model, state=state)
 
 
 def mode_names() -> list[str]:
@@ -95,7 +104,7 @@ def _train_toys(w0, target, modes, *, lr, steps, state="keep", batch_dims=0, ini
         if POLAR[mode] is not None:
             po.polarize(model[mode], "weight", scale="tensor", init=init, batch_dims=batch_dims, **POLAR[mode])
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    po.attach(opt, model, state=state)
+    attach(opt, model, state)
     hist = {m: ([], [], [], []) for m in modes}
     for t in range(steps + 1):
         total = 0
@@ -625,7 +634,7 @@ def linreg_run(cfg: LinregConfig, progress) -> list[dict]:
             po.polarize(model[label], "weight", scale=sc, init="one", batch_dims=1, trainable_scale=tr,
                         mode="absorb" if ab else "free")
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-        po.attach(opt, model, state=state)
+        attach(opt, model, state)
         g = torch.Generator().manual_seed(12345)  # the same fresh batches for every group
         kept = torch.arange(0, cfg.steps, cfg.record_every)
         hist = torch.empty(len(kept), len(modes), S, dtype=torch.float64)
