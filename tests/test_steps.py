@@ -213,3 +213,18 @@ def test_optimizer_built_before_polarize_is_refused():
     with pytest.raises(RuntimeError, match=r"Parameter of shape \(5, 6\) that polaropt.polarize replaced .*Linear\.weight"):
         opt.step()
     assert all(torch.equal(v, before[k]) for k, v in tensors(model).items())
+
+
+def test_a_deepcopy_is_guarded_like_the_original():
+    import copy
+    model = copy.deepcopy(polar_mlp(scale="row", mode="absorb"))
+    assert "_v" not in po.polar_spec(model[0])._parameters  # a plain reference, not a parameter
+    assert po.polar_spec(model[0])._v is po.direction_of(model[0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    step(model, opt)
+    with pytest.raises(RuntimeError, match="mode='absorb'.*po.attach"):
+        step(model, opt)
+    po.renormalize_(model)
+    po.attach(opt, model)
+    step(model, opt)
+    step(model, opt)

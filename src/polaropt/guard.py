@@ -47,11 +47,19 @@ def _install() -> None:
 
 def register(source: torch.Tensor, plist, polar) -> None:
     """Record a new polarization: ``source`` was replaced by ``plist`` (holding ``s``, ``V`` and ``polar``)."""
+    _replaced[source] = weakref.ref(plist)
+    track(plist.original1, polar)
+
+
+def track(v: torch.Tensor, polar) -> None:
+    """Watch ``V`` of ``polar``. The polar keeps a plain reference to its ``V`` (not a registered
+    Parameter), so ``copy.deepcopy`` of a model gives the copied polar the copied ``V``, and
+    ``Polar.__setstate__`` calls this for it."""
     global _generation
     _install()
-    _replaced[source] = weakref.ref(plist)
-    _directions[plist.original1] = polar
-    mark_clean(polar, plist.original1)
+    polar.__dict__["_v"] = v
+    _directions[v] = polar
+    mark_clean(polar, v)
     _generation += 1
 
 

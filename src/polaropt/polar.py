@@ -155,6 +155,11 @@ class Polar(nn.Module):
                              "polarize the model as the checkpoint was (or load a plain checkpoint with "
                              "polaropt.load_plain_state_dict)")
 
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if state.get("_v") is not None:  # a deepcopy: watch the copy's own V
+            guard.track(state["_v"], self)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._loading = prefix
         try:
