@@ -228,3 +228,23 @@ def test_a_deepcopy_is_guarded_like_the_original():
     po.attach(opt, model)
     step(model, opt)
     step(model, opt)
+
+
+def test_a_finite_gradient_whose_sum_overflows_is_not_refused():
+    model = polar_mlp(scale="row", mode="free")
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    po.attach(opt, model)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e308)  # finite entries; their sum overflows float64
+    opt.step()  # the alarm is confirmed per tensor, and there is nothing non-finite
+
+
+def test_the_guard_catches_inf_that_meets_minus_inf():
+    model = polar_mlp(scale="row", mode="free")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    model[2].weight.grad[0, :2] = torch.tensor([float("inf"), -float("inf")])
+    with pytest.raises(FloatingPointError, match=r"in 2\.weight"):
+        opt.step()

@@ -2,8 +2,8 @@
 
 Before the step (``register_step_pre_hook``):
 
-1. **Gradient guard** (with :func:`attach`): one ``torch._foreach_norm`` over every gradient the
-   optimizer is about to use and one host sync; a NaN or Inf refuses the step with
+1. **Gradient guard** (with :func:`attach`): the sum of every gradient the optimizer is about to
+   use and one host sync; a NaN or Inf refuses the step with
    ``FloatingPointError`` naming the tensors, before the optimizer writes anything, so every
    parameter and every optimizer state is as it was.
 2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
@@ -130,22 +130,28 @@ def _zero_slices(models) -> list[str]:
 def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
 
-    One ``torch._foreach_norm`` (max-abs) per device and one host sync; nothing is modified.
+    The fast test is the sum of each gradient, stacked per device, then one host sync: a NaN or an
+    Inf always reaches the sum (NaN propagates; Inf stays Inf or meets −Inf and gives NaN), and a
+    sum is the cheapest full reduction (on CPU about 10× cheaper than ``_foreach_norm(·, inf)``).
+    Its only false alarm is a finite sum that overflows; an alarm is therefore confirmed tensor by
+    tensor with ``isfinite`` before anything is raised. Nothing is modified.
     """
     by_device: dict = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             g = p.grad
             if g is not None:
-                by_device.setdefault(g.device, []).append(g._values() if g.is_sparse else g)
+                by_device.setdefault(g.device, []).append((g._values() if g.is_sparse else g).sum())
     if not by_device:
         return
-    peaks = [n.float() for grads in by_device.values() for n in torch._foreach_norm(grads, float("inf"))]
-    if bool(torch.isfinite(torch.stack([p.cpu() for p in peaks]) if len(by_device) > 1 else torch.stack(peaks)).all()):
+    sums = [torch.stack([x.to(torch.float64) for x in xs]) for xs in by_device.values()]
+    if all(bool(torch.isfinite(x).all()) for x in sums) if len(sums) > 1 else bool(torch.isfinite(sums[0]).all()):
         return
     names = _names(models, optimizer)
     bad = [names[id(p)] for group in optimizer.param_groups for p in group["params"]
            if p.grad is not None and not bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())]
+    if not bad:
+        return  # a finite sum overflowed: every gradient is finite
     why = _zero_slices(models)
     raise FloatingPointError(
         f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; the step was refused before "
@@ -182,8 +188,8 @@ def _stateless(optimizer) -> bool:
 def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep", every: int = 1) -> AttachHandle:
     """Guard and renormalize ``model`` around every ``optimizer.step()``; return a removable handle.
 
-    - Before each step, every gradient the optimizer will use is checked for NaN/Inf (one foreach
-      reduction and one host sync); a bad one raises ``FloatingPointError`` before anything is
+    - Before each step, every gradient the optimizer will use is checked for NaN/Inf (one sum per
+      gradient and one host sync); a bad one raises ``FloatingPointError`` before anything is
       written. This guards every mode, ``free`` and ``normalize`` included.
     - After every ``every``-th step, the ``"project"``/``"absorb"`` tensors are renormalized
       (:func:`polaropt.renormalize_`) and the optimizer state is handled by ``state``:
