@@ -336,3 +336,30 @@ def test_meta_device_is_refused_with_initialize_first():
         m.reset_parameters()
     po.polarize_model(model)
     assert all(float(t.scale.detach().abs().max()) < 10 for t in po.polar_tensors(model))
+
+
+def test_multihead_attention_and_conv_transpose():
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).double()
+    up = nn.ConvTranspose2d(6, 3, 2, stride=2).double()
+    model = nn.ModuleDict({"mha": mha, "up": up})
+    q = torch.randn(2, 5, 16, dtype=torch.float64)
+    x = torch.randn(1, 6, 4, 4, dtype=torch.float64)
+    y_attn, y_up = mha(q, q, q)[0], up(x)
+    assert po.polarize_model(model) == ["mha.in_proj_weight", "mha.out_proj.weight", "up.weight"]
+    torch.testing.assert_close(mha(q, q, q)[0], y_attn, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(up(x), y_up, rtol=1e-12, atol=1e-12)
+    # row = dim 0: for ConvTranspose that is the input channel (weight is (in, out/groups, kh, kw))
+    assert po.scale_of(up).shape == (6, 1, 1, 1)
+    opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
+    po.attach(opt, model)
+    for _ in range(3):
+        opt.zero_grad()
+        (mha(q, q, q)[0].square().mean() + up(x).square().mean()).backward()
+        opt.step()
+    mha.eval()
+    with torch.no_grad():  # eval mode may take torch's fused attention path: it must read the polar weight
+        torch.testing.assert_close(mha(q, q, q)[0], nn.functional.multi_head_attention_forward(
+            q.transpose(0, 1), q.transpose(0, 1), q.transpose(0, 1), 16, 4, mha.in_proj_weight, mha.in_proj_bias,
+            None, None, False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
+            need_weights=False)[0].transpose(0, 1), rtol=1e-10, atol=1e-12)

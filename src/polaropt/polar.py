@@ -370,16 +370,21 @@ class PolarTensor(NamedTuple):
 def polar_tensors(model: nn.Module) -> Iterator[PolarTensor]:
     """Every polarized tensor of ``model`` (recursively, each shared tensor once), in module order."""
     found: dict[int, list] = {}
+    # runs at every step (renormalization): plain dict lookups rather than getattr/is_parametrized
     for prefix, module in model.named_modules(remove_duplicate=False):
-        plists = getattr(module, "parametrizations", None)
-        if plists is None or not parametrize.is_parametrized(module):
+        plists = module._modules.get("parametrizations")
+        if plists is None:
             continue
-        for name, plist in plists.items():
-            if len(plist) == 1 and isinstance(plist[0], Polar):
-                owner = (f"{prefix}.{name}" if prefix else name, module, name)
-                entry = found.setdefault(id(plist), [plist, []])
-                if all(m is not module or n != name for _, m, n in entry[1]):
-                    entry[1].append(owner)
+        for name, plist in plists._modules.items():
+            polar = plist._modules.get("0")
+            if type(polar) is not Polar or len(plist) != 1:
+                continue
+            entry = found.get(id(plist))
+            if entry is None:
+                entry = found[id(plist)] = [plist, []]
+            elif any(m is module and n == name for _, m, n in entry[1]):
+                continue
+            entry[1].append((f"{prefix}.{name}" if prefix else name, module, name))
     for plist, owners in found.values():
         qualname, module, name = owners[0]
         yield PolarTensor(qualname, module, name, plist[0], plist.original0, plist.original1, tuple(owners))

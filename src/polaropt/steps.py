@@ -136,16 +136,19 @@ def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     Its only false alarm is a finite sum that overflows; an alarm is therefore confirmed tensor by
     tensor with ``isfinite`` before anything is raised. Nothing is modified.
     """
-    by_device: dict = {}
+    sums: dict = {}  # (device, dtype) -> [sum of each gradient]
     for group in optimizer.param_groups:
         for p in group["params"]:
             g = p.grad
             if g is not None:
-                by_device.setdefault(g.device, []).append((g._values() if g.is_sparse else g).sum())
-    if not by_device:
+                if g.is_sparse:
+                    g = g._values()
+                sums.setdefault((g.device, g.dtype), []).append(g.sum())
+    if not sums:
         return
-    sums = [torch.stack([x.to(torch.float64) for x in xs]) for xs in by_device.values()]
-    if all(bool(torch.isfinite(x).all()) for x in sums) if len(sums) > 1 else bool(torch.isfinite(sums[0]).all()):
+    # one scalar per (device, dtype): the sum of the sums is non-finite iff some sum is (or it overflowed)
+    totals = [torch.stack(xs).sum() for xs in sums.values()]
+    if all(bool(torch.isfinite(t)) for t in totals):
         return
     names = _names(models, optimizer)
     bad = [names[id(p)] for group in optimizer.param_groups for p in group["params"]
