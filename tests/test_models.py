@@ -363,3 +363,56 @@ def test_multihead_attention_and_conv_transpose():
             q.transpose(0, 1), q.transpose(0, 1), q.transpose(0, 1), 16, 4, mha.in_proj_weight, mha.in_proj_bias,
             None, None, False, 0.0, mha.out_proj.weight, mha.out_proj.bias, training=False,
             need_weights=False)[0].transpose(0, 1), rtol=1e-10, atol=1e-12)
+
+
+# ----- review findings: reused modules, one-entry slices, re-init that assigns ------------------------
+
+def test_a_module_used_at_two_places_exports_and_imports_under_both_names():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4).double()
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).double()
+    plain.append(plain[0])
+    assert po.polarize_model(model) == ["0.weight", "2.weight"]
+    assert list(po.plain_state_dict(model)) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    plain.load_state_dict(po.plain_state_dict(model), strict=True)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(plain(x), model(x), rtol=1e-12, atol=1e-12)
+    again = nn.Sequential(lin2 := nn.Linear(4, 4).double(), nn.ReLU(), lin2)
+    po.polarize_model(again)
+    assert po.load_plain_state_dict(again, plain.state_dict()) == ([], [])
+    torch.testing.assert_close(again(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("build,kwargs", [
+    (lambda: nn.Sequential(nn.Linear(1, 4)), dict(scale="row")),
+    (lambda: nn.Sequential(nn.Linear(4, 1)), dict(scale="column")),
+    (lambda: nn.Sequential(nn.Conv1d(1, 3, 1)), dict(scale="row")),
+    (lambda: nn.Sequential(nn.LayerNorm(4)), dict(scale="row", include="0.weight")),
+])
+def test_normalize_on_one_entry_slices_is_refused(build, kwargs):
+    with pytest.raises(ValueError, match="every slice of V has one entry, so V/‖V‖ = sign"):
+        po.polarize_model(build(), mode="normalize", **kwargs)
+
+
+def test_reinitialize_reads_a_parameter_that_fn_assigns():
+    layer = po.polarize(nn.Linear(4, 3), scale="row")
+    po.reinitialize_(layer, lambda m: setattr(m, "weight", nn.Parameter(torch.full((3, 4), 0.5)))
+                     if isinstance(m, nn.Linear) else None)
+    torch.testing.assert_close(layer.weight, torch.full((3, 4), 0.5))
+    with pytest.raises(ValueError, match=r"changed the shape of weight from \(3, 4\) to \(2, 2\)"):
+        po.reinitialize_(layer, lambda m: setattr(m, "weight", nn.Parameter(torch.ones(2, 2))))
+    torch.testing.assert_close(layer.weight, torch.full((3, 4), 0.5))  # left as it was
+    assert po.is_polarized(layer)
+
+
+def test_messages_for_padding_rows_sparse_embeddings_and_the_old_keyword():
+    emb = nn.Sequential(nn.Embedding(10, 4, padding_idx=0))
+    with pytest.raises(ValueError, match=r"padding_idx row is all zeros: leave that weight out with exclude="):
+        po.polarize_model(emb)
+    assert po.polarize_model(emb, scale="tensor") == ["0.weight"]
+    assert torch.equal(emb[0].weight[0], torch.zeros(4))
+    with pytest.raises(ValueError, match=r"sparse=True.*no sparse backward"):
+        po.polarize_model(nn.Sequential(nn.Embedding(10, 4, sparse=True)), mode="normalize")
+    with pytest.raises(TypeError, match=r"'direction' \(renamed to mode= in polaropt 0\.2\.0\)"):
+        po.polarize(nn.Linear(3, 2), direction="absorb")

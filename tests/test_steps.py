@@ -218,8 +218,8 @@ def test_optimizer_built_before_polarize_is_refused():
 def test_a_deepcopy_is_guarded_like_the_original():
     import copy
     model = copy.deepcopy(polar_mlp(scale="row", mode="absorb"))
-    assert "_v" not in po.polar_spec(model[0])._parameters  # a plain reference, not a parameter
-    assert po.polar_spec(model[0])._v is po.direction_of(model[0])
+    plist = model[0].parametrizations.weight
+    assert po.polar_spec(model[0])._plist is plist  # the copy's own ParametrizationList
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     step(model, opt)
     with pytest.raises(RuntimeError, match="mode='absorb'.*po.attach"):
@@ -248,3 +248,102 @@ def test_the_guard_catches_inf_that_meets_minus_inf():
     model[2].weight.grad[0, :2] = torch.tensor([float("inf"), -float("inf")])
     with pytest.raises(FloatingPointError, match=r"in 2\.weight"):
         opt.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True),  # fused kernels do not bump version counters
+    lambda p: torch.optim.Adam(p, lr=1e-2, foreach=True),
+    lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, fused=True),
+], ids=["adamw-fused", "adam-foreach", "sgd-fused"])
+def test_any_optimizer_implementation_is_watched(make):
+    model = polar_mlp(scale="row", mode="project")
+    opt = make(model.parameters())
+    step(model, opt)
+    with pytest.raises(RuntimeError, match="mode='project'.*po.attach"):
+        step(model, opt)
+
+
+def test_a_deepcopy_of_a_stale_model_is_stale():
+    import copy
+    model = polar_mlp(scale="row", mode="absorb")
+    step(model, torch.optim.SGD(model.parameters(), lr=0.5))
+    with pytest.raises(RuntimeError, match="po.attach"):
+        copy.deepcopy(model)(torch.randn(2, 6, dtype=torch.float64))
+
+
+def test_polarization_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    step(model, opt)
+    refs = [weakref.ref(po.direction_of(model[0])), weakref.ref(model)]
+    del model, opt
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_unpolarize_that_fails_leaves_the_guard_in_place():
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step(model, opt)  # attach forgotten: stale
+    with pytest.raises(RuntimeError, match="po.attach"):
+        po.unpolarize(model[0])
+    assert po.is_polarized(model[0]) and po.polar_spec(model[0])._owners == 1
+    po.renormalize_(model)
+    step(model, opt)
+    with pytest.raises(RuntimeError, match="po.attach"):  # still watched
+        step(model, opt)
+
+
+def test_grad_scaler_with_a_fused_optimizer_skips_overflow_steps_without_raising():
+    model = polar_mlp(scale="row", mode="absorb").float()
+    opt = torch.optim.AdamW(po.param_groups(model), lr=1e-3, fused=True)
+    po.attach(opt, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 126)
+    before = tensors(model)
+    opt.zero_grad()
+    scaler.scale(model(torch.randn(8, 6)).square().sum() * 100).backward()
+    scaler.step(opt)  # the scaled gradients overflow: the fused kernel skips the update
+    scaler.update()
+    assert all(torch.equal(v, before[k]) for k, v in tensors(model).items())
+    assert scaler.get_scale() < 2.0 ** 126
+    model(torch.randn(2, 6))  # the skipped step is not a step: nothing stale
+    for _ in range(3):  # and ordinary steps go on
+        opt.zero_grad()
+        scaler.scale(model(torch.randn(8, 6)).square().mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+    torch.testing.assert_close(po.direction_of(model[0]).norm(dim=1), torch.ones(5))
+
+
+def test_swap_tensors_conversion_works():
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model = polar_mlp(scale="row", mode="absorb").float()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        po.attach(opt, model)
+        model.double()
+        assert po.direction_of(model[0]).dtype == torch.float64 and po.scale_of(model[0]).dtype == torch.float64
+        model.load_state_dict(polar_mlp(1, scale="row", mode="absorb").state_dict())
+        step(model, opt)
+        step(model, opt)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+
+
+def test_a_parametrization_stacked_above_a_polar_one_is_still_renormalized_and_grouped():
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = polar_mlp(scale="row", mode="absorb")
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight", Double())
+    groups = po.param_groups(model, weight_decay=0.1)
+    assert [g["polar_role"] for g in groups] == ["scale", "direction", "rest"]
+    opt = torch.optim.AdamW(groups, lr=0.05)
+    po.attach(opt, model)
+    for t in range(3):
+        step(model, opt, seed=t)
+    torch.testing.assert_close(po.direction_of(model[0]).norm(dim=1), torch.ones(5, dtype=torch.float64))

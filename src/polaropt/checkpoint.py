@@ -22,15 +22,22 @@ from torch.nn.modules.module import _IncompatibleKeys
 from .polar import polar_tensors
 
 
-def _polar_keys(model: nn.Module) -> tuple[dict[str, tuple], set[str]]:
-    """``{plain key: (PolarTensor, owner index)}`` and the set of the polar state-dict keys they stand for."""
-    plain, polar = {}, set()
+def _polar_keys(model: nn.Module) -> tuple[dict, set[str]]:
+    """``{plain key: PolarTensor}`` and the set of the model's state-dict keys they stand for (every
+    key under ``<owner>.parametrizations.<name>.``, stacked parametrizations' entries included)."""
+    plain = {}
     for t in polar_tensors(model):
-        for k, (qualname, _, name) in enumerate(t.owners):
-            base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
-            plain[qualname] = (t, k)
-            polar.update((base + "original0", base + "original1", base + "0._extra_state"))
+        for path in t.paths:  # every name the model reaches it under (tied owners, a reused module)
+            plain[path] = t
+    bases = tuple(_base(path) for path in plain)
+    polar = {k for k in model.state_dict() if bases and k.startswith(bases)}
     return plain, polar
+
+
+def _base(path: str) -> str:
+    """``"blocks.0.fc.weight"`` -> ``"blocks.0.fc.parametrizations.weight."``"""
+    owner, _, name = path.rpartition(".")
+    return (owner + "." if owner else "") + f"parametrizations.{name}."
 
 
 @torch.no_grad()
@@ -49,17 +56,12 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         >>> _ = plain.load_state_dict(po.plain_state_dict(polar), strict=True)
     """
     plain_keys, polar_keys = _polar_keys(model)
-    at = {}
-    for qualname, (t, k) in plain_keys.items():
-        name = t.owners[k][2]
-        base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
-        at[base + "original0"] = qualname
+    at = {_base(path) + "original0": path for path in plain_keys}
     weights = {id(t.polar): getattr(t.module, t.name).detach() for t in polar_tensors(model)}
     out = {}
     for key, value in model.state_dict().items():
         if key in at:
-            t, _ = plain_keys[at[key]]
-            out[at[key]] = weights[id(t.polar)]
+            out[at[key]] = weights[id(plain_keys[at[key]].polar)]
         elif key not in polar_keys:
             out[key] = value
     return out
@@ -92,7 +94,7 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
         if unexpected:
             errors.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". ")
     for key, value in state_dict.items():
-        ref = own.get(key) if key not in plain_keys else plain_keys[key][0].direction
+        ref = own.get(key) if key not in plain_keys else plain_keys[key].direction
         if ref is not None and torch.is_tensor(value) and value.shape != ref.shape:
             errors.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
                           f"the shape in current model is {tuple(ref.shape)}.")
@@ -102,9 +104,12 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
     translated = {k: v for k, v in state_dict.items() if k in own and k not in polar_keys}
     split: dict[int, tuple] = {}
     for t in polar_tensors(model):
-        given = [(q, state_dict[q]) for q, _, _ in t.owners if q in state_dict]
+        given = [(q, state_dict[q]) for q in t.paths if q in state_dict]
         if not given:
             continue
+        if len(t.module.parametrizations[t.name]) > 1:
+            raise ValueError(f"{t.qualname} has parametrizations stacked above its polar one; a plain weight cannot be "
+                             "split through them (load it before stacking, or load the polar state_dict)")
         w = given[0][1]
         for q, other in given[1:]:
             if not torch.equal(other, w):
@@ -113,8 +118,8 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
         s, v = t.polar.right_inverse(w.detach().to(device=t.direction.device, dtype=t.direction.dtype))
         split[id(t.polar)] = (t, s, v)
     for t, s, v in split.values():
-        for qualname, _, name in t.owners:
-            base = qualname[: len(qualname) - len(name)] + f"parametrizations.{name}."
+        for path in t.paths:
+            base = _base(path)
             translated[base + "original0"], translated[base + "original1"] = s, v
             translated[base + "0._extra_state"] = t.polar.settings()
     model.load_state_dict(translated, strict=False)

@@ -4,12 +4,13 @@ Two silent failures cannot be seen from the polarized module alone:
 
 1. **A renormalized mode stepped without renormalization.** ``"project"`` and ``"absorb"`` act
    after the optimizer step (:func:`polaropt.attach`). An optimizer that steps ``V`` with nothing
-   renormalizing it would quietly train ``"free"`` instead. After every step of any
-   ``torch.optim.Optimizer``, a global post-hook compares each such ``V``'s version counter with the
-   one recorded at its last renormalization; a moved ``V`` marks its parametrization *stale*, and the
-   next forward raises (the optimizer's own post-hooks, where ``attach`` renormalizes, run before the
-   global ones, so an attached model is never marked). A manual :func:`polaropt.renormalize_` before
-   the next forward clears the mark.
+   renormalizing it would quietly train ``"free"`` instead. Around every step of any
+   ``torch.optim.Optimizer``, a global pre-hook marks each such ``V`` that has a gradient (the
+   optimizer is about to update it; this does not depend on version counters, which fused
+   optimizers do not bump) and a global post-hook turns a mark that nothing cleared into *stale*:
+   the next forward raises. The optimizer's own post-hooks, where ``attach`` renormalizes, run
+   between the two and clear the mark, so an attached model is never flagged. A manual
+   :func:`polaropt.renormalize_` before the next forward clears it too.
 2. **A replaced parameter still in use.** ``polarize`` replaces ``module.weight``'s Parameter by the
    leaves ``s`` and ``V``. A second owner of the same Parameter (a tied embedding and output head) or
    an optimizer built before polarizing still holds the old one: the tie is silently cut, or the
@@ -17,9 +18,14 @@ Two silent failures cannot be seen from the polarized module alone:
    holds such a Parameter (before anything is written), and the whole-model functions check every
    module (:func:`orphans`).
 
-Registries hold their keys weakly, so they never keep a model alive. The per-optimizer lists are
-rebuilt only when the optimizer's groups or the set of polarized tensors change, so a step costs a
-few attribute reads per polarized tensor.
+Nothing here holds a weak reference to a live parameter of the model (``torch.utils.swap_tensors``,
+used by ``module.to()`` under ``torch.__future__.set_swap_module_params_on_conversion(True)``,
+refuses tensors that have one): polarizations are found through a ``WeakSet`` of their ``Polar``
+modules, each of which keeps its ParametrizationList (so ``copy.deepcopy`` gives a copy its own).
+Only the *replaced* Parameters are weak keys, and a model never holds those once all owners are
+polarized. Nothing here keeps a model alive. The per-optimizer lists are rebuilt only when the
+optimizer's groups or the set of polarizations change, so a step costs a few attribute reads per
+watched tensor.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 RENORMALIZED = ("project", "absorb")  # the modes that act after the optimizer step
 
-_directions = WeakIdKeyDictionary()  # V -> its Polar (every mode; only RENORMALIZED ones are watched)
+_polars = weakref.WeakSet()          # every live Polar; each keeps its ParametrizationList in ._plist
 _replaced = WeakIdKeyDictionary()    # the Parameter polarize replaced -> weakref to the ParametrizationList
-_watch = weakref.WeakKeyDictionary()  # optimizer -> (signature, [(V, Polar)])
-_generation = 0  # bumped whenever a tensor is polarized or unpolarized: invalidates _watch
+_watch = weakref.WeakKeyDictionary()  # optimizer -> (signature, [Polar whose V it holds])
+_generation = 0  # bumped whenever a tensor is polarized, unpolarized or copied: invalidates _watch
 _hooks = None
 
 
@@ -48,18 +54,16 @@ def _install() -> None:
 def register(source: torch.Tensor, plist, polar) -> None:
     """Record a new polarization: ``source`` was replaced by ``plist`` (holding ``s``, ``V`` and ``polar``)."""
     _replaced[source] = weakref.ref(plist)
-    track(plist.original1, polar)
+    track(plist, polar)
+    mark_clean(polar)
 
 
-def track(v: torch.Tensor, polar) -> None:
-    """Watch ``V`` of ``polar``. The polar keeps a plain reference to its ``V`` (not a registered
-    Parameter), so ``copy.deepcopy`` of a model gives the copied polar the copied ``V``, and
-    ``Polar.__setstate__`` calls this for it."""
+def track(plist, polar) -> None:
+    """Watch ``polar`` (whose leaves live in ``plist``). ``Polar.__setstate__`` calls this for a deepcopy."""
     global _generation
     _install()
-    polar.__dict__["_v"] = v
-    _directions[v] = polar
-    mark_clean(polar, v)
+    polar.__dict__["_plist"] = plist  # a plain attribute, not a submodule: deepcopy maps it to the copy
+    _polars.add(polar)
     _generation += 1
 
 
@@ -68,7 +72,7 @@ def forget(plist) -> None:
     global _generation
     for key in [k for k, ref in _replaced.items() if ref() is plist]:
         del _replaced[key]
-    _directions.pop(plist.original1, None)
+    _polars.discard(plist[0])
     _generation += 1
 
 
@@ -78,9 +82,9 @@ def replaced_by(tensor: torch.Tensor):
     return None if ref is None else ref()
 
 
-def mark_clean(polar, v: torch.Tensor) -> None:
+def mark_clean(polar) -> None:
     """``V`` is accounted for as it is now (renormalized, or deliberately left until a later step)."""
-    polar._seen_version = v._version
+    polar._pending = False
     polar._stale = False
 
 
@@ -106,32 +110,35 @@ def _signature(optimizer) -> tuple:
 def _pre_step(optimizer, args, kwargs) -> None:
     entry = _watch.get(optimizer)
     signature = _signature(optimizer)
-    if entry is not None and entry[0] == signature:
-        return
-    watched = []
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            plist = replaced_by(p)
-            if plist is not None:
-                raise RuntimeError(
-                    f"{type(optimizer).__name__}.step(): this optimizer updates a Parameter of shape {tuple(p.shape)} "
-                    f"that polaropt.polarize replaced by the polar leaves s and V of "
-                    f"{plist[0]._label}; nothing reads it any more, or another module (a tied weight) still "
-                    "does. Build the optimizer after polarizing (from model.parameters() or "
-                    "po.param_groups(model)), and polarize every owner of a shared weight "
-                    "(po.polarize_model does). Nothing was stepped."
-                )
-            polar = _directions.get(p)
-            if polar is not None and polar.mode in RENORMALIZED:
-                watched.append((p, polar))
-    _watch[optimizer] = (signature, watched)
+    if entry is None or entry[0] != signature:
+        held = {}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                plist = replaced_by(p)
+                if plist is not None:
+                    raise RuntimeError(
+                        f"{type(optimizer).__name__}.step(): this optimizer updates a Parameter of shape "
+                        f"{tuple(p.shape)} that polaropt.polarize replaced by the polar leaves s and V of "
+                        f"{plist[0]._label}; nothing reads it any more, or another module (a tied weight) still "
+                        "does. Build the optimizer after polarizing (from model.parameters() or "
+                        "po.param_groups(model)), and polarize every owner of a shared weight "
+                        "(po.polarize_model does). Nothing was stepped."
+                    )
+                held[id(p)] = p
+        watched = [polar for polar in list(_polars)
+                   if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
+        entry = _watch[optimizer] = (signature, watched)
+    for polar in entry[1]:
+        if polar._plist.original1.grad is not None:  # the optimizer is about to update this V
+            polar._pending = True
 
 
 def _post_step(optimizer, args, kwargs) -> None:
     entry = _watch.get(optimizer)
     if entry is None:
         return
-    for v, polar in entry[1]:
-        if v._version != polar._seen_version:
+    for polar in entry[1]:
+        if polar._pending:  # nothing renormalized it after the step
+            polar._pending = False
             polar._stale = True
             polar._stepped_by = type(optimizer).__name__

@@ -36,8 +36,9 @@ SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="nor
 Selector = "str | Iterable[str] | Callable[[str, nn.Module, torch.Tensor], bool] | None"
 
 
-def _candidates(model: nn.Module) -> list[tuple[torch.Tensor, list[tuple[str, nn.Module, str]]]]:
-    """Every plain (not parametrized) Parameter of ``model`` with all its owners, in module order."""
+def _candidates(model: nn.Module) -> list[tuple[torch.Tensor, list[tuple[str, nn.Module, str]], list[str]]]:
+    """Every plain (not parametrized) Parameter of ``model``: its distinct owners ``(qualname, module,
+    name)`` and every qualified name it is reached under (a module used twice has two), in module order."""
     found: dict[int, tuple] = {}
     for prefix, module in model.named_modules(remove_duplicate=False):
         if isinstance(module, (parametrize.ParametrizationList, Polar)):
@@ -45,9 +46,11 @@ def _candidates(model: nn.Module) -> list[tuple[torch.Tensor, list[tuple[str, nn
         for name, p in module._parameters.items():
             if p is None:
                 continue
-            owners = found.setdefault(id(p), (p, []))[1]
+            path = f"{prefix}.{name}" if prefix else name
+            _, owners, paths = found.setdefault(id(p), (p, [], []))
+            paths.append(path)
             if all(m is not module or n != name for _, m, n in owners):
-                owners.append((f"{prefix}.{name}" if prefix else name, module, name))
+                owners.append((path, module, name))
     return list(found.values())
 
 
@@ -62,12 +65,12 @@ def _patterns(kind: str, selector) -> list[str] | None:
     return patterns
 
 
-def _select(candidates, include, exclude) -> list[tuple[torch.Tensor, list]]:
+def _select(candidates, include, exclude) -> list[tuple[torch.Tensor, list, list]]:
     inc, exc = _patterns("include", include), _patterns("exclude", exclude)
     used_inc, used_exc, only_flat = set(), set(), {}
     chosen = []
-    for p, owners in candidates:
-        names = [q for q, _, _ in owners]
+    for p, owners, paths in candidates:
+        names = paths
         if callable(exclude):
             excluded = any(exclude(q, m, p) for q, m, _ in owners)
         else:
@@ -90,8 +93,8 @@ def _select(candidates, include, exclude) -> list[tuple[torch.Tensor, list]]:
                 for pat in hits - exact:
                     only_flat.setdefault(pat, []).append(names[0])
         if selected and not excluded:
-            chosen.append((p, owners))
-    everything = [q for _, owners in candidates for q, _, _ in owners]
+            chosen.append((p, owners, paths))
+    everything = [q for _, _, paths in candidates for q in paths]
     for pat in inc or ():
         if pat not in used_inc:
             if pat in only_flat:
@@ -150,15 +153,18 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
     chosen = _select(_candidates(model), include, exclude)
-    for p, owners in chosen:  # validate all before changing any
+    for p, owners, _ in chosen:  # validate all before changing any
         polar = Polar(p.ndim, **spec)
         polar._label = owners[0][0]
+        if spec["mode"] == "normalize" and any(getattr(m, "sparse", False) for _, m, _ in owners):
+            raise ValueError(f"mode='normalize' on {owners[0][0]} (an Embedding with sparse=True) is refused: "
+                             "torch's weight-norm kernel has no sparse backward; exclude it or use another mode")
         polar.check(p)
     done = []
-    for p, owners in chosen:
+    for p, owners, paths in chosen:
         for qualname, module, name in owners:
             polarize(module, name, **spec)
-            done.append(qualname)
+        done += paths
         module, name = owners[0][1], owners[0][2]
         module.parametrizations[name][0]._label = owners[0][0]
     return done
@@ -178,7 +184,7 @@ def unpolarize_model(model: nn.Module) -> list[str]:
         for qualname, module, name in t.owners:
             _remove(module, name)
             setattr(module, name, plain)
-            done.append(qualname)
+        done += t.paths
     return done
 
 
@@ -211,6 +217,7 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
     saved = []
+    after: dict[int, list] = {}  # id(polar) -> what each owner held under its name once fn returned
     try:
         for t in list(polar_tensors(model)):
             with torch.no_grad():
@@ -221,6 +228,8 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 setattr(module, name, plain)
         model.apply(fn)
+        for t, _, _ in saved:  # fn may have assigned a new Parameter: read what each owner holds now
+            after[id(t.polar)] = [module._parameters.get(name) for _, module, name in t.owners]
     finally:
         # put every ParametrizationList back as it was (s and V untouched so far); a placeholder
         # registration installs torch's class and property without splitting fn's result
@@ -228,17 +237,31 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
             for (_, module, name), plist in zip(t.owners, plists):
                 if parametrize.is_parametrized(module, name):
                     continue
+                if module._parameters.get(name) is None:  # fn deleted it: any tensor lets torch install the property
+                    module._parameters[name] = nn.Parameter(plists[0].original1.detach().clone())
                 parametrize.register_parametrization(module, name, _Placeholder(), unsafe=True)
                 module.parametrizations[name] = plist
                 if fold.foldable(module, name, plist[0]):
                     fold.install(module)
     # fn succeeded: split every new W (all checked before any is written), then write s and V
-    splits = [t.polar.right_inverse(plain) for t, _, plain in saved]
+    splits = []
+    for t, _, _ in saved:
+        ws = after[id(t.polar)]
+        w = ws[0]
+        if w is None or not torch.is_tensor(w):
+            raise ValueError(f"reinitialize_: fn removed {t.qualname}; the polar leaves were left as they were")
+        if any(x is not w and (x is None or x.shape != w.shape or not torch.equal(x, w)) for x in ws[1:]):
+            raise ValueError(f"reinitialize_: fn gave the owners of the tied weight {t.qualname} "
+                             f"({', '.join(q for q, _, _ in t.owners)}) different values; they share one s and V")
+        if w.shape != t.direction.shape:
+            raise ValueError(f"reinitialize_: fn changed the shape of {t.qualname} from {tuple(t.direction.shape)} "
+                             f"to {tuple(w.shape)}; the polar leaves keep their shape")
+        splits.append(t.polar.right_inverse(w.detach().to(t.direction.dtype)))
     with torch.no_grad():
         for (t, _, _), (s, v) in zip(saved, splits):
             t.scale.copy_(s)
             t.direction.copy_(v)
-            guard.mark_clean(t.polar, t.direction)
+            guard.mark_clean(t.polar)
     return model
 
 

@@ -98,7 +98,7 @@ class Polar(nn.Module):
         self._label = "a polarized tensor"  # "Linear.weight" or the qualified name; for messages
         self._owners = 1  # modules that read this parametrization (tied weights: more than one)
         self._stale = False  # set by polaropt.guard: V was stepped and not renormalized
-        self._seen_version = 0
+        self._pending = False  # set by polaropt.guard while a step that updates V runs
         self._stepped_by = "an optimizer"
         self._loading = None  # the state_dict prefix while load_state_dict runs, for messages
 
@@ -120,6 +120,12 @@ class Polar(nn.Module):
             )
         if not torch.isfinite(w).all():
             raise ValueError(f"{self._label} holds NaN or Inf; a polar split of it would be meaningless")
+        if self.mode == "normalize" and math.prod(w.shape[d] for d in self.dims) == 1:
+            raise ValueError(
+                f"mode='normalize' with scale={self.scale!r} on {self._label} of shape {tuple(w.shape)}: every slice of "
+                "V has one entry, so V/‖V‖ = sign(V) and V gets zero gradient; use mode='absorb' or 'free', "
+                "or a coarser scale"
+            )
         n = slice_norm(w, self.dims)
         needs_norm = self.init == "norm" or self.mode in ("normalize", "project", "absorb")
         if needs_norm and bool((n == 0).any()):
@@ -127,7 +133,8 @@ class Polar(nn.Module):
             raise ValueError(
                 f"{bad} slice(s) of {self._label} (scale={self.scale!r}) have zero norm, but "
                 f"mode={self.mode!r} with init={self.init!r} needs a norm to divide by; "
-                "re-initialize the weight or use a coarser scale"
+                "re-initialize the weight or use a coarser scale (an Embedding's padding_idx row is all zeros: "
+                "leave that weight out with exclude=, or use scale='tensor')"
             )
         return n
 
@@ -157,8 +164,8 @@ class Polar(nn.Module):
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        if state.get("_v") is not None:  # a deepcopy: watch the copy's own V
-            guard.track(state["_v"], self)
+        if state.get("_plist") is not None:  # a deepcopy: watch the copy (a stale original stays stale)
+            guard.track(state["_plist"], self)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self._loading = prefix
@@ -202,10 +209,11 @@ def _tensor_name(prefix: str) -> str:
 
 
 def _polar_of(module: nn.Module, name: str) -> Polar | None:
+    """The Polar of ``module.<name>``: the first parametrization (others may be stacked above it)."""
     if not parametrize.is_parametrized(module, name):
         return None
     plist = module.parametrizations[name]
-    return plist[0] if len(plist) == 1 and isinstance(plist[0], Polar) else None
+    return plist[0] if isinstance(plist[0], Polar) else None
 
 
 def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
@@ -229,7 +237,7 @@ def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
 
 def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", mode: str = "absorb",
              trainable_scale: bool = True, init: str = "norm", batch_dims: int = 0,
-             eps: float = DEFAULT_EPS) -> nn.Module:
+             eps: float = DEFAULT_EPS, **unknown) -> nn.Module:
     """Write ``module.<name>`` in polar form ``W = s ⊙ Ŵ`` and return ``module``.
 
     Args:
@@ -265,8 +273,15 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         >>> po.scale_of(layer).shape, po.direction_of(layer).shape
         (torch.Size([2, 1]), torch.Size([2, 3]))
     """
+    if unknown:
+        hint = " (renamed to mode= in polaropt 0.2.0)" if "direction" in unknown else ""
+        raise TypeError(f"polarize() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}{hint}; "
+                        "it takes scale, mode, trainable_scale, init, batch_dims, eps")
     if not isinstance(module, nn.Module):
         raise TypeError(f"polarize expects an nn.Module, got {type(module).__name__}")
+    if mode == "normalize" and getattr(module, "sparse", False):
+        raise ValueError(f"mode='normalize' on {type(module).__name__}(sparse=True) is refused: torch's weight-norm "
+                         "kernel has no sparse backward; use mode='free' or 'absorb', or sparse=False")
     if parametrize.is_parametrized(module, name):
         what = "polarized" if _polar_of(module, name) is not None else "parametrized"
         raise ValueError(f"{type(module).__name__}.{name} is already {what}; call polaropt.unpolarize first")
@@ -315,11 +330,12 @@ def unpolarize(module: nn.Module, name: str = "weight") -> nn.Module:
 def _remove(module: nn.Module, name: str) -> torch.Tensor:
     """Bake one owner's polar weight into a plain Parameter; return it."""
     plist = module.parametrizations[name]
+    # bake first: it evaluates W and may raise (a stale direction); nothing else has changed then
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     fold.remove(module, name)
     plist[0]._owners -= 1
     if plist[0]._owners == 0:
         guard.forget(plist)
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return module._parameters[name]
 
 
@@ -354,8 +370,9 @@ def direction_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
 class PolarTensor(NamedTuple):
     """One polarized tensor found in a model: where it lives, its settings and its two leaves.
 
-    A shared (tied) tensor is found once, at its first owner; ``owners`` lists every
-    ``(qualname, module, name)`` that reads it.
+    A shared (tied) tensor is found once, at its first owner; ``owners`` lists every distinct
+    ``(qualname, module, name)`` that reads it, and ``paths`` every qualified name under which the
+    model reaches it (a module used at two places has one owner and two paths).
     """
 
     qualname: str  # e.g. "0.weight"
@@ -365,6 +382,7 @@ class PolarTensor(NamedTuple):
     scale: torch.Tensor
     direction: torch.Tensor
     owners: tuple = ()
+    paths: tuple = ()
 
 
 def polar_tensors(model: nn.Module) -> Iterator[PolarTensor]:
@@ -377,14 +395,16 @@ def polar_tensors(model: nn.Module) -> Iterator[PolarTensor]:
             continue
         for name, plist in plists._modules.items():
             polar = plist._modules.get("0")
-            if type(polar) is not Polar or len(plist) != 1:
+            if type(polar) is not Polar:  # parametrizations stacked above a Polar do not matter here
                 continue
+            path = f"{prefix}.{name}" if prefix else name
             entry = found.get(id(plist))
             if entry is None:
-                entry = found[id(plist)] = [plist, []]
-            elif any(m is module and n == name for _, m, n in entry[1]):
-                continue
-            entry[1].append((f"{prefix}.{name}" if prefix else name, module, name))
-    for plist, owners in found.values():
+                entry = found[id(plist)] = [plist, [], []]
+            entry[2].append(path)
+            if not any(m is module and n == name for _, m, n in entry[1]):
+                entry[1].append((path, module, name))
+    for plist, owners, paths in found.values():
         qualname, module, name = owners[0]
-        yield PolarTensor(qualname, module, name, plist[0], plist.original0, plist.original1, tuple(owners))
+        yield PolarTensor(qualname, module, name, plist[0], plist.original0, plist.original1, tuple(owners),
+                          tuple(paths))

@@ -138,4 +138,4 @@ def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = 
     with torch.no_grad():
         _transport(optimizer, plan, norms, state)
     for t in targets:
-        guard.mark_clean(t.polar, t.direction)
+        guard.mark_clean(t.polar)

@@ -61,7 +61,10 @@ class _Control:
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
-        if self.attached:
+        # under torch.amp.GradScaler, an optimizer that unscales inside its (fused) step gets the
+        # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
+        # the scaler's business), so they are not checked here
+        if self.attached and _scaler_found_inf(optimizer, kwargs) is None:
             check_gradients(optimizer, [a["model"] for a in self.attached])
         if self.multipliers:
             applied = []
@@ -86,6 +89,12 @@ class _Control:
         self._restore(optimizer)
         if not self.attached:
             return
+        found_inf = _scaler_found_inf(optimizer, kwargs)
+        if found_inf is not None and bool(found_inf):  # GradScaler: the fused step skipped the update
+            for a in self.attached:
+                for t in _targets(a["model"]):
+                    guard.mark_clean(t.polar)
+            return
         group = optimizer.param_groups[0]
         group["polar_steps"] = count = group.get("polar_steps", 0) + 1
         for a in self.attached:
@@ -93,7 +102,14 @@ class _Control:
                 renormalize_(a["model"], optimizer=optimizer, state=a["state"])
             else:
                 for t in _targets(a["model"]):
-                    guard.mark_clean(t.polar, t.direction)
+                    guard.mark_clean(t.polar)
+
+
+def _scaler_found_inf(optimizer, kwargs):
+    """GradScaler's found_inf for this step, or None: torch.amp.GradScaler sets it on an optimizer
+    that unscales inside ``step()`` (``_step_supports_amp_scaling``, e.g. fused AdamW) just before
+    the step and deletes it after."""
+    return getattr(optimizer, "found_inf", None)
 
 
 def control(optimizer: torch.optim.Optimizer) -> _Control:
@@ -251,5 +267,5 @@ def _orphan_message(orphaned: list[tuple[str, str]]) -> str:
     pairs = "; ".join(f"{name} still holds the Parameter that {home} had before it was polarized"
                       for name, home in orphaned)
     return (f"a shared weight was polarized at only some of its owners: {pairs}. The tie is cut (the other owner "
-            "trains a copy nothing else reads). Polarize every owner with the same settings (po.polarize on each, "
-            "or po.polarize_model(model), which finds them all)")
+            "trains a copy nothing else reads). Polarize the other owner(s) with the same settings: po.polarize on "
+            "each joins the first (po.polarize_model does this for every owner when it polarizes a plain model)")
