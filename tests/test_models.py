@@ -416,3 +416,37 @@ def test_messages_for_padding_rows_sparse_embeddings_and_the_old_keyword():
         po.polarize_model(nn.Sequential(nn.Embedding(10, 4, sparse=True)), mode="normalize")
     with pytest.raises(TypeError, match=r"'direction' \(renamed to mode= in polaropt 0\.2\.0\)"):
         po.polarize(nn.Linear(3, 2), direction="absorb")
+
+
+def test_unpolarize_model_changes_nothing_when_one_tensor_is_stale():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    po.polarize(model[0], mode="free")
+    po.polarize(model[2], mode="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(5, 4)).square().mean().backward()
+    opt.step()  # attach forgotten: 2.weight is stale
+    with pytest.raises(RuntimeError, match="po.attach"):
+        po.unpolarize_model(model)
+    assert po.is_polarized(model[0]) and po.is_polarized(model[2])
+
+
+def test_reinitialize_refuses_stacked_parametrizations_and_undoes_one_fn_adds():
+    class Two(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    layer = po.polarize(nn.Linear(4, 3), scale="row")
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", Two())
+    w = layer.weight.detach().clone()
+    with pytest.raises(ValueError, match="stacked above the polar one"):
+        po.reinitialize_(layer, lambda m: None)
+    torch.testing.assert_close(layer.weight, w)
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    po.polarize_model(model)
+    s, v = po.scale_of(model[0]).detach().clone(), po.direction_of(model[0]).detach().clone()
+    with pytest.raises(ValueError, match=r"fn parametrized 0\.weight itself"):
+        po.reinitialize_(model, lambda m: torch.nn.utils.parametrize.register_parametrization(m, "weight", Two())
+                         if isinstance(m, nn.Linear) else None)
+    assert po.is_polarized(model[0]) and len(model[0].parametrizations.weight) == 1
+    assert torch.equal(po.scale_of(model[0]), s) and torch.equal(po.direction_of(model[0]), v)

@@ -347,3 +347,28 @@ def test_a_parametrization_stacked_above_a_polar_one_is_still_renormalized_and_g
     for t in range(3):
         step(model, opt, seed=t)
     torch.testing.assert_close(po.direction_of(model[0]).norm(dim=1), torch.ones(5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.5), lambda p: torch.optim.LBFGS(p, lr=0.5)],
+                         ids=["sgd", "lbfgs"])
+def test_a_closure_step_is_watched(make):
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = make(model.parameters())
+    x = torch.randn(5, 6, dtype=torch.float64)
+
+    def closure():
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    opt.zero_grad()
+    opt.step(closure)  # the gradient appears inside the step
+    with pytest.raises(RuntimeError, match="po.attach"):
+        model(x)
+    po.renormalize_(model)
+    po.attach(opt, model)
+    for _ in range(2):
+        opt.step(closure)
+    model(x)
+    torch.testing.assert_close(po.direction_of(model[0]).norm(dim=1), torch.ones(5, dtype=torch.float64))

@@ -4,13 +4,14 @@ Two silent failures cannot be seen from the polarized module alone:
 
 1. **A renormalized mode stepped without renormalization.** ``"project"`` and ``"absorb"`` act
    after the optimizer step (:func:`polaropt.attach`). An optimizer that steps ``V`` with nothing
-   renormalizing it would quietly train ``"free"`` instead. Around every step of any
-   ``torch.optim.Optimizer``, a global pre-hook marks each such ``V`` that has a gradient (the
-   optimizer is about to update it; this does not depend on version counters, which fused
-   optimizers do not bump) and a global post-hook turns a mark that nothing cleared into *stale*:
-   the next forward raises. The optimizer's own post-hooks, where ``attach`` renormalizes, run
-   between the two and clear the mark, so an attached model is never flagged. A manual
-   :func:`polaropt.renormalize_` before the next forward clears it too.
+   renormalizing it would quietly train ``"free"`` instead. Every step of any
+   ``torch.optim.Optimizer`` gets a number (a global pre-hook); after it, a global post-hook looks
+   at each such ``V`` the optimizer holds: if it has a gradient (the optimizer updated it; a
+   closure's gradient counts, and version counters, which fused optimizers do not bump, are not
+   used) and no renormalization was stamped with this step's number, it is *stale* and the next
+   forward raises. The optimizer's own post-hooks, where ``attach`` renormalizes, run before the
+   global one, so an attached model is never flagged. A manual :func:`polaropt.renormalize_` before
+   the next forward clears it too.
 2. **A replaced parameter still in use.** ``polarize`` replaces ``module.weight``'s Parameter by the
    leaves ``s`` and ``V``. A second owner of the same Parameter (a tied embedding and output head) or
    an optimizer built before polarizing still holds the old one: the tie is silently cut, or the
@@ -42,6 +43,7 @@ _polars = weakref.WeakSet()          # every live Polar; each keeps its Parametr
 _replaced = WeakIdKeyDictionary()    # the Parameter polarize replaced -> weakref to the ParametrizationList
 _watch = weakref.WeakKeyDictionary()  # optimizer -> (signature, [Polar whose V it holds])
 _generation = 0  # bumped whenever a tensor is polarized, unpolarized or copied: invalidates _watch
+_tick = 0  # the number of the optimizer step that is running (or ran last)
 _hooks = None
 
 
@@ -84,7 +86,7 @@ def replaced_by(tensor: torch.Tensor):
 
 def mark_clean(polar) -> None:
     """``V`` is accounted for as it is now (renormalized, or deliberately left until a later step)."""
-    polar._pending = False
+    polar._clean_tick = _tick
     polar._stale = False
 
 
@@ -108,6 +110,8 @@ def _signature(optimizer) -> tuple:
 
 
 def _pre_step(optimizer, args, kwargs) -> None:
+    global _tick
+    _tick += 1
     entry = _watch.get(optimizer)
     signature = _signature(optimizer)
     if entry is None or entry[0] != signature:
@@ -127,10 +131,7 @@ def _pre_step(optimizer, args, kwargs) -> None:
                 held[id(p)] = p
         watched = [polar for polar in list(_polars)
                    if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
-        entry = _watch[optimizer] = (signature, watched)
-    for polar in entry[1]:
-        if polar._plist.original1.grad is not None:  # the optimizer is about to update this V
-            polar._pending = True
+        _watch[optimizer] = (signature, watched)
 
 
 def _post_step(optimizer, args, kwargs) -> None:
@@ -138,7 +139,7 @@ def _post_step(optimizer, args, kwargs) -> None:
     if entry is None:
         return
     for polar in entry[1]:
-        if polar._pending:  # nothing renormalized it after the step
-            polar._pending = False
+        # updated by this step (it has a gradient) and not renormalized since the step began
+        if polar._plist.original1.grad is not None and polar._clean_tick != _tick:
             polar._stale = True
             polar._stepped_by = type(optimizer).__name__

@@ -21,6 +21,7 @@ Defaults and why:
 
 from __future__ import annotations
 
+import sys
 from fnmatch import fnmatchcase
 from typing import Callable, Iterable
 
@@ -176,10 +177,11 @@ def unpolarize_model(model: nn.Module) -> list[str]:
     A shared (tied) weight becomes one Parameter held by all its owners. Returns the qualified
     names. Build a new optimizer afterwards.
     """
+    tensors = list(polar_tensors(model))
+    with torch.no_grad():  # every W first: a stale one raises before anything is unpolarized
+        weights = [getattr(t.module, t.name).detach().clone() for t in tensors]
     done = []
-    for t in list(polar_tensors(model)):
-        with torch.no_grad():
-            w = getattr(t.module, t.name).detach().clone()
+    for t, w in zip(tensors, weights):
         plain = nn.Parameter(w, requires_grad=True)
         for qualname, module, name in t.owners:
             _remove(module, name)
@@ -216,7 +218,12 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
     orphaned = guard.orphans(model)
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
+    stacked = [t.qualname for t in polar_tensors(model) if len(t.module.parametrizations[t.name]) > 1]
+    if stacked:
+        raise ValueError(f"reinitialize_: {', '.join(stacked)} have parametrizations stacked above the polar one; "
+                         "a new W cannot be split back through them (re-initialize before stacking)")
     saved = []
+    taken: set[tuple[int, str]] = set()  # (id(module), name) that this call took apart
     after: dict[int, list] = {}  # id(polar) -> what each owner held under its name once fn returned
     try:
         for t in list(polar_tensors(model)):
@@ -227,22 +234,31 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
                 fold.remove(module, name)
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 setattr(module, name, plain)
+                taken.add((id(module), name))
         model.apply(fn)
         for t, _, _ in saved:  # fn may have assigned a new Parameter: read what each owner holds now
             after[id(t.polar)] = [module._parameters.get(name) for _, module, name in t.owners]
     finally:
         # put every ParametrizationList back as it was (s and V untouched so far); a placeholder
         # registration installs torch's class and property without splitting fn's result
+        reparametrized = []
         for t, plists, _ in saved:
-            for (_, module, name), plist in zip(t.owners, plists):
-                if parametrize.is_parametrized(module, name):
-                    continue
+            for (qualname, module, name), plist in zip(t.owners, plists):
+                if (id(module), name) not in taken:
+                    continue  # never taken apart (fn failed before we reached it)
+                if parametrize.is_parametrized(module, name):  # fn parametrized it: drop that, keep ours
+                    reparametrized.append(qualname)
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
                 if module._parameters.get(name) is None:  # fn deleted it: any tensor lets torch install the property
                     module._parameters[name] = nn.Parameter(plists[0].original1.detach().clone())
                 parametrize.register_parametrization(module, name, _Placeholder(), unsafe=True)
                 module.parametrizations[name] = plist
                 if fold.foldable(module, name, plist[0]):
                     fold.install(module)
+        if reparametrized and sys.exc_info()[0] is None:
+            raise ValueError(f"reinitialize_: fn parametrized {', '.join(reparametrized)} itself; it should only "
+                             "initialize. Its parametrization was removed, the polar form put back, and s and V "
+                             "left as they were")
     # fn succeeded: split every new W (all checked before any is written), then write s and V
     splits = []
     for t, _, _ in saved:

@@ -98,7 +98,7 @@ class Polar(nn.Module):
         self._label = "a polarized tensor"  # "Linear.weight" or the qualified name; for messages
         self._owners = 1  # modules that read this parametrization (tied weights: more than one)
         self._stale = False  # set by polaropt.guard: V was stepped and not renormalized
-        self._pending = False  # set by polaropt.guard while a step that updates V runs
+        self._clean_tick = 0  # polaropt.guard: the optimizer step at which V was last renormalized
         self._stepped_by = "an optimizer"
         self._loading = None  # the state_dict prefix while load_state_dict runs, for messages
 
@@ -176,10 +176,10 @@ class Polar(nn.Module):
 
     def _stale_message(self) -> str:
         return (f"{self._label} is polarized with mode={self.mode!r}, which renormalizes V after every optimizer "
-                f"step, but {self._stepped_by}.step() moved V and nothing renormalized it (it would silently train "
-                "mode='free'). Call po.attach(optimizer, model) once after building the optimizer (attach(..., "
-                "every=k) renormalizes every k steps), or po.renormalize_(model) after each step; "
-                "use mode='free' for no renormalization")
+                f"step, but {self._stepped_by}.step() updated V and nothing renormalized it after that step (it would "
+                "silently train mode='free'). Call po.attach(optimizer, model) once, on the optimizer that "
+                "updates V (attach(..., every=k) renormalizes every k steps), or po.renormalize_(model) after "
+                "each step; use mode='free' for no renormalization")
 
     def extra_repr(self) -> str:
         return (f"scale={self.scale!r}, mode={self.mode!r}, trainable_scale={self.trainable_scale}, "
