@@ -1,4 +1,9 @@
-"""Time per training step of an MLP 784-512-512-10 with Adam: plain vs polar modes vs torch's weight_norm.
+"""Time per training step: plain vs polar modes vs torch's weight_norm, on an MLP or a small GPT.
+
+Models: ``--model mlp`` is an MLP 784-512-512-10 with Adam (batch = rows); ``--model gpt`` is a
+small GPT (4 blocks, fused qkv, LayerNorm, tied embedding/head, ``--width`` d, 256-token vocabulary)
+with AdamW (batch = sequences of ``--seq`` tokens); polar variants use ``scale="row"`` on every
+Linear weight (the embedding and tied head stay plain, as in the field's recipes).
 
 Every polar variant runs with ``po.attach`` (the gradient guard before the step, renormalization
 after it for project/absorb), as the README recommends. ``guard`` is the plain model with
@@ -8,7 +13,12 @@ without the ``nn.Linear`` fast path of ``polaropt.fold`` (an internal switch, us
 Variants are interleaved in one process (round-robin over repeats), so machine noise hits them
 alike; we report the median over repeats and the ratio to plain Adam.
 
+``--renorm`` adds a line for the absorb model: one ``po.renormalize_`` against one AdamW/Adam
+``step()`` over the same tensors (gradients present, interleaved): the renormalization's cost in
+units of the optimizer step it follows.
+
     python benchmarks/overhead.py --repeats 7 --out benchmarks/results/overhead.json
+    python benchmarks/overhead.py --model gpt --width 128 --batches 8 --renorm --out benchmarks/results/overhead_gpt128.json
 """
 
 from __future__ import annotations
@@ -22,17 +32,52 @@ from torch import nn
 
 import polaropt as po
 from polaropt import fold
-from records import new_record, write_record
+from records import new_record, time_interleaved, write_record
 
 MODES = ("free", "normalize", "project", "absorb")
 VARIANTS = ("plain", "guard", *MODES, "absorb-unfolded", "weight_norm")
 
 
-def build(variant: str, seed: int = 0, device: str = "cpu"):
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, d: int, vocab: int = 256, blocks: int = 4, seq: int = 128):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.blocks = nn.Sequential(*[Block(d) for _ in range(blocks)])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        return self.head(self.ln(self.blocks(x))).flatten(0, 1)
+
+
+def make_model(kind: str, width: int, seq: int) -> nn.Module:
+    if kind == "gpt":
+        return GPT(width, seq=seq)
+    return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+
+
+def build(variant: str, seed: int = 0, device: str = "cpu", kind: str = "mlp", width: int = 128, seq: int = 128):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
-    model = model.to(device)
-    linears = [m for m in model if isinstance(m, nn.Linear)]
+    model = make_model(kind, width, seq).to(device)
+    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight is not getattr(model, "tok", m).weight]
     if variant == "weight_norm":
         for m in linears:
             torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)
@@ -41,14 +86,43 @@ def build(variant: str, seed: int = 0, device: str = "cpu"):
             po.polarize(m, "weight", scale="row", mode=variant.removesuffix("-unfolded"))
             if variant.endswith("-unfolded"):
                 fold.remove(m)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = (torch.optim.AdamW if kind == "gpt" else torch.optim.Adam)(model.parameters(), lr=1e-3)
     if variant not in ("plain", "weight_norm"):
         po.attach(opt, model)
     return model, opt
 
 
+def batch_of(kind: str, batch: int, seq: int, device: str):
+    g = torch.Generator().manual_seed(batch)
+    if kind == "gpt":
+        idx = torch.randint(0, 256, (batch, seq + 1), generator=g)
+        x, y = idx[:, :-1], idx[:, 1:].flatten()
+    else:
+        x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def renorm_vs_step(args) -> dict:
+    """One renormalize_ of the absorb model against one optimizer step over the same tensors."""
+    model, opt = build("absorb", device=args.device, kind=args.model, width=args.width, seq=args.seq)
+    x, y = batch_of(args.model, args.batches[0], args.seq, args.device)
+    nn.functional.cross_entropy(model(x), y).backward()  # gradients stay: every step() does the same work
+    bare = type(opt).step.__wrapped__  # torch wraps step() to run hooks; this is the update alone
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    with torch.no_grad():
+        variants = {"renormalize_": lambda: po.renormalize_(model),
+                    "optimizer step": lambda: bare(opt)}
+        for f in variants.values():
+            f()
+        times = time_interleaved(variants, repeats=args.repeats, calls=args.steps, sync=sync)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"renorm_ms": 1e3 * med["renormalize_"], "step_ms": 1e3 * med["optimizer step"],
+            "ratio": med["renormalize_"] / med["optimizer step"],
+            "paired_ratio": statistics.median(a / b for a, b in zip(times["renormalize_"], times["optimizer step"]))}
+
+
 def time_steps(model, opt, x, y, steps: int) -> float:
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss()  # the GPT returns (batch·seq, vocab) logits
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     sync()
     t0 = time.perf_counter()
@@ -62,6 +136,10 @@ def time_steps(model, opt, x, y, steps: int) -> float:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
+    p.add_argument("--width", type=int, default=128, help="GPT width d")
+    p.add_argument("--seq", type=int, default=128, help="GPT tokens per sequence")
+    p.add_argument("--renorm", action="store_true", help="also time renormalize_ against an optimizer step")
     p.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--repeats", type=int, default=7)
@@ -75,10 +153,8 @@ def main(argv=None) -> dict:
     torch.set_flush_denormal(args.flush_denormal)
     record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
-        g = torch.Generator().manual_seed(batch)
-        x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
-        x, y = x.to(args.device), y.to(args.device)
-        runs = {v: build(v, device=args.device) for v in args.variants}
+        x, y = batch_of(args.model, batch, args.seq, args.device)
+        runs = {v: build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq) for v in args.variants}
         for v, (model, opt) in runs.items():
             time_steps(model, opt, x, y, args.warmup)
         times = {v: [] for v in args.variants}
@@ -103,6 +179,10 @@ def main(argv=None) -> dict:
             r = record["results"][str(b)][v]
             cells.append(f"{r['median_ms']:.2f} | ×{r['ratio_to_plain']:.3f} | ×{r['paired_ratio_to_plain']:.3f}")
         print(f"| {v} | " + " | ".join(cells) + " |")
+    if args.renorm:
+        r = record["results"]["renorm"] = renorm_vs_step(args)
+        print(f"renorm: renormalize_ {r['renorm_ms']:.3f} ms / optimizer step {r['step_ms']:.3f} ms = "
+              f"×{r['ratio']:.3f} (paired ×{r['paired_ratio']:.3f})")
     write_record(record, args.out)
     return record
 
