@@ -77,7 +77,8 @@ def make_model(kind: str, width: int, seq: int) -> nn.Module:
 def build(variant: str, seed: int = 0, device: str = "cpu", kind: str = "mlp", width: int = 128, seq: int = 128):
     torch.manual_seed(seed)
     model = make_model(kind, width, seq).to(device)
-    linears = [m for m in model.modules() if type(m) is nn.Linear and m.weight is not getattr(model, "tok", m).weight]
+    tied = getattr(model, "tok", None)  # the GPT's embedding, tied to its head: left plain
+    linears = [m for m in model.modules() if type(m) is nn.Linear and (tied is None or m.weight is not tied.weight)]
     if variant == "weight_norm":
         for m in linears:
             torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)

@@ -1,0 +1,30 @@
+"""The benchmark scripts build what their docs say they measure (a wrong build would time plain models)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import polaropt as po
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+overhead = pytest.importorskip("overhead")
+
+
+@pytest.mark.parametrize("kind,expected", [("mlp", 3), ("gpt", 16)])
+def test_overhead_polarizes_every_linear_but_the_tied_head(kind, expected):
+    for variant in ("free", "absorb", "absorb-unfolded"):
+        model, opt = overhead.build(variant, kind=kind, width=32, seq=8)
+        assert len(list(po.polar_tensors(model))) == expected, variant
+    plain, _ = overhead.build("plain", kind=kind, width=32, seq=8)
+    assert not list(po.polar_tensors(plain))
+    if kind == "gpt":
+        assert plain.head.weight is plain.tok.weight
+
+
+def test_overhead_runs_end_to_end():
+    record = overhead.main(["--model", "gpt", "--width", "32", "--seq", "8", "--batches", "2", "--repeats", "1",
+                            "--steps", "1", "--warmup", "1", "--renorm", "--variants", "plain", "absorb"])
+    assert set(record["results"]) == {"2", "renorm"} and record["results"]["renorm"]["ratio"] > 0
+    torch.testing.assert_close(torch.tensor(record["results"]["2"]["plain"]["ratio_to_plain"]), torch.tensor(1.0))
