@@ -36,11 +36,17 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
     The check happens before any tensor is modified, so a failure leaves the model as it was.
     """
     norms = [slice_norm(t.direction, t.polar.dims) for t in targets]
-    # max |x| is NaN/Inf iff x holds one: one foreach kernel and one device sync for the whole model
-    peaks = torch._foreach_norm(norms + [t.scale for t in targets], float("inf"))
-    if not bool(torch.isfinite(torch.stack([p.to(torch.float64) for p in peaks])).all()):
+    # the sum of every norm and scale is NaN/Inf iff one holds one (or a finite sum overflowed, which
+    # the per-tensor check below tells apart); a sum, unlike an inf-norm, is defined on the empty
+    # shard a small tensor gets under FSDP2, and on DTensors it is a global reduction, so every
+    # rank takes the same branch. One host sync for the whole model.
+    total = torch.stack([x.sum().to(torch.float64) for x in norms + [t.scale for t in targets]]).sum()
+    if not bool(torch.isfinite(total)):
         bad = [t.qualname for t, n in zip(targets, norms)
-               if not (torch.isfinite(n).all() and torch.isfinite(t.scale).all())]
+               if not (bool(torch.isfinite(n).all()) and bool(torch.isfinite(t.scale).all()))]
+    else:
+        bad = []
+    if bad:
         raise FloatingPointError(
             f"renormalize_ found NaN or Inf in the scale or direction of {', '.join(bad)} and changed nothing; "
             "the values were already there (written by the optimizer step, or set directly). "
@@ -79,13 +85,30 @@ def _plan_transport(optimizer, targets, state: str) -> list[tuple[int, torch.Ten
     return plan
 
 
+def _local_mul(x: torch.Tensor, f: torch.Tensor) -> bool:
+    """``x *= f`` for an FSDP2 shard ``x`` of a tensor whose sharded dim has size 1 (a tensor or column
+    scale, or its moments) times a replicated ``f``: DTensor has no in-place rule for that layout,
+    but on the local shard it is exact (the ranks holding an empty shard multiply nothing).
+    Returns False, doing nothing, for every other pair."""
+    fp, xp = getattr(f, "placements", None), getattr(x, "placements", None)
+    if xp is None or fp is None or not all(p.is_replicate() for p in fp) or all(p.is_replicate() for p in xp):
+        return False
+    x.to_local().mul_(f.to_local())
+    return True
+
+
+def _mul_(x: torch.Tensor, f: torch.Tensor) -> None:
+    if not _local_mul(x, f):
+        x.mul_(f)
+
+
 def _transport(optimizer, plan, norms, state: str) -> None:
     """Apply the state policy; ``"rescale"`` multiplies V's moments by a^k and s's by a^-k."""
     for i, param, sign, moments in plan:
         if state == "reset":
             del optimizer.state[param]
         for moment, order in moments:
-            moment.mul_(norms[i].pow(sign * order).to(moment.dtype))
+            _mul_(moment, norms[i].pow(sign * order).to(moment.dtype))
 
 
 @torch.no_grad()
@@ -94,7 +117,7 @@ def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
     for t, a in zip(targets, norms):
         t.direction.div_(a)
         if t.polar.mode == "absorb":
-            t.scale.mul_(a)
+            _mul_(t.scale, a)
     return norms
 
 
@@ -106,7 +129,7 @@ def _renormalize_foreach(targets: list[PolarTensor]) -> list[torch.Tensor]:
         vs, avs, ss, ass = groups[(t.direction.device, t.direction.dtype)]
         vs.append(t.direction)
         avs.append(a.expand_as(t.direction))  # foreach ops need equal shapes: broadcast as a view
-        if t.polar.mode == "absorb":
+        if t.polar.mode == "absorb" and not _local_mul(t.scale, a):  # (done here if it was a shard)
             ss.append(t.scale)
             ass.append(a)
     for vs, avs, ss, ass in groups.values():

@@ -76,4 +76,16 @@ def slice_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """
     if not dims:
         return x.abs().to(norm_dtype(x.dtype))
-    return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=norm_dtype(x.dtype))
+    return _replicated(torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=norm_dtype(x.dtype)))
+
+
+def _replicated(n: torch.Tensor) -> torch.Tensor:
+    """A norm over a dim that FSDP2 shards comes back from DTensor *partial* (each rank holds the norm
+    of its shard); finish it here, one all-reduce, so that it divides V and multiplies s like a plain
+    tensor. Row and element norms of dim-0 shards are local and pass through untouched."""
+    placements = getattr(n, "placements", None)
+    if placements is None or not any(p.is_partial() for p in placements):
+        return n
+    from torch.distributed.tensor import Replicate
+
+    return n.redistribute(n.device_mesh, [Replicate() if p.is_partial() else p for p in placements])
