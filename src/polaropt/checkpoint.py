@@ -41,11 +41,14 @@ def _base(path: str) -> str:
 
 
 @torch.no_grad()
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def plain_state_dict(model: nn.Module, *, full: bool = False) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with every polarized tensor baked back to its plain name (``s ⊙ Ŵ``).
 
     Loads with ``strict=True`` into the same architecture without polaropt. Key order follows
     ``model.state_dict()``, each baked weight where its ``original0`` was.
+
+    Under FSDP2 the values are DTensor shards; ``full=True`` gathers every DTensor into a plain
+    tensor (``full_tensor()``: a collective, so call it on every rank; save on rank 0).
 
     Example:
         >>> import torch, polaropt as po
@@ -64,6 +67,8 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             out[at[key]] = weights[id(plain_keys[at[key]].polar)]
         elif key not in polar_keys:
             out[key] = value
+    if full:
+        out = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in out.items()}
     return out
 
 

@@ -112,6 +112,12 @@ class Polar(nn.Module):
         """Refuse a weight this parametrization cannot split; return its slice norms."""
         if not torch.is_floating_point(w):
             raise ValueError(f"polar weights must be floating point, got dtype {w.dtype} for {self._label}")
+        if getattr(w, "placements", None) is not None:
+            raise ValueError(
+                f"{self._label} is a DTensor (its module was already sharded by FSDP2's fully_shard, or "
+                "parallelized): polarize (and polarize_model) first, then call fully_shard; the polar leaves s "
+                "and V are then sharded like any parameter"
+            )
         if w.is_meta:
             raise ValueError(
                 f"{self._label} is on the meta device, so it has no values to split into s and V; "

@@ -1,0 +1,207 @@
+"""FSDP2 (``fully_shard``, dim-0 shards as DTensors): 2 gloo processes on CPU train a polarized model exactly
+as one process does with the full batch, resume from a distributed checkpoint, and agree on a NaN."""
+
+import functools
+import os
+import socket
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import polaropt as po
+
+fsdp = pytest.importorskip("torch.distributed.fsdp")
+if not hasattr(fsdp, "fully_shard") or not dist.is_available() or not dist.is_gloo_available():
+    pytest.skip("needs torch.distributed with gloo and FSDP2's fully_shard", allow_module_level=True)
+if sys.platform == "win32":
+    pytest.skip("spawned gloo workers are not tested on Windows", allow_module_level=True)
+
+WORLD, STEPS, D, VOCAB, T = 2, 30, 16, 24, 6
+CASES = [(m, s) for m in po.MODES for s in po.SCALES if not (m == "normalize" and s == "element")]
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln = nn.LayerNorm(D)
+        self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.ln(x)).chunk(3, dim=-1)
+        return x + self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, D)
+        self.blocks = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(D, VOCAB, bias=False)
+        self.head.weight = self.tok.weight  # tied
+
+    def forward(self, idx):
+        x = self.tok(idx)
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def build(kind, mode, scale, shard):
+    torch.manual_seed(0)
+    model = (GPT() if kind == "gpt" else nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))).double()
+    po.polarize_model(model, mode=mode, scale=scale)  # polarize first, then shard
+    if shard:
+        for m in (model.blocks if kind == "gpt" else (model[0], model[2])):
+            fsdp.fully_shard(m)
+        fsdp.fully_shard(model)
+    opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
+    po.attach(opt, model, state="rescale")
+    return model, opt
+
+
+def batch(kind, step, rank=None):
+    g = torch.Generator().manual_seed(100 + step)
+    if kind == "gpt":
+        idx = torch.randint(0, VOCAB, (4, T + 1), generator=g)
+        x, y = idx[:, :-1], idx[:, 1:]
+    else:
+        x, y = torch.randn(8, 8, generator=g, dtype=torch.float64), torch.randn(8, 4, generator=g, dtype=torch.float64)
+    if rank is not None:  # each rank its share; FSDP2 averages the gradients, as the full batch's mean does
+        x, y = x.chunk(WORLD)[rank], y.chunk(WORLD)[rank]
+    return x, y
+
+
+def train(model, opt, kind, start, stop, rank=None):
+    for step in range(start, stop):
+        x, y = batch(kind, step, rank)
+        opt.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out.flatten(0, 1), y.flatten()) if kind == "gpt" else F.mse_loss(out, y)
+        loss.backward()
+        opt.step()
+
+
+def plain(model):
+    """Every weight as a plain tensor (gathered from the shards)."""
+    return {k: v.detach().clone() for k, v in po.plain_state_dict(model, full=True).items()}
+
+
+def _run(rank, port, job, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        result = job(rank, out_dir)
+        if rank == 0:
+            torch.save(result, os.path.join(out_dir, "result.pt"))
+        dist.barrier()  # no rank tears gloo down while another is still talking to it
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(job, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_run, args=(port, job, str(tmp_path)), nprocs=WORLD, join=True)
+    return torch.load(tmp_path / "result.pt", weights_only=False)
+
+
+def _train_every_case(rank, out_dir):
+    results = {}
+    for kind in ("mlp", "gpt"):
+        for mode, scale in CASES:
+            model, opt = build(kind, mode, scale, shard=True)
+            train(model, opt, kind, 0, STEPS, rank)
+            results[(kind, mode, scale)] = plain(model)
+            if kind == "gpt":  # the tie holds under FSDP2
+                assert model.tok.parametrizations.weight is model.head.parametrizations.weight
+    return results
+
+
+def test_fsdp2_trains_every_mode_and_scale_as_one_process_does(tmp_path):
+    sharded = spawn(_train_every_case, tmp_path)
+    for kind in ("mlp", "gpt"):
+        for mode, scale in CASES:
+            model, opt = build(kind, mode, scale, shard=False)
+            train(model, opt, kind, 0, STEPS)
+            ref = po.plain_state_dict(model)
+            got = sharded[(kind, mode, scale)]
+            assert set(got) == set(ref)
+            for key in ref:  # tensor and column norms span the shards: this checks their all-reduce
+                torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5,
+                                           msg=lambda m: f"{kind} {mode} {scale} {key}: {m}")
+
+
+def _dcp_job(resume, rank, out_dir):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model, opt = build("gpt", "absorb", "column", shard=True)
+    ckpt = os.path.join(out_dir, "ckpt")
+    if resume:  # fresh processes, fresh model and optimizer: load step 15, train 15 more
+        msd, osd = get_state_dict(model, opt)
+        dcp.load({"model": msd, "opt": osd}, checkpoint_id=ckpt)
+        set_state_dict(model, opt, model_state_dict=msd, optim_state_dict=osd)
+        train(model, opt, "gpt", 15, STEPS, rank)
+    else:
+        train(model, opt, "gpt", 0, 15, rank)
+        msd, osd = get_state_dict(model, opt)
+        dcp.save({"model": msd, "opt": osd}, checkpoint_id=ckpt)
+        train(model, opt, "gpt", 15, STEPS, rank)
+    return plain(model)
+
+
+def test_distributed_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
+    uninterrupted = spawn(functools.partial(_dcp_job, False), tmp_path)
+    resumed = spawn(functools.partial(_dcp_job, True), tmp_path)
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def _nan_on_one_rank(rank, out_dir):
+    model, opt = build("mlp", "absorb", "tensor", shard=True)
+    train(model, opt, "mlp", 0, 2, rank)
+    before = plain(model)
+    x, y = batch("mlp", 2, rank)
+    if rank == 1:
+        x = x.clone()
+        x[0, 0] = float("nan")  # only rank 1's data is bad
+    opt.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    try:
+        opt.step()
+        raised = False
+    except FloatingPointError:
+        raised = True
+    flags = [None] * WORLD
+    dist.all_gather_object(flags, raised)
+    after = plain(model)
+    return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
+
+
+def test_a_nan_on_one_rank_makes_every_rank_raise_and_nothing_is_written(tmp_path):
+    result = spawn(_nan_on_one_rank, tmp_path)
+    assert result["raised"] == [True] * WORLD
+    assert result["unchanged"]
+
+
+def _polarize_after_sharding(rank, out_dir):
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    fsdp.fully_shard(model)
+    try:
+        po.polarize_model(model)
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+def test_polarize_after_fully_shard_is_refused(tmp_path):
+    assert "polarize (and polarize_model) first, then call fully_shard" in spawn(_polarize_after_sharding, tmp_path)
