@@ -1,0 +1,111 @@
+"""Per-step cost of polar weights under FSDP2 (``fully_shard``) against plain FSDP2, on CPU gloo ranks.
+
+MLP 784-512-512-10 in float32, Adam, each Linear and the root wrapped with ``fully_shard`` (dim-0
+shards). Polar variants are polarized (then sharded) with ``po.polarize_model`` and run with
+``po.attach``. ``row`` norms are local to a shard; ``tensor`` and ``column`` norms span the shards
+and cost one all-reduce of per-slice squared norms per renormalization. Every rank runs every
+variant, interleaved round-robin over the repeats; rank 0 reports the median time per step and
+the paired ratio to plain FSDP2.
+
+    python benchmarks/fsdp.py --world 2 --repeats 7 --out benchmarks/results/fsdp.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.fsdp import fully_shard
+
+import polaropt as po
+from records import new_record, time_interleaved, write_record
+
+VARIANTS = {  # name -> (mode, scale) or None for plain
+    "plain": None,
+    "free row": ("free", "row"),
+    "normalize row": ("normalize", "row"),
+    "project row": ("project", "row"),
+    "absorb row": ("absorb", "row"),
+    "absorb column": ("absorb", "column"),
+    "absorb tensor": ("absorb", "tensor"),
+}
+
+
+def build(spec):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    if spec is not None:
+        po.polarize_model(model, mode=spec[0], scale=spec[1])
+    for layer in model[::2]:
+        fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if spec is not None:
+        po.attach(opt, model)
+    return model, opt
+
+
+def _worker(rank, world, port, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        x, y = torch.randn(args.batch, 784, generator=g), torch.randint(0, 10, (args.batch,), generator=g)
+        runs = {name: build(spec) for name, spec in VARIANTS.items()}
+
+        def stepper(model, opt):
+            def step():
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            return step
+
+        fns = {name: stepper(*mo) for name, mo in runs.items()}
+        for f in fns.values():
+            for _ in range(args.warmup):
+                f()
+        times = time_interleaved(fns, repeats=args.repeats, calls=args.steps)
+        if rank == 0:
+            record = new_record("fsdp", vars(args))
+            record["world"] = world
+            for name, ts in times.items():
+                record["results"][name] = {
+                    "median_ms": 1e3 * statistics.median(ts),
+                    "paired_ratio_to_plain": statistics.median(t / p for t, p in zip(ts, times["plain"])),
+                    "times_ms": [1e3 * t for t in ts]}
+            print(f"| variant ({world} ranks, batch {args.batch} per rank) | median ms | paired ×plain FSDP2 |")
+            print("|---|---|---|")
+            for name, r in record["results"].items():
+                print(f"| {name} | {r['median_ms']:.2f} | ×{r['paired_ratio_to_plain']:.3f} |")
+            write_record(record, args.out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--batch", type=int, default=64, help="rows per rank")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(args.world, port, args), nprocs=args.world, join=True)
+
+
+if __name__ == "__main__":
+    main()
