@@ -201,14 +201,74 @@ def test_a_nan_on_one_rank_makes_every_rank_raise_and_nothing_is_written(tmp_pat
 
 
 def _polarize_after_sharding(rank, out_dir):
+    out = {}
     model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
     fsdp.fully_shard(model)
+    with torch.no_grad():
+        model(torch.randn(2, 4))  # the root keeps its weights unsharded (plain Parameters) after a forward
+    for what, call in (("model", lambda: po.polarize_model(model)), ("root", lambda: po.polarize(model, "0.weight"))):
+        try:
+            call()
+            out[what] = "no error"
+        except ValueError as e:
+            out[what] = str(e)
+    po.polarize(model[0])  # a child is not an FSDP module itself: caught when the model is used
     try:
-        po.polarize_model(model)
+        po.param_groups(model)
+        out["unsharded leaf"] = "no error"
     except ValueError as e:
-        return str(e)
-    return "no error"
+        out["unsharded leaf"] = str(e)
+    return out
 
 
 def test_polarize_after_fully_shard_is_refused(tmp_path):
-    assert "polarize (and polarize_model) first, then call fully_shard" in spawn(_polarize_after_sharding, tmp_path)
+    messages = spawn(_polarize_after_sharding, tmp_path)
+    assert "already sharded with FSDP2's fully_shard: polarize (polarize_model) first" in messages["model"]
+    assert "already sharded with FSDP2's fully_shard: polarize first" in messages["root"]
+    assert "were polarized after fully_shard" in messages["unsharded leaf"]
+
+
+def _nan_in_one_shard(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4)).double()
+    po.polarize_model(model, mode="absorb")
+    fsdp.fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    x, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    if rank == 1:
+        y = y.clone()
+        y[0, 3] = float("nan")  # only output row 3's gradient: a row that only rank 1's shard holds
+    F.mse_loss(model(x), y).backward()
+    before = plain(model)
+    try:
+        opt.step()
+        raised = False
+    except FloatingPointError:
+        raised = True
+    flags = [None] * WORLD
+    dist.all_gather_object(flags, raised)
+    after = plain(model)
+    return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
+
+
+def test_a_nan_in_one_rank_shard_only_makes_every_rank_raise(tmp_path):
+    result = spawn(_nan_in_one_shard, tmp_path)
+    assert result["raised"] == [True] * WORLD and result["unchanged"]
+
+
+def _uneven_normalize_column(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3)).double()  # 5 output channels over 2 ranks: uneven shards
+    po.polarize_model(model, mode="normalize", scale="column")
+    fsdp.fully_shard(model)
+    return {"full": plain(model), "sharded_type": type(po.plain_state_dict(model)["0.weight"]).__name__}
+
+
+def test_plain_export_of_uneven_shards(tmp_path):
+    result = spawn(_uneven_normalize_column, tmp_path)
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 5, 3)).double()
+    po.polarize_model(ref, mode="normalize", scale="column")
+    torch.testing.assert_close(result["full"]["0.weight"], ref[0].weight.detach(), rtol=1e-14, atol=1e-15)
+    assert result["sharded_type"] == "DTensor"

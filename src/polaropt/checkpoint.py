@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from .polar import polar_tensors
+from .polar import compose, polar_tensors
 
 
 def _polar_keys(model: nn.Module) -> tuple[dict, set[str]]:
@@ -32,6 +32,20 @@ def _polar_keys(model: nn.Module) -> tuple[dict, set[str]]:
     bases = tuple(_base(path) for path in plain)
     polar = {k for k in model.state_dict() if bases and k.startswith(bases)}
     return plain, polar
+
+
+def _weight(t, full: bool) -> torch.Tensor:
+    """``s ⊙ Ŵ`` of one polar tensor. FSDP2 shards are gathered and composed whole (some of torch's
+    kernels, e.g. the fused weight norm over dim 1, refuse unevenly sharded DTensors); with
+    ``full=False`` the result is sharded again like V."""
+    if getattr(t.direction, "placements", None) is None or len(t.module.parametrizations[t.name]) > 1:
+        return getattr(t.module, t.name).detach()
+    w = compose(t.scale.full_tensor(), t.direction.full_tensor(), t.polar).detach()
+    if full:
+        return w
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(w, t.direction.device_mesh, t.direction.placements)
 
 
 def _base(path: str) -> str:
@@ -60,7 +74,7 @@ def plain_state_dict(model: nn.Module, *, full: bool = False) -> dict[str, torch
     """
     plain_keys, polar_keys = _polar_keys(model)
     at = {_base(path) + "original0": path for path in plain_keys}
-    weights = {id(t.polar): getattr(t.module, t.name).detach() for t in polar_tensors(model)}
+    weights = {id(t.polar): _weight(t, full) for t in polar_tensors(model)}
     out = {}
     for key, value in model.state_dict().items():
         if key in at:

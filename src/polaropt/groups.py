@@ -53,7 +53,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import guard
 from .polar import polar_tensors
-from .steps import _orphan_message, control
+from .steps import _orphan_message, check_sharding, control
 
 ROLES = ("scale", "direction", "rest")
 DECAY_ON = {"free": "direction", "absorb": "direction", "normalize": "scale", "project": "scale"}
@@ -102,6 +102,7 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
     orphaned = guard.orphans(model)
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
+    check_sharding(model)
     decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     scales = {True: [], False: []}
     directions = {True: [], False: []}

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from . import fold, guard
 from .polar import DEFAULT_EPS, Polar, _remove, polar_tensors, polarize
-from .steps import _orphan_message
+from .steps import _fsdp_module_type, _orphan_message
 
 SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
 Selector = "str | Iterable[str] | Callable[[str, nn.Module, torch.Tensor], bool] | None"
@@ -153,6 +153,10 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
     orphaned = guard.orphans(model)
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
+    fsdp = _fsdp_module_type()
+    if fsdp is not None and any(isinstance(m, fsdp) for m in model.modules()):
+        raise ValueError("the model is already sharded with FSDP2's fully_shard: polarize (polarize_model) first, then "
+                         "call fully_shard, so that FSDP shards and reduces s and V like any parameter")
     chosen = _select(_candidates(model), include, exclude)
     for p, owners, _ in chosen:  # validate all before changing any
         polar = Polar(p.ndim, **spec)

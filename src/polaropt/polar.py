@@ -115,8 +115,9 @@ class Polar(nn.Module):
         if getattr(w, "placements", None) is not None:
             raise ValueError(
                 f"{self._label} is a DTensor (its module was already sharded by FSDP2's fully_shard, or "
-                "parallelized): polarize (and polarize_model) first, then call fully_shard; the polar leaves s "
-                "and V are then sharded like any parameter"
+                "parallelized): polaropt splits plain weights into s and V, so polarize (and polarize_model) "
+                "first, then call fully_shard (reinitialize_ and load_plain_state_dict also work before "
+                "sharding); the polar leaves s and V are then sharded like any parameter"
             )
         if w.is_meta:
             raise ValueError(
@@ -214,6 +215,14 @@ def _tensor_name(prefix: str) -> str:
     return ".".join(owner + [name])
 
 
+def _is_fsdp_module(module: nn.Module) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return False
+    return isinstance(module, FSDPModule)
+
+
 def _polar_of(module: nn.Module, name: str) -> Polar | None:
     """The Polar of ``module.<name>``: the first parametrization (others may be stacked above it)."""
     if not parametrize.is_parametrized(module, name):
@@ -285,6 +294,9 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
                         "it takes scale, mode, trainable_scale, init, batch_dims, eps")
     if not isinstance(module, nn.Module):
         raise TypeError(f"polarize expects an nn.Module, got {type(module).__name__}")
+    if _is_fsdp_module(module):
+        raise ValueError(f"{type(module).__name__} is already sharded with FSDP2's fully_shard: polarize first, then "
+                         "call fully_shard")
     if mode == "normalize" and getattr(module, "sparse", False):
         raise ValueError(f"mode='normalize' on {type(module).__name__}(sparse=True) is refused: torch's weight-norm "
                          "kernel has no sparse backward; use mode='free' or 'absorb', or sparse=False")

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import guard
 from .polar import RENORMALIZED, PolarTensor, polar_tensors
-from .slices import slice_norm
+from .slices import has_nonfinite, is_finite_total, slice_norm
 from .transport import check_state_policy, moment_orders
 
 
@@ -41,9 +41,8 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
     # shard a small tensor gets under FSDP2, and on DTensors it is a global reduction, so every
     # rank takes the same branch. One host sync for the whole model.
     total = torch.stack([x.sum().to(torch.float64) for x in norms + [t.scale for t in targets]]).sum()
-    if not bool(torch.isfinite(total)):
-        bad = [t.qualname for t, n in zip(targets, norms)
-               if not (bool(torch.isfinite(n).all()) and bool(torch.isfinite(t.scale).all()))]
+    if not is_finite_total(total):
+        bad = [t.qualname for t, n in zip(targets, norms) if has_nonfinite(n) or has_nonfinite(t.scale)]
     else:
         bad = []
     if bad:
@@ -93,6 +92,8 @@ def _local_mul(x: torch.Tensor, f: torch.Tensor) -> bool:
     fp, xp = getattr(f, "placements", None), getattr(x, "placements", None)
     if xp is None or fp is None or not all(p.is_replicate() for p in fp) or all(p.is_replicate() for p in xp):
         return False
+    if any(p.is_shard() and x.shape[p.dim] != 1 for p in xp):
+        return False  # not the size-1 case: leave it to DTensor
     x.to_local().mul_(f.to_local())
     return True
 

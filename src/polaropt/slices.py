@@ -79,6 +79,23 @@ def slice_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return _replicated(torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=norm_dtype(x.dtype)))
 
 
+def has_nonfinite(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds a NaN or Inf, decided over the whole tensor: for an FSDP2 DTensor shard the
+    count is all-reduced, so every rank gets the same answer (``bool()`` of a DTensor reduction would
+    read the local shard only, and the ranks could disagree)."""
+    count = (~torch.isfinite(x)).sum()
+    if hasattr(count, "full_tensor"):
+        count = count.full_tensor()
+    return bool(count > 0)
+
+
+def is_finite_total(total: torch.Tensor) -> bool:
+    """``bool(isfinite(total))`` for a sum of sums, taken over every rank when it is a DTensor."""
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
+    return bool(torch.isfinite(total))
+
+
 def _replicated(n: torch.Tensor) -> torch.Tensor:
     """A norm over a dim that FSDP2 shards comes back from DTensor *partial* (each rank holds the norm
     of its shard); finish it here, one all-reduce, so that it divides V and multiplies s like a plain

@@ -35,7 +35,7 @@ from torch import nn
 from . import guard
 from .polar import polar_tensors
 from .renorm import _plan_transport, _targets, renormalize_
-from .slices import slice_norm
+from .slices import has_nonfinite, is_finite_total, slice_norm
 from .transport import check_state_policy
 
 _controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
@@ -164,11 +164,11 @@ def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
         return
     # one scalar per (device, dtype): the sum of the sums is non-finite iff some sum is (or it overflowed)
     totals = [torch.stack(xs).sum() for xs in sums.values()]
-    if all(bool(torch.isfinite(t)) for t in totals):
+    if all(is_finite_total(t) for t in totals):
         return
-    names = _names(models, optimizer)
+    names = _names(models, optimizer)  # every rank runs the same per-tensor checks (global under FSDP2)
     bad = [names[id(p)] for group in optimizer.param_groups for p in group["params"]
-           if p.grad is not None and not bool(torch.isfinite(p.grad._values() if p.grad.is_sparse else p.grad).all())]
+           if p.grad is not None and has_nonfinite(p.grad._values() if p.grad.is_sparse else p.grad)]
     if not bad:
         return  # a finite sum overflowed: every gradient is finite
     why = _zero_slices(models)
@@ -248,6 +248,7 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     orphaned = guard.orphans(model)
     if orphaned:
         raise ValueError(_orphan_message(orphaned))
+    check_sharding(model)
     # a policy that cannot be carried out is refused now, not at the first step
     if state != "keep":
         _plan_transport(optimizer, _targets(model), state)
@@ -261,6 +262,28 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     entry = {"model": model, "state": state, "every": every}
     ctl.attached.append(entry)
     return AttachHandle(ctl, entry)
+
+
+def _fsdp_module_type():
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return None
+    return FSDPModule
+
+
+def check_sharding(model: nn.Module) -> None:
+    """Refuse a model sharded with FSDP2 whose polar leaves are not sharded: they were polarized after
+    ``fully_shard`` (while FSDP had the weights unsharded, e.g. after a forward), so FSDP neither
+    reduces their gradients nor shards them, and every rank would train its own copy."""
+    fsdp = _fsdp_module_type()
+    if fsdp is None or not any(isinstance(m, fsdp) for m in model.modules()):
+        return
+    plain = [t.qualname for t in polar_tensors(model) if getattr(t.direction, "placements", None) is None]
+    if plain:
+        raise ValueError(f"{', '.join(plain)} were polarized after fully_shard: FSDP2 does not manage their s and V, "
+                         "so each rank would train its own copy. Polarize (polarize_model) first, then call "
+                         "fully_shard")
 
 
 def _orphan_message(orphaned: list[tuple[str, str]]) -> str:
