@@ -173,6 +173,19 @@ def test_distributed_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(on_one[key], value, rtol=1e-7, atol=1e-9, msg=lambda m: f"{key}: {m}")
 
 
+def step_on_every_rank(model, opt, before) -> dict:
+    """Step; gather on every rank whether it raised FloatingPointError, and whether the weights moved."""
+    try:
+        opt.step()
+        raised = False
+    except FloatingPointError:
+        raised = True
+    flags = [None] * WORLD
+    dist.all_gather_object(flags, raised)
+    after = plain(model)
+    return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
+
+
 def _nan_on_one_rank(rank, out_dir):
     model, opt = build("mlp", "absorb", "tensor", shard=True)
     train(model, opt, "mlp", 0, 2, rank)
@@ -183,15 +196,7 @@ def _nan_on_one_rank(rank, out_dir):
         x[0, 0] = float("nan")  # only rank 1's data is bad
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
-    try:
-        opt.step()
-        raised = False
-    except FloatingPointError:
-        raised = True
-    flags = [None] * WORLD
-    dist.all_gather_object(flags, raised)
-    after = plain(model)
-    return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
+    return step_on_every_rank(model, opt, before)
 
 
 def test_a_nan_on_one_rank_makes_every_rank_raise_and_nothing_is_written(tmp_path):
@@ -241,15 +246,7 @@ def _nan_in_one_shard(rank, out_dir):
         y[0, 3] = float("nan")  # only output row 3's gradient: a row that only rank 1's shard holds
     F.mse_loss(model(x), y).backward()
     before = plain(model)
-    try:
-        opt.step()
-        raised = False
-    except FloatingPointError:
-        raised = True
-    flags = [None] * WORLD
-    dist.all_gather_object(flags, raised)
-    after = plain(model)
-    return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
+    return step_on_every_rank(model, opt, before)
 
 
 def test_a_nan_in_one_rank_shard_only_makes_every_rank_raise(tmp_path):
