@@ -358,6 +358,7 @@ def _remove(module: nn.Module, name: str) -> torch.Tensor:
 
 
 def is_polarized(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module.<name>`` is written in polar form by :func:`polarize`."""
     return _polar_of(module, name) is not None
 
 

@@ -20,8 +20,9 @@ After the step (``register_step_post_hook``, in this order):
    ``optimizer.param_groups[0]["polar_steps"]``, so it is saved and restored with the optimizer's
    ``state_dict``.
 
-All of polaropt's work sits in one pre-hook and one post-hook per optimizer, whatever the order in
-which ``attach`` and the schedules were created.
+All of this sits in one pre-hook and one post-hook per optimizer, whatever the order in which
+``attach`` and the schedules were created. (Separately, :mod:`polaropt.guard` keeps torch's global
+optimizer step hooks, which watch every optimizer for replaced parameters and stale directions.)
 """
 
 from __future__ import annotations
