@@ -269,3 +269,25 @@ def test_schedule_state_dict_roundtrip():
             o.step()
             sc.step()
         assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt2.param_groups]
+
+
+def test_a_schedule_that_raises_leaves_no_multiplied_lr_behind():
+    import gc
+
+    class Raising(po.TwoStageLR):
+        def factors(self, optimizer):
+            raise RuntimeError("boom")
+
+    m = model()
+    opt = torch.optim.SGD(po.param_groups(m), lr=0.1)
+    lrs = [g["lr"] for g in opt.param_groups]
+    two = po.TwoStageLR(opt, freeze_steps=10)  # applied first: the scale group's lr × 0
+    bad = Raising(opt, freeze_steps=0)         # then this one raises, inside the pre-hook
+    m(torch.randn(4, 4, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step()
+    del bad
+    gc.collect()  # the raising schedule is gone; the next step first puts the lrs back
+    opt.step()
+    assert [g["lr"] for g in opt.param_groups] == lrs
+    assert two.last_epoch == 0

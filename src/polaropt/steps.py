@@ -68,7 +68,9 @@ class _Control:
         if self.attached and _scaler_found_inf(optimizer, kwargs) is None:
             check_gradients(optimizer, [a["model"] for a in self.attached])
         if self.multipliers:
-            applied = []
+            # registered before the loop: if a schedule raises midway, what was applied is put back
+            # at the next step's start (_restore) instead of staying multiplied
+            applied = self.applied = []
             for ref in list(self.multipliers):
                 factors = ref()
                 if factors is None:  # the schedule was garbage-collected: it stops acting
@@ -78,7 +80,6 @@ class _Control:
                     group = optimizer.param_groups[i]
                     applied.append((i, group["lr"]))
                     group["lr"] = group["lr"] * factor
-            self.applied = applied
 
     def _restore(self, optimizer) -> None:
         if self.applied is not None:
