@@ -51,9 +51,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from . import guard
 from .polar import polar_tensors
-from .steps import _orphan_message, check_sharding, control
+from .steps import check_sharding, control, refuse_orphans
 
 ROLES = ("scale", "direction", "rest")
 DECAY_ON = {"free": "direction", "absorb": "direction", "normalize": "scale", "project": "scale"}
@@ -99,9 +98,7 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
     scale, direction, rest = _options("scale", scale), _options("direction", direction), _options("rest", rest)
     if weight_decay is not None and not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
-    orphaned = guard.orphans(model)
-    if orphaned:
-        raise ValueError(_orphan_message(orphaned))
+    refuse_orphans(model)
     check_sharding(model)
     decay = {} if weight_decay is None else {"weight_decay": weight_decay}
     scales = {True: [], False: []}

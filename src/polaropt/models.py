@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import sys
 from fnmatch import fnmatchcase
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard
-from .polar import DEFAULT_EPS, Polar, _remove, polar_tensors, polarize
-from .steps import _fsdp_module_type, _orphan_message
+from .polar import DEFAULT_EPS, Polar, _is_fsdp_module, _remove, polar_tensors, polarize
+from .steps import refuse_orphans
 
 SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
 Selector = "str | Iterable[str] | Callable[[str, nn.Module, torch.Tensor], bool] | None"
@@ -150,11 +150,8 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
         raise ValueError(f"unknown polarize setting(s) {', '.join(map(repr, unknown))}; valid are "
                          f"{', '.join(map(repr, SPEC_DEFAULTS))}")
     spec = {**SPEC_DEFAULTS, **spec}
-    orphaned = guard.orphans(model)
-    if orphaned:
-        raise ValueError(_orphan_message(orphaned))
-    fsdp = _fsdp_module_type()
-    if fsdp is not None and any(isinstance(m, fsdp) for m in model.modules()):
+    refuse_orphans(model)
+    if any(_is_fsdp_module(m) for m in model.modules()):
         raise ValueError("the model is already sharded with FSDP2's fully_shard: polarize (polarize_model) first, then "
                          "call fully_shard, so that FSDP shards and reduces s and V like any parameter")
     chosen = _select(_candidates(model), include, exclude)
@@ -219,9 +216,7 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
     """
     if not callable(fn):
         raise TypeError(f"reinitialize_ expects a callable fn(module), got {type(fn).__name__}")
-    orphaned = guard.orphans(model)
-    if orphaned:
-        raise ValueError(_orphan_message(orphaned))
+    refuse_orphans(model)
     stacked = [t.qualname for t in polar_tensors(model) if len(t.module.parametrizations[t.name]) > 1]
     if stacked:
         raise ValueError(f"reinitialize_: {', '.join(stacked)} have parametrizations stacked above the polar one; "

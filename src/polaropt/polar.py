@@ -43,7 +43,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard
-from .guard import RENORMALIZED
 from .slices import check_scale, reduce_dims, scale_shape, slice_norm
 
 MODES = ("free", "normalize", "project", "absorb")
@@ -234,8 +233,7 @@ def _polar_of(module: nn.Module, name: str) -> Polar | None:
 def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
     """Make ``module.<name>`` (still holding the Parameter that ``plist`` replaced) read ``plist``."""
     polar = plist[0]
-    mine = {"mode": polar.mode, "scale": polar.scale, "trainable_scale": polar.trainable_scale,
-            "batch_dims": polar.batch_dims}
+    mine = polar.settings()
     asked = {k: spec[k] for k in mine}
     if asked != mine:
         raise ValueError(
@@ -317,7 +315,7 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         _join(module, name, shared, spec)
     else:
         polar._label = f"{type(module).__name__}.{name}"
-        polar.check(tensor)
+        # right_inverse checks the weight (Polar.check) before torch changes the module
         parametrize.register_parametrization(module, name, polar)
         plist = module.parametrizations[name]
         if not trainable_scale:

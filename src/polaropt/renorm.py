@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from . import guard
-from .polar import RENORMALIZED, PolarTensor, polar_tensors
-from .slices import has_nonfinite, is_finite_total, slice_norm
+from .guard import RENORMALIZED
+from .polar import PolarTensor, polar_tensors
+from .slices import nonfinite, slice_norm
 from .transport import check_state_policy, moment_orders
 
 
@@ -36,15 +37,9 @@ def _slice_norms(targets: list[PolarTensor]) -> list[torch.Tensor]:
     The check happens before any tensor is modified, so a failure leaves the model as it was.
     """
     norms = [slice_norm(t.direction, t.polar.dims) for t in targets]
-    # the sum of every norm and scale is NaN/Inf iff one holds one (or a finite sum overflowed, which
-    # the per-tensor check below tells apart); a sum, unlike an inf-norm, is defined on the empty
-    # shard a small tensor gets under FSDP2, and on DTensors it is a global reduction, so every
-    # rank takes the same branch. One host sync for the whole model.
-    total = torch.stack([x.sum().to(torch.float64) for x in norms + [t.scale for t in targets]]).sum()
-    if not is_finite_total(total):
-        bad = [t.qualname for t, n in zip(targets, norms) if has_nonfinite(n) or has_nonfinite(t.scale)]
-    else:
-        bad = []
+    # norms then scales: indices i and len(targets) + i both belong to target i; one host sync
+    bad_at = {i % len(targets) for i in nonfinite(norms + [t.scale for t in targets])}
+    bad = [t.qualname for i, t in enumerate(targets) if i in bad_at]
     if bad:
         raise FloatingPointError(
             f"renormalize_ found NaN or Inf in the scale or direction of {', '.join(bad)} and changed nothing; "

@@ -96,6 +96,24 @@ def is_finite_total(total: torch.Tensor) -> bool:
     return bool(torch.isfinite(total))
 
 
+def nonfinite(tensors: list[torch.Tensor]) -> list[int]:
+    """The indices of the tensors that hold a NaN or Inf; one host sync when there are none.
+
+    The fast test is the sum of each tensor, stacked per (device, dtype): a NaN or an Inf always
+    reaches the sum (NaN propagates; Inf stays Inf or meets −Inf and gives NaN), a sum is the
+    cheapest full reduction (on CPU about 10× cheaper than ``_foreach_norm(·, inf)``), and unlike an
+    inf-norm it is defined on the empty shard a small tensor gets under FSDP2. Its only false alarm
+    is a finite sum that overflows, so an alarm is confirmed tensor by tensor (:func:`has_nonfinite`).
+    On DTensors every decision is global, so every rank gets the same answer.
+    """
+    sums: dict = {}
+    for x in tensors:
+        sums.setdefault((x.device, x.dtype), []).append(x.sum())
+    if all(is_finite_total(torch.stack(xs).sum()) for xs in sums.values()):
+        return []
+    return [i for i, x in enumerate(tensors) if has_nonfinite(x)]
+
+
 def _replicated(n: torch.Tensor) -> torch.Tensor:
     """A norm over a dim that FSDP2 shards comes back from DTensor *partial* (each rank holds the norm
     of its shard); finish it here, one all-reduce, so that it divides V and multiplies s like a plain

@@ -36,7 +36,8 @@ from torch import nn
 from . import guard
 from .polar import polar_tensors
 from .renorm import _plan_transport, _targets, renormalize_
-from .slices import has_nonfinite, is_finite_total, slice_norm
+from .polar import _is_fsdp_module
+from .slices import nonfinite, slice_norm
 from .transport import check_state_policy
 
 _controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
@@ -65,7 +66,7 @@ class _Control:
         # under torch.amp.GradScaler, an optimizer that unscales inside its (fused) step gets the
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
-        if self.attached and _scaler_found_inf(optimizer, kwargs) is None:
+        if self.attached and _scaler_found_inf(optimizer) is None:
             check_gradients(optimizer, [a["model"] for a in self.attached])
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
@@ -91,7 +92,7 @@ class _Control:
         self._restore(optimizer)
         if not self.attached:
             return
-        found_inf = _scaler_found_inf(optimizer, kwargs)
+        found_inf = _scaler_found_inf(optimizer)
         if found_inf is not None and bool(found_inf):  # GradScaler: the fused step skipped the update
             for a in self.attached:
                 for t in _targets(a["model"]):
@@ -107,7 +108,7 @@ class _Control:
                     guard.mark_clean(t.polar)
 
 
-def _scaler_found_inf(optimizer, kwargs):
+def _scaler_found_inf(optimizer):
     """GradScaler's found_inf for this step, or None: torch.amp.GradScaler sets it on an optimizer
     that unscales inside ``step()`` (``_step_supports_amp_scaling``, e.g. fused AdamW) just before
     the step and deletes it after."""
@@ -148,31 +149,15 @@ def _zero_slices(models) -> list[str]:
 def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
 
-    The fast test is the sum of each gradient, stacked per device, then one host sync: a NaN or an
-    Inf always reaches the sum (NaN propagates; Inf stays Inf or meets −Inf and gives NaN), and a
-    sum is the cheapest full reduction (on CPU about 10× cheaper than ``_foreach_norm(·, inf)``).
-    Its only false alarm is a finite sum that overflows; an alarm is therefore confirmed tensor by
-    tensor with ``isfinite`` before anything is raised. Nothing is modified.
+    The test is :func:`polaropt.slices.nonfinite` (a sum per gradient, one host sync, alarms
+    confirmed per tensor, global under FSDP2). Nothing is modified.
     """
-    sums: dict = {}  # (device, dtype) -> [sum of each gradient]
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            g = p.grad
-            if g is not None:
-                if g.is_sparse:
-                    g = g._values()
-                sums.setdefault((g.device, g.dtype), []).append(g.sum())
-    if not sums:
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    bad_at = nonfinite([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
+    if not bad_at:
         return
-    # one scalar per (device, dtype): the sum of the sums is non-finite iff some sum is (or it overflowed)
-    totals = [torch.stack(xs).sum() for xs in sums.values()]
-    if all(is_finite_total(t) for t in totals):
-        return
-    names = _names(models, optimizer)  # every rank runs the same per-tensor checks (global under FSDP2)
-    bad = [names[id(p)] for group in optimizer.param_groups for p in group["params"]
-           if p.grad is not None and has_nonfinite(p.grad._values() if p.grad.is_sparse else p.grad)]
-    if not bad:
-        return  # a finite sum overflowed: every gradient is finite
+    names = _names(models, optimizer)
+    bad = [names[id(params[i])] for i in bad_at]
     why = _zero_slices(models)
     raise FloatingPointError(
         f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; the step was refused before "
@@ -247,9 +232,7 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     check_state_policy(state, optimizer)
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"every must be a positive int (renormalize every k steps), got {every!r}")
-    orphaned = guard.orphans(model)
-    if orphaned:
-        raise ValueError(_orphan_message(orphaned))
+    refuse_orphans(model)
     check_sharding(model)
     # a policy that cannot be carried out is refused now, not at the first step
     if state != "keep":
@@ -266,26 +249,24 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     return AttachHandle(ctl, entry)
 
 
-def _fsdp_module_type():
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch built without distributed
-        return None
-    return FSDPModule
-
-
 def check_sharding(model: nn.Module) -> None:
     """Refuse a model sharded with FSDP2 whose polar leaves are not sharded: they were polarized after
     ``fully_shard`` (while FSDP had the weights unsharded, e.g. after a forward), so FSDP neither
     reduces their gradients nor shards them, and every rank would train its own copy."""
-    fsdp = _fsdp_module_type()
-    if fsdp is None or not any(isinstance(m, fsdp) for m in model.modules()):
+    if not any(_is_fsdp_module(m) for m in model.modules()):
         return
     plain = [t.qualname for t in polar_tensors(model) if getattr(t.direction, "placements", None) is None]
     if plain:
         raise ValueError(f"{', '.join(plain)} were polarized after fully_shard: FSDP2 does not manage their s and V, "
                          "so each rank would train its own copy. Polarize (polarize_model) first, then call "
                          "fully_shard")
+
+
+def refuse_orphans(model: nn.Module) -> None:
+    """Refuse a model in which a module still holds a Parameter that polarize replaced (a cut tie)."""
+    orphaned = guard.orphans(model)
+    if orphaned:
+        raise ValueError(_orphan_message(orphaned))
 
 
 def _orphan_message(orphaned: list[tuple[str, str]]) -> str:
