@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import polaropt as po
-from records import new_record, write_record
+from records import new_record, time_interleaved, write_record
 
 
 class Weights(nn.Module):
@@ -49,15 +48,16 @@ def main(argv=None):
     angle = torch.rand(args.configs, 1, generator=g, dtype=torch.float64) * torch.pi / 2
     targets = radii * torch.cat([angle.cos(), angle.sin()], 1)
     w0 = torch.tensor([[-0.5, 0.0]], dtype=torch.float64).expand(args.configs, 2).clone()
-    times = {"batched": [], "loop": []}
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        batched = train(w0, targets, args.steps, batch_dims=1)
-        times["batched"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        looped = torch.stack([train(w0[i], targets[i], args.steps, batch_dims=0) for i in range(args.configs)])
-        times["loop"].append(time.perf_counter() - t0)
-        torch.testing.assert_close(batched, looped, rtol=1e-10, atol=1e-10)  # the same runs
+    out = {}
+
+    def batched():
+        out["batched"] = train(w0, targets, args.steps, batch_dims=1)
+
+    def loop():
+        out["loop"] = torch.stack([train(w0[i], targets[i], args.steps, batch_dims=0) for i in range(args.configs)])
+
+    times = time_interleaved({"batched": batched, "loop": loop}, repeats=args.repeats, calls=1)
+    torch.testing.assert_close(out["batched"], out["loop"], rtol=1e-10, atol=1e-10)  # the same runs
     med = {k: statistics.median(v) for k, v in times.items()}
     record = new_record("batched_sweep", vars(args))
     record["results"] = {k: {"median_s": med[k], "times_s": v} for k, v in times.items()}

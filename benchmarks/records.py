@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from polaropt.experiments.records import write_text_atomic
 
 
 def new_record(name: str, config: dict, device: str = "cpu") -> dict:
@@ -20,12 +20,7 @@ def write_record(record: dict, path: str | None) -> None:
     """Write ``record`` as JSON to ``path`` atomically (a temp file then a rename); no-op for None."""
     if not path:
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, out)
+    write_text_atomic(Path(path), json.dumps(record, indent=1))
 
 
 def time_interleaved(variants: dict, *, repeats: int, calls: int, sync=lambda: None) -> dict[str, list[float]]:

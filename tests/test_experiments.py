@@ -1,7 +1,8 @@
 """The reproduction suite: quick runs of every experiment, the files' schema, claims that can fail,
-the CLI's refusals, and --resume after an interrupted run."""
+the golden verdicts, rebuilding outputs from records, the CLI's refusals, and --resume."""
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,9 +10,14 @@ import sys
 import pytest
 
 from polaropt.cli import main
-from polaropt.experiments import EXPERIMENTS, get_experiment, make_config, reproduce
+from polaropt.experiments import runner
 from polaropt.experiments.framework import apply_overrides
 from polaropt.experiments.records import read_records, validate_run_dir
+from polaropt.experiments.registry import EXPERIMENTS, get_experiment
+
+
+def reproduce(out, **kw):
+    return runner.reproduce(out, EXPERIMENTS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +63,7 @@ def test_validation_catches_a_broken_run_dir(suite, tmp_path):
 
 def _claims(suite, name, mutate):
     exp = get_experiment(name)
-    config = make_config(exp, quick=True)
+    config = exp.make_config(quick=True)
     records = read_records(suite / name / "records.jsonl")
     before = {c.id: c.passed for c in exp.claims(records, config)}
     records = copy.deepcopy(records)
@@ -117,9 +123,9 @@ def test_linreg_claims_follow_the_records(suite, learnable_wins):
 
 def test_overrides_are_typed():
     exp = get_experiment("liu-far-target")
-    cfg = apply_overrides(make_config(exp), {"w0": "-5,0", "steps": "7", "states": "keep,reset"})
+    cfg = apply_overrides(exp.make_config(), {"w0": "-5,0", "steps": "7", "states": "keep,reset"})
     assert cfg.w0 == (-5.0, 0.0) and cfg.steps == 7 and cfg.states == ("keep", "reset")
-    assert make_config(get_experiment("liu-linreg"), seeds=5).seeds == 5
+    assert get_experiment("liu-linreg").make_config(overrides={"seeds": "5"}).seeds == 5
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -130,8 +136,9 @@ def test_overrides_are_typed():
     (["run", "liu-far-target", "--set", "states=keep,transport"], "states must include 'keep'"),
     (["run", "liu-far-target", "--set", "w0=1,2,3"], "w0 has 3 entries but target has 2"),
     (["run", "nope"], "unknown experiment 'nope'; valid choices are chou-sparse, cs182-implicit-bias"),
-    (["run", "liu-far-target", "--seeds", "3"], "deterministic: --seeds does not apply"),
-    (["run", "liu-linreg", "--seeds", "0"], "--seeds must be at least 1"),
+    (["run", "liu-far-target", "--set", "seeds=3"], "unknown config key 'seeds'"),
+    (["run", "liu-linreg", "--set", "seeds=0"], "seeds.*>= 1"),
+    (["run", "liu-linreg", "--seeds", "3"], "unrecognized arguments: --seeds"),
 ])
 def test_cli_refusals(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
@@ -165,7 +172,7 @@ def test_resume_after_an_interrupted_reproduce_loses_nothing(tmp_path, monkeypat
     def killed(config, progress):
         raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the second experiment
 
-    monkeypatch.setattr(exp, "run", killed)
+    monkeypatch.setitem(EXPERIMENTS, "liu-1d", dataclasses.replace(exp, run=killed))
     with pytest.raises(KeyboardInterrupt):
         reproduce(tmp_path, quick=True, quiet=True, names=names, log=lambda *a: None)
     assert validate_run_dir(tmp_path / "liu-far-target") == []  # the finished one is kept whole
@@ -174,21 +181,29 @@ def test_resume_after_an_interrupted_reproduce_loses_nothing(tmp_path, monkeypat
     monkeypatch.undo()
     said = []
     reproduce(tmp_path, quick=True, quiet=True, resume=True, names=names, log=said.append)
-    assert said[0] == "liu-far-target: finished earlier, skipped (--resume)"
+    assert said[0] == "liu-far-target: finished earlier with this config and code, skipped (--resume)"
     assert (tmp_path / "liu-far-target" / "meta.json").stat().st_mtime_ns == first
     assert validate_run_dir(tmp_path / "liu-1d") == []
-    # a different config is not "finished": resume re-runs it
+    # results made by other code are not "finished": resume re-runs them
+    meta_path = tmp_path / "liu-1d" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["code"]["experiment_hash"] = "0" * 16
+    meta_path.write_text(json.dumps(meta))
+    said.clear()
+    reproduce(tmp_path, quick=True, quiet=True, resume=True, names=names, log=said.append)
+    assert said[1].startswith("liu-1d: rerun (its code changed (experiment_hash 0000000000000000 -> ")
+    assert json.loads(meta_path.read_text())["code"]["experiment_hash"] == EXPERIMENTS["liu-1d"].code_hash()
 
 
 def test_modes_trained_side_by_side_equal_separate_runs():
     import torch
 
-    from polaropt.experiments.liu import MODES, _train_toys
+    from polaropt.experiments.liu.common import MODES, train_toys
 
     w0, target = torch.tensor([[-5.0, 1.0], [2.0, -3.0]], dtype=torch.float64), torch.tensor([7.0, 4.0], dtype=torch.float64)
-    together = _train_toys(w0, target, MODES, lr=0.05, steps=40, state="rescale", batch_dims=1)
+    together = train_toys(w0, target, MODES, lr=0.05, steps=40, state="rescale", batch_dims=1)
     for mode in MODES:
-        alone = _train_toys(w0, target, [mode], lr=0.05, steps=40, state="rescale", batch_dims=1)[mode]
+        alone = train_toys(w0, target, [mode], lr=0.05, steps=40, state="rescale", batch_dims=1)[mode]
         for a, b in zip(together[mode], alone):
             assert (a is None and b is None) or torch.equal(a, b), mode
 
@@ -281,7 +296,8 @@ def test_per_copy_hooks_equal_separate_runs():
     import torch
 
     import polaropt as po
-    from polaropt.experiments.wu import Weights, build, gaussian_problems, residual_loss
+    from polaropt.experiments.toys import Weights
+    from polaropt.experiments.wu.common import build, gaussian_problems, residual_loss
 
     A, y, *_ = gaussian_problems(3, 6, 2, 0)
     x0 = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -301,3 +317,131 @@ def test_per_copy_hooks_equal_separate_runs():
             residual_loss(A[k:k + 1], y[k:k + 1], alone.weight).sum().backward()
             o.step()
         assert torch.allclose(alone.weight[0], model["wn"].weight[k], rtol=1e-12, atol=1e-14)
+
+
+# ---- the golden verdicts of the quick suite ----------------------------------------------------------
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden" / "quick_claims.json"
+NUMBER = __import__("re").compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def golden_diff(claims: dict[str, dict], golden: dict[str, dict], rel: float = 0.05) -> list[str]:
+    """What differs between the quick suite's claims and the golden file: ids, verdicts and expected texts
+    exactly; the numbers in the measured texts to ``rel`` (other CPUs may round the last bits otherwise)."""
+    import math
+
+    diff = [f"{i}: missing" for i in golden if i not in claims] + [f"{i}: new" for i in claims if i not in golden]
+    for i in golden.keys() & claims.keys():
+        new, old = claims[i], golden[i]
+        if new["passed"] != old["passed"]:
+            diff.append(f"{i}: verdict {old['passed']} -> {new['passed']}")
+        if new["expected"] != old["expected"]:
+            diff.append(f"{i}: expected {old['expected']!r} -> {new['expected']!r}")
+        a, b = NUMBER.findall(new["measured"]), NUMBER.findall(old["measured"])
+        if NUMBER.sub("#", new["measured"]) != NUMBER.sub("#", old["measured"]) or not all(
+                math.isclose(float(x), float(y), rel_tol=rel, abs_tol=1e-12) for x, y in zip(a, b)):
+            diff.append(f"{i}: measured {old['measured']!r} -> {new['measured']!r}")
+    return sorted(diff)
+
+
+def suite_claims(out) -> dict[str, dict]:
+    claims = {}
+    for name in EXPERIMENTS:
+        for c in json.loads((out / name / "claims.json").read_text()):
+            claims[c["id"]] = {k: c[k] for k in ("passed", "expected", "measured")}
+    return claims
+
+
+def test_quick_suite_matches_the_golden_file(suite):
+    """A drifted setup, threshold or verdict shows up here as a diff. After an intended change, rewrite the
+    golden file with POLAROPT_UPDATE_GOLDEN=1 python -m pytest tests/test_experiments.py -k golden, and say
+    why in the commit."""
+    import os
+
+    claims = suite_claims(suite)
+    if os.environ.get("POLAROPT_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(claims, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    assert golden_diff(claims, json.loads(GOLDEN.read_text())) == []
+
+
+def test_golden_catches_a_changed_init_and_a_loosened_tolerance(suite, tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    exp = get_experiment("liu-linreg")
+    runner.run_experiment(exp, exp.make_config(quick=True, overrides={"init": "norm"}), tmp_path, quick=True, quiet=True)
+    changed = {c["id"]: c for c in json.loads((tmp_path / "liu-linreg" / "claims.json").read_text())}
+    assert golden_diff({**suite_claims(suite), **changed}, golden) != []
+    far = get_experiment("liu-far-target")
+    loose = far.make_config(quick=True, overrides={"agree_within": str(10 * far.quick.agree_within)})
+    claims = {c.id: c.to_dict() for c in far.claims(read_records(suite / "liu-far-target" / "records.jsonl"), loose)}
+    assert golden_diff({**suite_claims(suite), **claims}, golden) == [
+        f"far-absorb-modes-agree: expected {golden['far-absorb-modes-agree']['expected']!r} -> "
+        f"{claims['far-absorb-modes-agree']['expected']!r}"]
+
+
+# ---- outputs rebuilt from the records on disk ------------------------------------------------------------
+
+def test_report_rebuilds_every_output_from_records_alone(suite, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "suite"
+    shutil.copytree(suite, out)
+    before = {n: json.loads((out / n / "claims.json").read_text()) for n in EXPERIMENTS}
+    for n in EXPERIMENTS:
+        for f in [*(out / n).glob("*.png"), *(out / n).glob("*.svg"), out / n / "claims.json", out / n / "report.md"]:
+            f.unlink()
+    (out / "index.html").unlink()
+    assert main(["report", str(out)]) == 0
+    for n in EXPERIMENTS:
+        assert json.loads((out / n / "claims.json").read_text()) == before[n]
+        assert validate_run_dir(out / n) == [] and "rebuilt" in json.loads((out / n / "meta.json").read_text())
+    assert "data:image/png;base64," in (out / "index.html").read_text()
+    # the records are what the claims are computed from: contrary records on disk give a failing claim
+    path = out / "liu-far-target" / "records.jsonl"
+    records = read_records(path)
+    for r in records:
+        if r["kind"] == "curve" and r["run"] == "absorb_fixed_scale":
+            r["value"] = [1.0] * len(r["value"])
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["report", str(out)]) == 0
+    claims = {c["id"]: c["passed"] for c in json.loads((out / "liu-far-target" / "claims.json").read_text())}
+    assert before["liu-far-target"][2]["passed"] and not claims["far-absorb-modes-agree"]
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "empty")])
+    assert e.value.code == 2 and "holds no finished run" in capsys.readouterr().err
+
+
+def test_index_html_leads_with_a_summary_and_the_failures(suite):
+    page = (suite / "index.html").read_text()
+    summary, failures, first_section = page.index("<h2>Summary"), page.index("id='not-reproduced'"), page.index("<section")
+    assert summary < failures < first_section
+    failed = [c["id"] for n in EXPERIMENTS for c in json.loads((suite / n / "claims.json").read_text()) if not c["passed"]]
+    block = page[failures:first_section]
+    assert all(f"<code>{i}</code>" in block for i in failed) and block.count("<tr class='no-row'>") == len(failed)
+    for n in EXPERIMENTS:
+        assert f"href='#{n}'" in page and f"href='{n}/report.md'" in page
+
+
+# ---- every experiment has the same shape -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_shape(name):
+    import inspect
+    import sys as _sys
+
+    exp = EXPERIMENTS[name]
+    assert dataclasses.is_dataclass(exp.config) and exp.config.__dataclass_params__.frozen
+    assert all(f.metadata.get("help") for f in dataclasses.fields(exp.config)), "every field says what it means"
+    assert isinstance(exp.quick, exp.config) and exp.notes.exists()
+    source = inspect.getsource(_sys.modules[exp.run.__module__])
+    assert len(source.splitlines()) <= 260, f"{exp.run.__module__} is {len(source.splitlines())} lines"
+    assert "noqa: E731" not in source and "Claim(" not in source.replace("Claim.", "")
+
+
+def test_run_help_lists_the_config_fields(capsys):
+    assert main(["run", "liu-linreg", "--help"]) == 0
+    out = capsys.readouterr().out
+    exp = get_experiment("liu-linreg")
+    for f in dataclasses.fields(exp.config):
+        assert f" {f.name} " in out and f.metadata["help"] in out
+    assert "tuple[str, ...]" in out and "default 3 " in out

@@ -105,6 +105,10 @@ def _run(rank, port, job, out_dir, world):
         dist.barrier()  # no rank tears gloo down while another is still talking to it
     finally:
         dist.destroy_process_group()
+    # A finished worker leaves at once: under load, gloo's threads racing the interpreter's teardown
+    # once aborted a worker ("terminate called without an active exception") after its job had passed.
+    # A worker whose job raised does not get here, so mp.spawn still reports its error.
+    os._exit(0)
 
 
 def spawn(job, tmp_path, world=WORLD):

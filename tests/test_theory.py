@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from polaropt import theory
+from polaropt.experiments import theory
 
 
 def problem(seed, m=3, d=6):

@@ -1,4 +1,4 @@
-"""Command line: ``polaropt`` (also ``python -m polaropt``): ``list``, ``run``, ``reproduce``."""
+"""Command line: ``polaropt`` (also ``python -m polaropt``): ``list``, ``run``, ``reproduce``, ``report``."""
 
 from __future__ import annotations
 
@@ -20,20 +20,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"polaropt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("list", help="list the experiments, one line each")
-    run = sub.add_parser("run", help="run one experiment into OUT/NAME/")
-    run.add_argument("name", help="an experiment name (see `polaropt list`)")
+    run = sub.add_parser("run", help="run one experiment into OUT/NAME/ (`polaropt run NAME --help` lists its config)",
+                         add_help=False)
+    run.add_argument("name", nargs="?", help="an experiment name (see `polaropt list`)")
+    run.add_argument("-h", "--help", action="store_true", help="show this help, and NAME's config fields")
     run.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field (repeatable); lists are comma-separated")
-    run.add_argument("--seeds", type=int, default=None, help="number of seeds (experiments that have seeds)")
-    run.add_argument("--quick", action="store_true", help="reduced settings, for tests")
+                     help="override a config field (repeatable); lists are comma-separated, e.g. --set seeds=5")
+    run.add_argument("--quick", action="store_true", help="reduced settings (the experiment's QUICK config)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     rep = sub.add_parser("reproduce", help="run every experiment, then OUT/index.md and OUT/index.html")
     rep.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     rep.add_argument("--quick", action="store_true", help="reduced settings, for tests")
-    rep.add_argument("--resume", action="store_true", help="skip experiments already finished in OUT with the same config")
+    rep.add_argument("--resume", action="store_true",
+                     help="skip experiments finished in OUT with the same config and the same code")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rb = sub.add_parser("report", help="rebuild every claims.json, figure, report.md and the index in DIR from "
+                                       "its records alone (no re-running)")
+    rb.add_argument("dir", help="an output folder of `polaropt reproduce` or `polaropt run`")
+    parser.run_parser = run  # `polaropt run --help` prints it with the experiment's config fields
     return parser
+
+
+def config_help(exp) -> str:
+    """The config fields of ``exp``: name, type, default and meaning, as `polaropt run NAME --help` prints them."""
+    from .experiments.framework import field_help
+
+    rows = field_help(exp.config)
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{exp.name}: {exp.description}", "", "config fields (override with --set KEY=VALUE):"]
+    lines += [f"  {n:<{w[0]}}  {t:<{w[1]}}  default {d:<{w[2]}}  {m}" for n, t, d, m in rows]
+    return "\n".join(lines)
+
+
+def _suite(parser):
+    """The experiment registry, or a clear exit when the ``experiments`` extra is not installed."""
+    try:
+        from .experiments.registry import EXPERIMENTS, get_experiment
+    except ImportError as e:
+        parser.exit(2, f"polaropt: error: {e}\n")
+    return EXPERIMENTS, get_experiment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,18 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from .experiments import EXPERIMENTS, get_experiment, make_config, reproduce, run_experiment
+    experiments, get_experiment = _suite(parser)
     from .experiments.framework import parse_set
+    from .experiments.runner import reproduce, report, run_experiment
 
     if args.command == "list":
-        width = max(map(len, EXPERIMENTS))
-        for name, exp in EXPERIMENTS.items():
+        width = max(map(len, experiments))
+        for name, exp in experiments.items():
             print(f"{name:<{width}}  {exp.description}")
         return 0
     if args.command == "run":
+        if args.name is None or args.help:
+            try:
+                text = config_help(get_experiment(args.name)) if args.name else ""
+            except ValueError as e:
+                parser.exit(2, f"polaropt: error: {e}\n")
+            parser.run_parser.print_help()
+            print("\n" + text if text else "\nname an experiment to see its config fields", end="\n")
+            return 0 if args.help else 2
         try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
-            config = make_config(exp, quick=args.quick, seeds=args.seeds, overrides=parse_set(args.overrides))
+            config = exp.make_config(quick=args.quick, overrides=parse_set(args.overrides))
         except ValueError as e:
             parser.exit(2, f"polaropt: error: {e}\n")
         out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
@@ -62,9 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'reproduced    ' if c['passed'] else 'NOT reproduced'}  {c['id']}: {c['measured']}")
         print(f"{sum(c['passed'] for c in claims)}/{len(claims)} claims reproduced; report: {out / 'report.md'}")
         return 0
-    log = (lambda *a, **k: None) if args.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr))
-    index = reproduce(Path(args.out), quick=args.quick, resume=args.resume, quiet=args.quiet, log=log)
-    print(index.read_text().split("\n## All claims")[0])
+    quiet = getattr(args, "quiet", False)
+
+    def log(*parts):
+        if not quiet:
+            print(*parts, file=sys.stderr)
+
+    if args.command == "report":
+        try:
+            index = report(Path(args.dir), experiments, log=log)
+        except (ValueError, OSError) as e:
+            parser.exit(2, f"polaropt: error: {e}\n")
+    else:
+        index = reproduce(Path(args.out), experiments, quick=args.quick, resume=args.resume, quiet=args.quiet, log=log)
+    print(index.read_text().split("\n## Not reproduced")[0])
     return 0
 
 

@@ -1,7 +1,14 @@
-"""The reproduction suite: one module per source; importing this package registers them all."""
+"""The reproduction suite (needs the ``experiments`` extra: ``pip install "polaropt[experiments]"``).
 
-from . import chou, cs182, liu, wu  # noqa: F401  (importing a source's module registers its experiments)
-from .framework import EXPERIMENTS, Claim, Experiment, get_experiment, make_config
-from .runner import reproduce, run_experiment
+One module per experiment, under a package per source (``liu``, ``wu``, ``chou``, ``cs182``); the
+explicit list is ``registry.EXPERIMENTS``. The framework (``framework``, ``records``, ``training``,
+``runner``, ``report``, ``figures``, ``theory``) imports no experiment.
+"""
 
-__all__ = ["EXPERIMENTS", "Claim", "Experiment", "get_experiment", "make_config", "reproduce", "run_experiment"]
+import importlib.util
+
+_MISSING = [m for m in ("numpy", "scipy", "matplotlib", "tqdm") if importlib.util.find_spec(m) is None]
+if _MISSING:
+    raise ImportError(f"the reproduction suite needs {', '.join(_MISSING)}, which the core library does not: "
+                      "install the extra with pip install \"polaropt[experiments]\" (from a checkout: "
+                      "pip install -e \".[experiments]\")")

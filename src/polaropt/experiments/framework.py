@@ -1,33 +1,168 @@
-"""The experiment framework: typed configs, claims, and the registry.
+"""The experiment framework: typed configs, claims built from their thresholds, the experiment record.
 
-An experiment is a typed config dataclass (defaults = the source's setup), a ``run`` that uses
-only polaropt's public API and returns records, ``figures`` built only from records, and
-``claims`` computed only from records. Records are plain dicts (JSON-serializable) with a
-``"kind"`` key; :mod:`polaropt.experiments.records` writes them.
+Every experiment is one module with the same visible shape::
+
+    @dataclass(frozen=True)
+    class Config:                       # defaults = the source's setup; thresholds live here too
+        steps: int = param(3000, "Adam steps")
+        agree_within: float = param(0.10, "the two absorb modes' step counts may differ by this fraction")
+
+    QUICK = Config(steps=400)           # the --quick variant, a typed value
+    def run(config, progress) -> list[dict]: ...           # polaropt's public API only
+    def claims(records, config) -> list[Claim]: ...        # records -> judged claims
+    def figures(records, config, out_dir) -> list[str]: ...  # records -> PNG + SVG files
+    EXPERIMENT = Experiment(name=..., description=..., sources=..., config=Config, quick=QUICK,
+                            run=run, claims=claims, figures=figures, notes=Path(__file__).with_suffix(".md"))
+
+and its notes (departures from the source, interpretations) in the Markdown file next to it, formatted
+with ``{config.FIELD}``. Claims, figures and notes are built from records and the config alone, so
+``polaropt report DIR`` rebuilds them from the files on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 RECORD_KINDS = ("curve", "point", "trajectory", "scalar")
 
 
-@dataclass
+def param(default, help: str):
+    """A config field with a one-line meaning (shown by ``polaropt run NAME --help`` and in the report)."""
+    return field(default=default, metadata={"help": help})
+
+
+# ---- claims ----------------------------------------------------------------------------------------
+
+def fmt(x) -> str:
+    """A measured number in words: ``None`` (a step count never reached) is "never"."""
+    if x is None:
+        return "never"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(fmt(v) for v in x) + ")"
+    return str(x)
+
+
+def _finite_or_never(x) -> float:
+    return math.inf if x is None else float(x)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Check:
+    """One comparison of a measured value with a threshold, with both sides in words.
+
+    Built by the constructors below, which write ``expected`` from the threshold they test, so the
+    text and the test cannot drift apart. A step count of ``None`` means "never" and compares as ∞.
+    """
+
+    expected: str
+    measured: str
+    passed: bool
+
+    @classmethod
+    def at_most(cls, what: str, value, limit) -> Check:
+        return cls(expected=f"{what} ≤ {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+                   passed=value is not None and _finite_or_never(value) <= limit)
+
+    @classmethod
+    def at_least(cls, what: str, value, limit) -> Check:
+        return cls(expected=f"{what} ≥ {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+                   passed=value is not None and _finite_or_never(value) >= limit)
+
+    @classmethod
+    def below(cls, what: str, value, limit) -> Check:
+        """``value < limit`` (strict); ``None`` (never) is never below anything."""
+        return cls(expected=f"{what} < {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+                   passed=value is not None and _finite_or_never(value) < limit)
+
+    @classmethod
+    def above(cls, what: str, value, limit) -> Check:
+        return cls(expected=f"{what} > {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+                   passed=value is not None and _finite_or_never(value) > limit)
+
+    @classmethod
+    def between(cls, what: str, value, low, high) -> Check:
+        return cls(expected=f"{fmt(low)} ≤ {what} ≤ {fmt(high)}", measured=f"{what} = {fmt(value)}",
+                   passed=value is not None and low <= _finite_or_never(value) <= high)
+
+    @classmethod
+    def near(cls, what: str, value, target, *, rel: float | None = None, tol: float | None = None) -> Check:
+        """``|value − target| ≤ rel·|target|`` (``rel``) or ``≤ tol`` (``tol``): give exactly one."""
+        if (rel is None) == (tol is None):
+            raise ValueError("Check.near takes exactly one of rel= or tol=")
+        if rel is not None:
+            expected, tol = f"{what} within ±{100 * rel:g}% of {fmt(target)}", rel * abs(target)
+        else:
+            expected = f"{what} within {fmt(target)} ± {fmt(tol)}"
+        ok = value is not None and abs(_finite_or_never(value) - target) <= tol
+        off = "" if value is None or target == 0 else f" ({100 * (_finite_or_never(value) / target - 1):+.1f}%)"
+        return cls(expected=expected, measured=f"{what} = {fmt(value)}{off}", passed=ok)
+
+    @classmethod
+    def sooner(cls, what_a: str, a, what_b: str, b, *, factor: float = 1.0) -> Check:
+        """Step count ``a`` at least ``factor`` times sooner than ``b`` (``None`` = never = ∞; never is
+        not sooner than never)."""
+        expected = f"{what_a} < {what_b}" if factor == 1 else f"{what_a} at least {factor:g}× sooner than {what_b}"
+        ok = a is not None and (b is None or (a < b if factor == 1 else a * factor <= b))
+        return cls(expected=expected, measured=f"{what_a} {fmt(a)}, {what_b} {fmt(b)}", passed=ok)
+
+    @classmethod
+    def less(cls, what_a: str, a, what_b: str, b, *, margin: float = 0.0) -> Check:
+        """``a + margin < b`` for two measured values (a margin > 0 asks for a clear gap)."""
+        expected = f"{what_a} < {what_b}" if margin == 0 else f"{what_a} + {fmt(margin)} ≤ {what_b}"
+        ok = a is not None and b is not None and (a < b if margin == 0 else a + margin <= b)
+        return cls(expected=expected, measured=f"{what_a} {fmt(a)}, {what_b} {fmt(b)}", passed=ok)
+
+    @classmethod
+    def holds(cls, expected: str, measured: str, passed: bool) -> Check:
+        """A check with no number to compare (a sign, an identity, a set): the text is written by hand."""
+        return cls(expected=expected, measured=measured, passed=bool(passed))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Claim:
-    """One statement of a source turned into a measured check."""
+    """One statement of a source turned into a measured check (keyword arguments only)."""
 
     id: str
     source: str  # seed file and section, e.g. "001 Optimization 1, Experiment: Observations"
     statement: str  # what the source says (quoted or paraphrased)
-    expected: str  # the threshold, in words
+    expected: str  # the threshold, in words (written by the checks)
     measured: str  # what the records give, in words and numbers
     passed: bool
     values: dict = field(default_factory=dict)  # the numbers behind `measured`
+
+    @classmethod
+    def of(cls, *, id: str, source: str, statement: str, checks: Check | Sequence[Check], require: str = "all",
+           values: dict | None = None) -> Claim:
+        """A claim judged by ``checks``: all of them must pass (``require="all"``) or one (``"any"``)."""
+        checks = [checks] if isinstance(checks, Check) else list(checks)
+        if not checks:
+            raise ValueError(f"claim {id!r} has no checks")
+        if require not in ("all", "any"):
+            raise ValueError(f"require must be 'all' or 'any', got {require!r}")
+        joiner = "; and " if require == "all" else "; or "
+        judge = all if require == "all" else any
+        return cls(id=id, source=source, statement=statement, expected=joiner.join(c.expected for c in checks),
+                   measured="; ".join(c.measured for c in checks), passed=judge(c.passed for c in checks),
+                   values=values or {})
+
+    @classmethod
+    def failed(cls, *, id: str, source: str, statement: str, expected: str, why: str) -> Claim:
+        """A claim the records cannot support at all (e.g. a point never reached the target)."""
+        return cls(id=id, source=source, statement=statement, expected=expected, measured=why, passed=False)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -35,36 +170,61 @@ class Claim:
         return d
 
 
-@dataclass
+# ---- experiments -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
 class Experiment:
     name: str
-    description: str  # one line, for `polaropt list`
+    description: str  # one line, for `polaropt list` and the index
     sources: tuple[str, ...]  # seed files
-    config_cls: type
+    config: type  # a frozen dataclass; its defaults are the source's setup
+    quick: Any  # a Config instance: reduced settings for tests and --quick
     run: Callable[[Any, Callable], list[dict]]  # (config, progress) -> records
     claims: Callable[[list[dict], Any], list[Claim]]  # (records, config) -> claims
-    figures: Callable[[list[dict], Any, Any], list[str]]  # (records, config, out_dir) -> file names
-    notes: Callable[[list[dict], Any], str]  # (records, config) -> markdown: departures, explanations
-    quick: dict = field(default_factory=dict)  # config overrides for --quick
+    figures: Callable[[list[dict], Any, Path], list[str]]  # (records, config, out_dir) -> file names
+    notes: Path  # Markdown, formatted with {config.FIELD}
+    details: Callable[[list[dict], Any], str] | None = None  # records -> extra Markdown for the notes
+    key_figure: str | None = None  # the PNG the index shows first (default: the first one)
+
+    def __post_init__(self):
+        if not isinstance(self.quick, self.config):
+            raise TypeError(f"{self.name}: quick must be a {self.config.__name__}, got {type(self.quick).__name__}")
+
+    def make_config(self, *, quick: bool = False, overrides: dict[str, str] | None = None):
+        return apply_overrides(self.quick if quick else self.config(), overrides or {})
+
+    def notes_text(self, records: list[dict], config) -> str:
+        text = self.notes.read_text().format(config=config).strip()
+        if self.details is not None:
+            text += "\n\n" + self.details(records, config).strip()
+        return text
+
+    def code_hash(self) -> str:
+        """A hash of the experiment's own code: its module, its source package's shared module (if any)
+        and its notes. ``--resume`` reruns an experiment when it changes."""
+        module = sys.modules[self.run.__module__]
+        files = [Path(inspect.getsourcefile(module)), self.notes]
+        common = Path(inspect.getsourcefile(module)).with_name("common.py")
+        if common.exists():
+            files.append(common)
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()[:16]
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+def field_help(config_cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, meaning) of every config field, for ``--help`` and the report."""
+    hints = typing.get_type_hints(config_cls)
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        name = getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")
+        rows.append((f.name, name or str(tp), repr(f.default), f.metadata.get("help", "")))
+    return rows
 
 
-def register(exp: Experiment) -> Experiment:
-    if exp.name in EXPERIMENTS:
-        raise ValueError(f"experiment {exp.name!r} registered twice")
-    EXPERIMENTS[exp.name] = exp
-    return exp
-
-
-def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; valid choices are {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
-
-
-# ---- configs -----------------------------------------------------------------------------------
+# ---- configs from the command line --------------------------------------------------------------------
 
 def _parse_value(key: str, text: str, tp) -> Any:
     origin = typing.get_origin(tp)
@@ -112,6 +272,22 @@ def apply_overrides(config, overrides: dict[str, str]):
     return new
 
 
+def config_from_dict(config_cls: type, data: dict):
+    """The config a run folder's ``config.json`` holds (lists back to tuples), validated."""
+    hints = typing.get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"config.json has keys {unknown} that {config_cls.__name__} does not; valid keys are "
+                         f"{', '.join(sorted(names))}")
+    values = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in data.items()}
+    config = config_cls(**values)
+    check = getattr(config, "validate", None)
+    if check is not None:
+        check()
+    return config
+
+
 def parse_set(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -122,18 +298,11 @@ def parse_set(items: list[str]) -> dict[str, str]:
     return out
 
 
-def make_config(exp: Experiment, *, quick: bool = False, seeds: int | None = None,
-                overrides: dict[str, str] | None = None):
-    config = exp.config_cls()
-    if quick and exp.quick:
-        config = dataclasses.replace(config, **exp.quick)
-    if seeds is not None:
-        if "seeds" not in [f.name for f in dataclasses.fields(config)]:
-            raise ValueError(f"experiment {exp.name!r} is deterministic: --seeds does not apply")
-        if seeds < 1:
-            raise ValueError(f"--seeds must be at least 1, got {seeds}")
-        config = dataclasses.replace(config, seeds=seeds)
-    return apply_overrides(config, overrides or {})
+def at_source_setup(config, *names: str) -> bool:
+    """True when the fields ``names`` hold their defaults (the source's setup): claims that compare with
+    numbers the source printed only apply there."""
+    default = type(config)()
+    return all(getattr(config, n) == getattr(default, n) for n in names)
 
 
 # ---- helpers that claims share -----------------------------------------------------------------
@@ -144,7 +313,3 @@ def first_below(values, threshold: float) -> int | None:
         if v < threshold:
             return i
     return None
-
-
-def fmt_steps(n) -> str:
-    return "never" if n is None else str(n)

@@ -1,8 +1,9 @@
-"""Run directories: every file an experiment writes, written atomically, and their schema.
+"""Records and run directories: the query helpers every experiment uses, every file written
+atomically, and the run folder's schema.
 
 ``OUT/NAME/`` holds ``config.json``, ``records.jsonl`` (one JSON record a line), ``meta.json``
 (versions, git commit, wall time, quick flag), ``claims.json``, figures (PNG and SVG) and
-``report.md``. Everything is first written to a hidden ``OUT/.NAME.partial-PID`` folder that is
+``report.md``. Everything is first written to a hidden ``OUT/.NAME.partial-*`` folder that is
 renamed into place only when complete, so an interrupted run never leaves a half-written result.
 """
 
@@ -16,9 +17,50 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .framework import RECORD_KINDS
+
+# ---- querying records ----------------------------------------------------------------------------
+
+def _matches(record: dict, match: dict) -> bool:
+    return all(record.get(k) == v for k, v in match.items())
+
+
+def select(records: list[dict], kind: str | None = None, **match) -> list[dict]:
+    """The records of ``kind`` whose fields equal ``match`` (e.g. ``select(rs, "curve", metric="loss")``)."""
+    if kind is not None and kind not in RECORD_KINDS:
+        raise ValueError(f"unknown record kind {kind!r}; valid kinds are {', '.join(RECORD_KINDS)}")
+    if kind is not None:
+        match = {"kind": kind, **match}
+    return [r for r in records if _matches(r, match)]
+
+
+def one(records: list[dict], kind: str | None = None, **match) -> dict:
+    """The single record that ``select`` finds; an error naming the query when there are none or several."""
+    found = select(records, kind, **match)
+    if len(found) != 1:
+        raise LookupError(f"expected one {kind or ''} record with {match}, found {len(found)}")
+    return found[0]
+
+
+def by(records: list[dict], key: str | tuple[str, ...], field: str = "value", kind: str | None = None,
+       **match) -> dict:
+    """``{record[key]: record[field]}`` over the selected records (a tuple ``key`` gives tuple keys).
+
+    A repeated key is an error, not a silent overwrite: the query was not specific enough.
+    """
+    out = {}
+    for r in select(records, kind, **match):
+        k = tuple(r[x] for x in key) if isinstance(key, tuple) else r[key]
+        if k in out:
+            raise LookupError(f"records with {match} repeat the key {k!r}; narrow the query")
+        out[k] = r[field]
+    return out
+
+
+# ---- run folders ---------------------------------------------------------------------------------
 
 REQUIRED_FILES = ("config.json", "records.jsonl", "meta.json", "claims.json", "report.md")
 CLAIM_KEYS = ("id", "source", "statement", "expected", "measured", "passed")
@@ -52,12 +94,42 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
+@contextmanager
+def atomic(final: Path, *, directory: bool = False):
+    """Yield a hidden temporary path beside ``final`` (a file, or an empty folder with ``directory``);
+    when the block succeeds, rename it onto ``final`` (replacing an older one); when it fails, remove
+    it. Readers see the old ``final`` or the complete new one, never half of it. The repo's one
+    atomic writer: run folders, reports, the index and benchmark records all go through it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    else:
+        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and final.exists():
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        if directory:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file and a rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_records(path: Path, records: list[dict]) -> None:
@@ -71,35 +143,42 @@ def read_records(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def partial_dir(out_root: Path, name: str) -> Path:
-    return out_root / f".{name}.partial-{os.getpid()}"
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Move a complete ``tmp`` folder to ``final``, replacing an older ``final`` if there is one."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def code_version(exp) -> dict:
+    """What ``--resume`` compares: the package version and a hash of the experiment's own code (the git
+    commit is kept for the reader; it changes with every commit, so it is not compared)."""
+    from .. import __version__
+
+    return {"polaropt": __version__, "experiment_hash": exp.code_hash(), "git_commit": git_commit()}
 
 
-def meta(name: str, config, wall_time_s: float, quick: bool) -> dict:
-    return {"experiment": name, "complete": True, "quick": quick, "config": config_dict(config),
-            "versions": versions(), "git_commit": git_commit(), "wall_time_s": wall_time_s,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def meta(exp, config, wall_time_s: float, quick: bool) -> dict:
+    return {"experiment": exp.name, "complete": True, "quick": quick, "config": config_dict(config),
+            "versions": versions(), "code": code_version(exp), "git_commit": git_commit(),
+            "wall_time_s": wall_time_s, "created": now()}
 
 
-def is_complete(run_dir: Path, config, quick: bool) -> bool:
-    """True if ``run_dir`` holds a finished run of exactly this config (what ``--resume`` skips)."""
+def why_stale(run_dir: Path, exp, config, quick: bool) -> str | None:
+    """Why ``run_dir`` is not a finished run of exactly this config and code (None when it is: what
+    ``--resume`` skips)."""
     try:
         m = json.loads((run_dir / "meta.json").read_text())
     except (OSError, ValueError):
-        return False
-    return (m.get("complete") is True and m.get("quick") == quick and m.get("config") == config_dict(config)
-            and all((run_dir / f).exists() for f in REQUIRED_FILES))
+        return "no finished run"
+    if m.get("complete") is not True or not all((run_dir / f).exists() for f in REQUIRED_FILES):
+        return "the run is incomplete"
+    if m.get("quick") != quick:
+        return f"it was run with quick={m.get('quick')}"
+    if m.get("config") != config_dict(config):
+        return "its config differs"
+    code, now_code = m.get("code") or {}, code_version(exp)
+    for key in ("polaropt", "experiment_hash"):
+        if code.get(key) != now_code[key]:
+            return f"its code changed ({key} {code.get(key)} -> {now_code[key]})"
+    return None
 
 
 def validate_run_dir(run_dir: Path) -> list[str]:
@@ -108,7 +187,7 @@ def validate_run_dir(run_dir: Path) -> list[str]:
     if problems:
         return problems
     m = json.loads((run_dir / "meta.json").read_text())
-    for key in ("experiment", "complete", "quick", "config", "versions", "git_commit", "wall_time_s", "created"):
+    for key in ("experiment", "complete", "quick", "config", "versions", "code", "git_commit", "wall_time_s", "created"):
         if key not in m:
             problems.append(f"meta.json lacks {key!r}")
     if not isinstance(m.get("wall_time_s"), (int, float)) or m.get("wall_time_s", -1) < 0:

@@ -1,68 +1,111 @@
-"""Run experiments into run directories, and the whole suite (``reproduce``)."""
+"""Run experiments into run folders, rebuild a run's outputs from its records, and the whole suite.
+
+One path builds every output: ``build_outputs(exp, records, config, meta, folder)`` writes claims.json,
+the figures and report.md from the records and the config alone. ``run_experiment`` calls it on fresh
+records; ``rebuild`` (``polaropt report DIR``) calls it on the records on disk, without re-running.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from . import records as rec
-from .framework import EXPERIMENTS, Experiment, make_config
+from .framework import Experiment, config_from_dict
+from .report import experiment_report, write_index
 
 
 def progress_factory(quiet: bool):
+    from tqdm.auto import tqdm
+
     return functools.partial(tqdm, disable=quiet, leave=False, dynamic_ncols=True)
+
+
+def build_outputs(exp: Experiment, records: list[dict], config, meta: dict, folder: Path) -> list[dict]:
+    """Write claims.json, the figures and report.md into ``folder`` from ``records`` and ``config``."""
+    claims = exp.claims(records, config)
+    rec.write_json(folder / "claims.json", [c.to_dict() for c in claims])
+    for old in list(folder.glob("*.png")) + list(folder.glob("*.svg")):
+        old.unlink()
+    figures = exp.figures(records, config, folder)
+    (folder / "report.md").write_text(experiment_report(exp, config, claims, figures, meta,
+                                                        exp.notes_text(records, config)))
+    return [c.to_dict() for c in claims]
 
 
 def run_experiment(exp: Experiment, config, out_root: Path, *, quick: bool = False, quiet: bool = False) -> Path:
     """Run ``exp`` with ``config`` and write ``out_root/NAME/`` atomically; return that folder."""
-    from ..report import experiment_report
-
-    out_root = Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = rec.partial_dir(out_root, exp.name)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    final = Path(out_root) / exp.name
+    with rec.atomic(final, directory=True) as tmp:
         t0 = time.perf_counter()
         records = exp.run(config, progress_factory(quiet))
-        wall = time.perf_counter() - t0
-        claims = exp.claims(records, config)
-        meta = rec.meta(exp.name, config, wall, quick)
+        meta = rec.meta(exp, config, time.perf_counter() - t0, quick)
         rec.write_json(tmp / "config.json", rec.config_dict(config))
         rec.write_records(tmp / "records.jsonl", records)
-        rec.write_json(tmp / "claims.json", [c.to_dict() for c in claims])
-        figures = exp.figures(records, config, tmp)
-        (tmp / "report.md").write_text(experiment_report(exp, config, claims, figures, meta,
-                                                         exp.notes(records, config)))
+        build_outputs(exp, records, config, meta, tmp)
         rec.write_json(tmp / "meta.json", meta)  # last: its presence marks a complete run
-        final = out_root / exp.name
-        rec.commit_dir(tmp, final)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return final
 
 
-def reproduce(out_root: Path, *, quick: bool = False, resume: bool = False, quiet: bool = False,
-              names: list[str] | None = None, log=print) -> Path:
-    """Run every registered experiment (skipping finished ones with ``resume``), then the index."""
-    from ..report import write_index
+def rebuild(run_dir: Path, experiments: dict[str, Experiment]) -> Path:
+    """Rebuild claims.json, figures and report.md of one finished run from its records and config alone.
 
+    The new files replace the old ones atomically (the folder is rebuilt beside it and renamed in).
+    The experiment's code version at the time of the run stays in meta.json; the rebuild adds when it
+    happened and with which code.
+    """
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    name = meta.get("experiment")
+    if name not in experiments:
+        raise ValueError(f"{run_dir}: meta.json names experiment {name!r}; valid choices are "
+                         f"{', '.join(experiments)}")
+    exp = experiments[name]
+    config = config_from_dict(exp.config, json.loads((run_dir / "config.json").read_text()))
+    records = rec.read_records(run_dir / "records.jsonl")
+    with rec.atomic(run_dir, directory=True) as tmp:
+        for f in ("config.json", "records.jsonl"):
+            shutil.copy2(run_dir / f, tmp / f)
+        meta = {**meta, "rebuilt": rec.now(), "rebuilt_code": rec.code_version(exp)}
+        build_outputs(exp, records, config, meta, tmp)
+        rec.write_json(tmp / "meta.json", meta)
+    return run_dir
+
+
+def report(out_root: Path, experiments: dict[str, Experiment], log=print) -> Path:
+    """``polaropt report DIR``: rebuild every finished run in ``out_root`` from its records, then the index."""
+    out_root = Path(out_root)
+    found = [out_root / n for n in experiments if (out_root / n / "meta.json").exists()]
+    if not found:
+        raise ValueError(f"{out_root} holds no finished run of any experiment ({', '.join(experiments)}); "
+                         "run `polaropt reproduce --out DIR` first")
+    for d in found:
+        rebuild(d, experiments)
+        log(f"{d.name}: rebuilt from {d / 'records.jsonl'}")
+    return write_index(out_root, experiments)
+
+
+def reproduce(out_root: Path, experiments: dict[str, Experiment], *, quick: bool = False, resume: bool = False,
+              quiet: bool = False, names: list[str] | None = None, log=print) -> Path:
+    """Run every experiment (with ``resume``, skip those finished with the same config and code), then
+    the index."""
     out_root = Path(out_root)
     t0 = time.perf_counter()
-    for name in names or list(EXPERIMENTS):
-        exp = EXPERIMENTS[name]
-        config = make_config(exp, quick=quick)
-        if resume and rec.is_complete(out_root / name, config, quick):
-            log(f"{name}: finished earlier, skipped (--resume)")
-            continue
+    for name in names or list(experiments):
+        exp = experiments[name]
+        config = exp.make_config(quick=quick)
+        if resume:
+            stale = rec.why_stale(out_root / name, exp, config, quick)
+            if stale is None:
+                log(f"{name}: finished earlier with this config and code, skipped (--resume)")
+                continue
+            log(f"{name}: rerun ({stale})")
         t = time.perf_counter()
         run_experiment(exp, config, out_root, quick=quick, quiet=quiet)
         log(f"{name}: done in {time.perf_counter() - t:.1f} s")
-    index = write_index(out_root)
+    index = write_index(out_root, experiments)
     log(f"suite done in {time.perf_counter() - t0:.1f} s: {index}")
     return index

@@ -1,0 +1,234 @@
+"""liu-linreg: linear regression with an anisotropic W* (Liu 000), 8 modes = [scalar, element-wise scale] ×
+[learnable, fixed] × [re-parametrization (absorb), none], plus Adam-state policies beyond the source."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import polaropt as po
+
+from ..framework import Check, Claim, Experiment, param
+from ..records import select
+from ..toys import Weights
+from ..training import train
+from .common import SRC_000, adam, run_label
+
+SCALES = ("tensor", "element")  # the source's "Scalar" and "Matrix (element-wise)"
+# label -> polarize options of the 8 modes, labelled scale-trainability-renormalization
+MODES = {f"{sc}-{'learnable' if tr else 'fixed'}-{'absorb' if ab else 'none'}":
+         dict(scale=sc, trainable_scale=tr, mode="absorb" if ab else "free")
+         for sc in SCALES for tr in (True, False) for ab in (True, False)}
+ABSORB = tuple(m for m, opts in MODES.items() if opts["mode"] == "absorb")
+# The source's figure legend colours, inferred from its three observations (the post names colours,
+# not modes): green/red = scalar learnable with/without re-parametrization, pink/gray = element-wise
+# learnable with/without, purple/brown = element-wise fixed with/without.
+COLOURS = {"tensor-learnable-absorb": "green", "tensor-learnable-none": "red",
+           "element-learnable-absorb": "pink", "element-learnable-none": "gray",
+           "element-fixed-absorb": "purple", "element-fixed-none": "brown"}
+PLOT_COLOURS = {"pink": "hotpink", "tensor-fixed-absorb": "tab:blue", "tensor-fixed-none": "tab:orange"}
+# Final losses read off the source's figure at 5000 steps (seed-findings), as (low, high)
+FIGURE_FINAL = {"element-learnable-absorb": (1e-10, 1e-8), "element-learnable-none": (1e-10, 1e-8),
+                "tensor-learnable-none": (1e-6, 1e-4), "tensor-learnable-absorb": (1e-3, 1e-1),
+                "tensor-fixed-none": (1.3e2, 1.3e2), "element-fixed-none": (1.3e2, 1.3e2),
+                "element-fixed-absorb": (2.5e2, 2.5e2), "tensor-fixed-absorb": (1.1e3, 1.1e3)}
+LEARNABLE_PAIRS = (("tensor-learnable-absorb", "tensor-learnable-none"),
+                   ("element-learnable-absorb", "element-learnable-none"))  # (absorb, none)
+ESSENTIAL_PAIRS = (("element-learnable-absorb", "element-fixed-absorb"),
+                   ("element-learnable-none", "element-fixed-none"))  # (learnable, fixed)
+SRC_LINREG = SRC_000 + ", Linear regression"
+
+
+@dataclass(frozen=True)
+class Config:
+    dim: int = param(10, "the dimension d of x and y (W* is d × d)")
+    lr: float = param(0.01, "Adam's learning rate")
+    steps: int = param(5000, "Adam steps")
+    batch: int = param(128, "fresh Gaussian samples per step (the source states no batch size)")
+    seeds: int = param(3, "seeds, each its own W* and W0, run as copies with batch_dims=1")
+    init: str = param("one", "polarize's init: 'one' (s = 1, Ŵ = W0) or 'norm' (s = ‖W0‖, Ŵ = W0/‖W0‖)")
+    early: int = param(500, "the claims' early window: steps [0, early)")
+    late: int = param(1000, "the claims' late window: the last `late` steps")
+    record_every: int = param(5, "record the loss every this many steps")
+    states: tuple[str, ...] = param(("keep", "rescale", "reset"),
+                                    "Adam-state policies for the absorb modes (keep is the source's)")
+    dtype: str = param("float32", "training dtype (PyTorch's default, which the source presumably used)")
+    late_slowdown: float = param(0.0, "'slows late training': absorb's late mean log10 loss minus the plain "
+                                      "run's is at least this in one pair")
+    learnable_gap: float = param(2.0, "'a learnable scale is essential': decades the learnable mode's late mean "
+                                      "log10 loss sits below the fixed one's, in both pairs")
+    figure_factor: float = param(10.0, "a mode's late geometric-mean loss may lie this factor outside the "
+                                       "figure's range")
+    state_margin: float = param(0.5, "'no longer slows late training': absorb+state's late mean log10 loss "
+                                     "minus the plain run's is at most this, in both pairs")
+
+    def validate(self):
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.init not in po.INITS:
+            raise ValueError(f"init must be one of {po.INITS}, got {self.init!r}")
+        if self.dim < 2 or self.steps < 1 or self.lr <= 0:
+            raise ValueError(f"dim must be >= 2, steps >= 1 and lr > 0, got {self.dim}, {self.steps}, {self.lr}")
+        if self.early + self.late > self.steps:
+            raise ValueError(f"early ({self.early}) + late ({self.late}) windows exceed steps ({self.steps})")
+        if self.seeds < 1 or self.batch < 1 or self.record_every < 1:
+            raise ValueError("seeds, batch and record_every must be >= 1")
+        bad = [s for s in self.states if s not in po.STATES]
+        if bad or "keep" not in self.states:
+            raise ValueError(f"states must include 'keep' and be among {po.STATES}, got {self.states}")
+        if self.figure_factor < 1:
+            raise ValueError(f"figure_factor must be >= 1, got {self.figure_factor}")
+
+
+QUICK = Config(steps=600, seeds=2, early=100, late=200, states=("keep", "rescale"))
+
+
+def problems(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W*, W0), each (seeds, d, d): W*_ij = s_i s_j v_ij with s_i = 10^(-1 + 2i/(d-1)), W0 ~ U(-1/√d, 1/√d)."""
+    d = cfg.dim
+    scales = 10.0 ** (-1 + 2 * torch.arange(d, dtype=torch.float64) / (d - 1))
+    w_star, w0 = [], []
+    for seed in range(cfg.seeds):
+        g = torch.Generator().manual_seed(seed)
+        w_star.append(scales[:, None] * scales[None, :] * torch.randn(d, d, generator=g, dtype=torch.float64))
+        bound = 1 / math.sqrt(d)  # nn.Linear's default init, U(-1/√d, 1/√d): the source does not say
+        w0.append((torch.rand(d, d, generator=g, dtype=torch.float64) * 2 - 1) * bound)
+    dtype = getattr(torch, cfg.dtype)
+    return torch.stack(w_star).to(dtype), torch.stack(w0).to(dtype)
+
+
+def train_group(cfg: Config, w_star, w0, modes, state: str) -> torch.Tensor:
+    """Train ``modes`` side by side (one model, one Adam: the parameters are independent and Adam is
+    elementwise, so this equals separate runs); return the recorded losses [recorded steps, modes, seeds]."""
+    dtype = getattr(torch, cfg.dtype)
+    model = nn.ModuleDict()
+    for label in modes:
+        model[label] = Weights(w0)
+        po.polarize(model[label], "weight", init=cfg.init, batch_dims=1, **MODES[label])
+    opt = adam(model, cfg.lr, state)
+    g = torch.Generator().manual_seed(12345)  # the same fresh batches for every group
+    hist = torch.empty(len(range(0, cfg.steps, cfg.record_every)), len(modes), cfg.seeds, dtype=torch.float64)
+
+    def loss_at(t):
+        if t == cfg.steps:  # the source trains `steps` steps and never evaluates the final state
+            return None
+        x = torch.randn(cfg.seeds, cfg.batch, cfg.dim, generator=g, dtype=torch.float64).to(dtype)
+        y = x @ w_star.transpose(1, 2)
+        per = torch.stack([(x @ model[m].weight.transpose(1, 2) - y).square().mean((1, 2)) for m in modes])
+        if t % cfg.record_every == 0:
+            hist[t // cfg.record_every] = per.detach()
+        return per.sum()
+
+    train(loss_at, opt, cfg.steps)
+    return hist
+
+
+def run(cfg: Config, progress) -> list[dict]:
+    w_star, w0 = problems(cfg)
+    kept = list(range(0, cfg.steps, cfg.record_every))
+    groups = [("keep", tuple(MODES))] + [(st, ABSORB) for st in cfg.states if st != "keep"]
+    records = []
+    for state, modes in progress(groups, desc="liu-linreg"):
+        hist = train_group(cfg, w_star, w0, modes, state)
+        for k, label in enumerate(modes):
+            for seed in range(cfg.seeds):
+                records.append({"kind": "curve", "run": run_label(label, state), "mode": label, "state": state,
+                                "metric": "loss", "seed": seed, "step": kept, "value": hist[:, k, seed].tolist()})
+    return records
+
+
+def window_log_loss(records, cfg: Config, run: str, window: str) -> float:
+    """Median over seeds of the mean log10 loss over the ``"early"`` or ``"late"`` window (recorded steps)."""
+    vals = []
+    for r in select(records, "curve", run=run):
+        steps, loss = np.asarray(r["step"]), np.asarray(r["value"])
+        sel = steps < cfg.early if window == "early" else steps >= cfg.steps - cfg.late
+        vals.append(float(np.mean(np.log10(np.maximum(loss[sel], 1e-300)))))
+    return float(np.median(vals))
+
+
+def claims(records, cfg: Config) -> list[Claim]:
+    early = {m: window_log_loss(records, cfg, m, "early") for m in MODES}
+    late = {m: window_log_loss(records, cfg, m, "late") for m in MODES}
+    e_mean, l_mean = f"early (steps < {cfg.early}) mean log10 loss of", f"late (last {cfg.late} steps) mean log10 loss of"
+    out = [
+        Claim.of(id="linreg-scalar-faster-early", source=SRC_LINREG + ", observation 1",
+                 statement="Scalar normalization is faster than element-wise normalization in the early stage "
+                           "(green vs pink).",
+                 checks=Check.less(f"{e_mean} tensor-learnable-absorb", early["tensor-learnable-absorb"],
+                                   "element-learnable-absorb", early["element-learnable-absorb"]),
+                 values={"tensor": early["tensor-learnable-absorb"], "element": early["element-learnable-absorb"]}),
+        Claim.of(id="linreg-reparam-helps-early", source=SRC_LINREG + ", observation 2",
+                 statement="Re-parametrization helps during early training (green vs red; pink vs gray).",
+                 checks=[Check.less(f"{e_mean} {a}", early[a], b, early[b]) for a, b in LEARNABLE_PAIRS],
+                 values={"early": {a: (early[a], early[b]) for a, b in LEARNABLE_PAIRS}}),
+        Claim.of(id="linreg-reparam-slows-late", source=SRC_LINREG + ", observation 2",
+                 statement="...but not as much, and can even slow things down, during later training.",
+                 checks=[Check.at_least(f"{l_mean} {a} minus {b}'s", late[a] - late[b], cfg.late_slowdown)
+                         for a, b in LEARNABLE_PAIRS], require="any",
+                 values={"late": {a: (late[a], late[b]) for a, b in LEARNABLE_PAIRS}}),
+        Claim.of(id="linreg-element-needs-learnable-scale", source=SRC_LINREG + ", observation 3",
+                 statement="A learnable scale is essential for element-wise normalization (purple vs pink; "
+                           "brown vs gray).",
+                 checks=[Check.at_least(f"{l_mean} {b} minus {a}'s", late[b] - late[a], cfg.learnable_gap)
+                         for a, b in ESSENTIAL_PAIRS],
+                 values={"late": {f"{a} vs {b}": (late[a], late[b]) for a, b in ESSENTIAL_PAIRS}}),
+    ]
+    final = {m: 10 ** late[m] for m in FIGURE_FINAL}
+    out.append(Claim.of(
+        id="linreg-final-losses-match-figure", source=SRC_000 + " figure, read off in seed-findings",
+        statement="Final losses at 5000 steps as read off the source's figure: element-wise learnable 1e-10…1e-8, "
+                  "scalar learnable 1e-6…1e-4 (none) and 1e-3…1e-1 (absorb), plain ≈ 1.3e2, element-wise fixed "
+                  "absorb ≈ 2.5e2, scalar fixed absorb ≈ 1.1e3.",
+        checks=[Check.between(f"{m}'s late geometric-mean loss", final[m], lo / cfg.figure_factor,
+                              hi * cfg.figure_factor) for m, (lo, hi) in FIGURE_FINAL.items()],
+        values={"final": final}))
+    for st in cfg.states:
+        if st == "keep":
+            continue
+        got = {a: (window_log_loss(records, cfg, f"{a}+{st}", "late"), late[a], late[b]) for a, b in LEARNABLE_PAIRS}
+        out.append(Claim.of(
+            id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources (issue 3): Adam state on re-parametrization",
+            statement=f"With state='{st}', re-parametrization no longer slows down late training.",
+            checks=[Check.at_most(f"{l_mean} {a}+{st} minus {b}'s", got[a][0] - late[b], cfg.state_margin)
+                    for a, b in LEARNABLE_PAIRS],
+            values={"late (state, keep, none)": got}))
+    return out
+
+
+def figures(records, cfg: Config, out_dir) -> list[str]:
+    from ..figures import new_figure, save
+
+    names = []
+    runs = sorted({r["run"] for r in select(records, "curve")})
+    for which, title in (("keep", "the source's 8 modes (state=keep)"), ("beyond", "absorb modes: state policies")):
+        fig, ax = new_figure(size=(8, 5))
+        for run_name in runs:
+            is_keep = "+" not in run_name
+            if which == "keep" and not is_keep or which == "beyond" and "absorb" not in run_name:
+                continue
+            found = select(records, "curve", run=run_name)
+            curves = np.array([r["value"] for r in found])
+            mode = found[0]["mode"]
+            colour = PLOT_COLOURS.get(COLOURS.get(mode, mode), COLOURS.get(mode)) if is_keep else None
+            label = run_name + (f" ({COLOURS[run_name]})" if run_name in COLOURS else "")
+            line, = ax.semilogy(found[0]["step"], np.median(curves, axis=0), lw=1.2, label=label,
+                                ls="-" if is_keep else "--", color=colour)
+            ax.fill_between(found[0]["step"], curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
+        ax.set(xlabel="step", ylabel="MSE loss (median, band: min-max over seeds)", title=title)
+        ax.legend(fontsize=7, ncol=2)
+        names += save(fig, out_dir, f"linreg_{which}")
+    return names
+
+
+EXPERIMENT = Experiment(
+    name="liu-linreg",
+    description="Linear regression with anisotropic W* (Liu 000): 8 modes of scalar/element-wise scale, plus "
+                "Adam-state policies",
+    sources=("000_cf93c4077b34771f.txt",), config=Config, quick=QUICK, run=run, claims=claims, figures=figures,
+    notes=Path(__file__).with_suffix(".md"))

@@ -1,0 +1,166 @@
+"""Reports built from run folders only: ``NAME/report.md`` per experiment, and ``index.md`` and one
+self-contained ``index.html`` (figures embedded) for the whole suite.
+
+The HTML page reads top-down the way a researcher asks: how much reproduced (one summary row per
+experiment with its key figure), what did not (every NOT reproduced claim, linked to its experiment),
+then each experiment with its figures beside its claims, and a link to its full report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .framework import field_help
+from .records import write_text_atomic
+
+SEEDS = "../shared/seeds"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def claims_table(claims: list[dict], name: str | None = None) -> list[str]:
+    head = ("| experiment " if name is not None else "") + "| claim | source | statement | expected | measured | result |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in claims:
+        verdict = "**reproduced**" if c["passed"] else "**NOT reproduced**"
+        prefix = f"| {name} " if name is not None else ""
+        rows.append(prefix + f"| `{c['id']}` | {_cell(c['source'])} | {_cell(c['statement'])} | {_cell(c['expected'])} "
+                    f"| {_cell(c['measured'])} | {verdict} |")
+    return rows
+
+
+def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes: str) -> str:
+    """``NAME/report.md`` from the claims, figures and meta of one run."""
+    claims = [c.to_dict() if hasattr(c, "to_dict") else c for c in claims]
+    passed = sum(c["passed"] for c in claims)
+    how = ("with --quick (reduced settings: the claims are checked, but on less data than the source used)"
+           if meta["quick"] else "at full settings")
+    v = meta["versions"]
+    rebuilt = f" Outputs rebuilt from the records on {meta['rebuilt']}." if meta.get("rebuilt") else ""
+    lines = [f"# {exp.name}", "", exp.description, "",
+             "Sources: " + ", ".join(f"`{SEEDS}/{s}`" for s in exp.sources) + ".", "",
+             f"{passed} of {len(claims)} claims reproduced. Run {how}, in {meta['wall_time_s']:.1f} s, "
+             f"polaropt {v['polaropt']}, torch {v['torch']}, commit {meta['git_commit'] or 'unknown'}.{rebuilt}", "",
+             "## Claims", ""] + claims_table(claims)
+    lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures if f.endswith(".png")]
+    lines += ["", "## Configuration", "", "| key | value | meaning |", "|---|---|---|"]
+    meaning = {name: text for name, _, _, text in field_help(exp.config)}
+    lines += [f"| {k} | `{val}` | {_cell(meaning.get(k, ''))} |" for k, val in meta["config"].items()]
+    lines += ["", "## Notes, departures from the source", "", notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def _runs(out_root: Path, experiments: dict):
+    """(name, folder, meta, claims) of every finished run in ``out_root``, in the suite's order."""
+    for name in experiments:
+        d = out_root / name
+        if (d / "meta.json").exists() and (d / "claims.json").exists():
+            yield name, d, json.loads((d / "meta.json").read_text()), json.loads((d / "claims.json").read_text())
+
+
+def _key_figure(exp, folder: Path) -> Path | None:
+    pngs = sorted(folder.glob("*.png"))
+    if exp.key_figure is not None and (folder / exp.key_figure).exists():
+        return folder / exp.key_figure
+    return pngs[0] if pngs else None
+
+
+def _img(png: Path, cls: str) -> str:
+    data = base64.b64encode(png.read_bytes()).decode()
+    return f"<img class='{cls}' alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
+
+
+def _index_md(runs, experiments, missing, passed, total) -> str:
+    md = ["# polaropt reproduction suite", "", f"{passed} of {total} claims reproduced over {len(runs)} experiments."]
+    if missing:
+        md.append(f"Not run (or unfinished): {', '.join(missing)}.")
+    md += ["", "| experiment | description | claims reproduced | quick | wall time (s) | report |", "|---|---|---|---|---|---|"]
+    for name, d, meta, claims in runs:
+        md.append(f"| {name} | {_cell(experiments[name].description)} | {sum(c['passed'] for c in claims)}/{len(claims)} "
+                  f"| {meta['quick']} | {meta['wall_time_s']:.1f} | [{name}/report.md]({name}/report.md) |")
+    failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
+    md += ["", f"## Not reproduced ({len(failed)})", ""]
+    md += [f"- `{c['id']}` ({name}): {_cell(c['statement'])} Expected {_cell(c['expected'])}; measured "
+           f"{_cell(c['measured'])}." for name, c in failed]
+    md += ["", "## All claims", ""]
+    for i, (name, d, meta, claims) in enumerate(runs):
+        md += claims_table(claims, name)[0 if i == 0 else 2:]
+    return "\n".join(md) + "\n"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:auto;padding:0 16px;color:#222}
+h1{margin-bottom:4px}.lead{font-size:17px}table{border-collapse:collapse;width:100%}
+td,th{border:1px solid #ddd;padding:5px 7px;font-size:13px;vertical-align:top;text-align:left}
+th{background:#f4f4f4}.ok{color:#1a7f37;font-weight:600}.no{color:#b42318;font-weight:600}
+tr.no-row{background:#fff4f2}.bar{display:inline-block;height:9px;background:#1a7f37;vertical-align:middle}
+.barno{display:inline-block;height:9px;background:#e5a29a;vertical-align:middle}
+img.thumb{width:230px;border:1px solid #eee}.exp{display:flex;gap:18px;align-items:flex-start}
+.exp .figs{flex:0 0 46%}.exp .figs img{width:100%;border:1px solid #eee;margin-bottom:6px}
+.exp .claims{flex:1}section{border-top:2px solid #ddd;margin-top:26px;padding-top:6px}
+details summary{cursor:pointer;color:#555}.muted{color:#666;font-size:13px}"""
+
+
+def _verdict(c) -> str:
+    return "<span class='ok'>reproduced</span>" if c["passed"] else "<span class='no'>NOT reproduced</span>"
+
+
+def _index_html(runs, experiments, missing, passed, total) -> str:
+    e = html.escape
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt reproduction suite</title>",
+         f"<style>{STYLE}</style></head><body>", "<h1>polaropt reproduction suite</h1>",
+         f"<p class='lead'><b>{passed} of {total}</b> claims reproduced over {len(runs)} experiments. "
+         f"<a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
+    if missing:
+        h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
+    h.append("<h2>Summary</h2><table><tr><th>experiment</th><th>source</th><th>claims reproduced</th>"
+             "<th>key figure</th></tr>")
+    for name, d, meta, claims in runs:
+        exp, ok = experiments[name], sum(c["passed"] for c in claims)
+        key = _key_figure(exp, d)
+        quick = " <span class='muted'>(--quick)</span>" if meta["quick"] else ""
+        h.append(f"<tr><td><a href='#{e(name)}'><b>{e(name)}</b></a>{quick}<br><span class='muted'>"
+                 f"{e(exp.description)}</span></td><td>{e(', '.join(exp.sources))}</td>"
+                 f"<td>{ok}/{len(claims)}<br><span class='bar' style='width:{8 * ok}px'></span>"
+                 f"<span class='barno' style='width:{8 * (len(claims) - ok)}px'></span></td>"
+                 f"<td>{_img(key, 'thumb') if key else ''}</td></tr>")
+    h.append("</table>")
+    failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
+    h.append(f"<h2 id='not-reproduced'>Not reproduced ({len(failed)})</h2>")
+    h.append("<table><tr><th>claim</th><th>statement</th><th>expected</th><th>measured</th></tr>")
+    for name, c in failed:
+        h.append(f"<tr class='no-row'><td><a href='#{e(name)}'>{e(name)}</a><br><code>{e(c['id'])}</code></td>"
+                 f"<td>{e(c['statement'])}</td><td>{e(c['expected'])}</td><td>{e(c['measured'])}</td></tr>")
+    h.append("</table>")
+    for name, d, meta, claims in runs:
+        exp = experiments[name]
+        ok = sum(c["passed"] for c in claims)
+        h.append(f"<section id='{e(name)}'><h2>{e(name)} <span class='muted'>{ok}/{len(claims)} reproduced · "
+                 f"<a href='{e(name)}/report.md'>full report</a> · {meta['wall_time_s']:.1f} s</span></h2>"
+                 f"<p>{e(exp.description)}</p><div class='exp'><div class='figs'>")
+        h += [_img(png, "fig") for png in sorted(d.glob("*.png"))]
+        h.append("</div><div class='claims'><table><tr><th>claim</th><th>result</th></tr>")
+        for c in claims:
+            h.append(f"<tr{' class=no-row' if not c['passed'] else ''}><td><code>{e(c['id'])}</code> "
+                     f"{e(c['statement'])}<details><summary>expected / measured</summary><p><b>expected</b> "
+                     f"{e(c['expected'])}</p><p><b>measured</b> {e(c['measured'])}</p><p class='muted'>"
+                     f"{e(c['source'])}</p></details></td><td>{_verdict(c)}</td></tr>")
+        h.append("</table></div></div></section>")
+    h.append("</body></html>")
+    return "\n".join(h)
+
+
+def write_index(out_root: Path, experiments: dict) -> Path:
+    """Write ``index.md`` and ``index.html`` for every finished run in ``out_root``; return index.md."""
+    out_root = Path(out_root)
+    runs = list(_runs(out_root, experiments))
+    missing = [n for n in experiments if n not in {r[0] for r in runs}]
+    total = sum(len(c) for *_, c in runs)
+    passed = sum(sum(x["passed"] for x in c) for *_, c in runs)
+    write_text_atomic(out_root / "index.md", _index_md(runs, experiments, missing, passed, total))
+    write_text_atomic(out_root / "index.html", _index_html(runs, experiments, missing, passed, total))
+    return out_root / "index.md"
