@@ -325,22 +325,27 @@ GOLDEN = __import__("pathlib").Path(__file__).parent / "golden" / "quick_claims.
 NUMBER = __import__("re").compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
-def golden_diff(claims: dict[str, dict], golden: dict[str, dict], rel: float = 0.05) -> list[str]:
-    """What differs between the quick suite's claims and the golden file: ids, verdicts and expected texts
-    exactly; the numbers in the measured texts to ``rel`` (other CPUs may round the last bits otherwise)."""
+def _same_text(new: str, old: str, rel: float) -> bool:
+    """Equal words, and equal numbers to ``rel`` (another CPU may round the last bits of a run otherwise)."""
     import math
 
+    a, b = NUMBER.findall(new), NUMBER.findall(old)
+    return NUMBER.sub("#", new) == NUMBER.sub("#", old) and all(
+        math.isclose(float(x), float(y), rel_tol=rel, abs_tol=1e-12) for x, y in zip(a, b))
+
+
+def golden_diff(claims: dict[str, dict], golden: dict[str, dict], rel: float = 0.05) -> list[str]:
+    """What differs between the quick suite's claims and the golden file: ids and verdicts exactly; the
+    expected and measured texts word for word, their numbers to ``rel`` (some expected texts quote a
+    measured value, e.g. a limit relative to another run). A threshold moved by more than ``rel`` shows."""
     diff = [f"{i}: missing" for i in golden if i not in claims] + [f"{i}: new" for i in claims if i not in golden]
     for i in golden.keys() & claims.keys():
         new, old = claims[i], golden[i]
         if new["passed"] != old["passed"]:
             diff.append(f"{i}: verdict {old['passed']} -> {new['passed']}")
-        if new["expected"] != old["expected"]:
-            diff.append(f"{i}: expected {old['expected']!r} -> {new['expected']!r}")
-        a, b = NUMBER.findall(new["measured"]), NUMBER.findall(old["measured"])
-        if NUMBER.sub("#", new["measured"]) != NUMBER.sub("#", old["measured"]) or not all(
-                math.isclose(float(x), float(y), rel_tol=rel, abs_tol=1e-12) for x, y in zip(a, b)):
-            diff.append(f"{i}: measured {old['measured']!r} -> {new['measured']!r}")
+        for key in ("expected", "measured"):
+            if not _same_text(new[key], old[key], rel):
+                diff.append(f"{i}: {key} {old[key]!r} -> {new[key]!r}")
     return sorted(diff)
 
 
@@ -370,13 +375,19 @@ def test_golden_catches_a_changed_init_and_a_loosened_tolerance(suite, tmp_path)
     exp = get_experiment("liu-linreg")
     runner.run_experiment(exp, exp.make_config(quick=True, overrides={"init": "norm"}), tmp_path, quick=True, quiet=True)
     changed = {c["id"]: c for c in json.loads((tmp_path / "liu-linreg" / "claims.json").read_text())}
-    assert golden_diff({**suite_claims(suite), **changed}, golden) != []
+    diff = golden_diff({**suite_claims(suite), **changed}, golden)
+    assert diff and all(line.startswith("linreg-") for line in diff)
     far = get_experiment("liu-far-target")
     loose = far.make_config(quick=True, overrides={"agree_within": str(10 * far.quick.agree_within)})
     claims = {c.id: c.to_dict() for c in far.claims(read_records(suite / "liu-far-target" / "records.jsonl"), loose)}
     assert golden_diff({**suite_claims(suite), **claims}, golden) == [
         f"far-absorb-modes-agree: expected {golden['far-absorb-modes-agree']['expected']!r} -> "
         f"{claims['far-absorb-modes-agree']['expected']!r}"]
+    two = get_experiment("wu-two-stage")  # a tolerance that appears only inside a relation
+    loose = two.make_config(quick=True, overrides={"monotone_rtol": str(10 * two.quick.monotone_rtol)})
+    claims = {c.id: c.to_dict() for c in two.claims(read_records(suite / "wu-two-stage" / "records.jsonl"), loose)}
+    assert [line.split(":")[0] for line in golden_diff({**suite_claims(suite), **claims}, golden)] == [
+        "two-stage-closer-with-longer-freeze"]
 
 
 # ---- outputs rebuilt from the records on disk ------------------------------------------------------------
@@ -409,6 +420,18 @@ def test_report_rebuilds_every_output_from_records_alone(suite, tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "empty")])
     assert e.value.code == 2 and "holds no finished run" in capsys.readouterr().err
+    # a run whose files were damaged keeps its old outputs; the others are rebuilt and the index written
+    config = json.loads((out / "liu-1d" / "config.json").read_text())
+    del config["steps"]
+    (out / "liu-1d" / "config.json").write_text(json.dumps(config))
+    old_claims = (out / "liu-1d" / "claims.json").read_text()
+    (out / "index.md").unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{out / 'liu-1d'}: ValueError: config.json does not match" in err
+    assert "missing keys ['steps']" in err and (out / "liu-1d" / "claims.json").read_text() == old_claims
+    assert (out / "index.md").exists() and validate_run_dir(out / "liu-far-target") == []
 
 
 def test_index_html_leads_with_a_summary_and_the_failures(suite):

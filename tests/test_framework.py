@@ -153,8 +153,14 @@ def test_configs_parse_validate_and_explain_themselves():
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         apply_overrides(ToyConfig(), {"steps": "0"})
     assert config_from_dict(ToyConfig, {"steps": 3, "lrs": [0.5], "init": "one"}) == ToyConfig(3, (0.5,))
-    with pytest.raises(ValueError, match=r"keys \['nope'\].*valid keys are init, lrs, steps"):
-        config_from_dict(ToyConfig, {"nope": 1})
+    with pytest.raises(ValueError, match=r"unknown keys \['nope'\], missing keys \['init'\]; valid keys are init, lrs"):
+        config_from_dict(ToyConfig, {"steps": 3, "lrs": [0.5], "nope": 1})
+    with pytest.raises(ValueError, match=r"steps='3' should be int"):
+        config_from_dict(ToyConfig, {"steps": "3", "lrs": [0.5], "init": "one"})
+    with pytest.raises(ValueError, match=r"lrs=0.5 should be a list"):
+        config_from_dict(ToyConfig, {"steps": 3, "lrs": 0.5, "init": "one"})
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        config_from_dict(ToyConfig, {"steps": 0, "lrs": [0.5], "init": "one"})
     assert field_help(ToyConfig)[0] == ("steps", "int", "10", "how many steps")
     assert field_help(ToyConfig)[1][1] == "tuple[float, ...]"
     assert at_source_setup(ToyConfig(steps=99), "lrs", "init") and not at_source_setup(ToyConfig(init="x"), "init")
@@ -195,3 +201,31 @@ def test_the_suite_without_its_extra_names_the_install_command():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 2
     assert 'pip install "polaropt[experiments]"' in out.stderr and "numpy, scipy, matplotlib, tqdm" in out.stderr
+
+
+def test_atomic_results_get_the_usual_permissions_and_a_failed_swap_keeps_the_old(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "run"
+    with atomic(target, directory=True) as tmp:
+        (tmp / "a.txt").write_text("old")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's private 0700
+    with atomic(tmp_path / "f.txt") as tmp:
+        tmp.write_text("x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    real = os.replace
+
+    def second_rename_fails(src, dst):
+        if ".partial-" in str(src):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="disk gone"):
+        with atomic(target, directory=True) as tmp:
+            (tmp / "a.txt").write_text("new")
+    monkeypatch.undo()
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "run"]

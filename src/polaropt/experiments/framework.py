@@ -56,8 +56,16 @@ def fmt(x) -> str:
     return str(x)
 
 
+def limit(x) -> str:
+    """A threshold in words, with every digit it has (a limit is exact; ``fmt`` rounds measurements)."""
+    return f"{x:g}" if isinstance(x, float) else fmt(x)
+
+
 def _finite_or_never(x) -> float:
     return math.inf if x is None else float(x)
+
+
+_lim = limit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,28 +82,28 @@ class Check:
 
     @classmethod
     def at_most(cls, what: str, value, limit) -> Check:
-        return cls(expected=f"{what} ≤ {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+        return cls(expected=f"{what} ≤ {_lim(limit)}", measured=f"{what} = {fmt(value)}",
                    passed=value is not None and _finite_or_never(value) <= limit)
 
     @classmethod
     def at_least(cls, what: str, value, limit) -> Check:
-        return cls(expected=f"{what} ≥ {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+        return cls(expected=f"{what} ≥ {_lim(limit)}", measured=f"{what} = {fmt(value)}",
                    passed=value is not None and _finite_or_never(value) >= limit)
 
     @classmethod
     def below(cls, what: str, value, limit) -> Check:
         """``value < limit`` (strict); ``None`` (never) is never below anything."""
-        return cls(expected=f"{what} < {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+        return cls(expected=f"{what} < {_lim(limit)}", measured=f"{what} = {fmt(value)}",
                    passed=value is not None and _finite_or_never(value) < limit)
 
     @classmethod
     def above(cls, what: str, value, limit) -> Check:
-        return cls(expected=f"{what} > {fmt(limit)}", measured=f"{what} = {fmt(value)}",
+        return cls(expected=f"{what} > {_lim(limit)}", measured=f"{what} = {fmt(value)}",
                    passed=value is not None and _finite_or_never(value) > limit)
 
     @classmethod
     def between(cls, what: str, value, low, high) -> Check:
-        return cls(expected=f"{fmt(low)} ≤ {what} ≤ {fmt(high)}", measured=f"{what} = {fmt(value)}",
+        return cls(expected=f"{_lim(low)} ≤ {what} ≤ {_lim(high)}", measured=f"{what} = {fmt(value)}",
                    passed=value is not None and low <= _finite_or_never(value) <= high)
 
     @classmethod
@@ -104,9 +112,9 @@ class Check:
         if (rel is None) == (tol is None):
             raise ValueError("Check.near takes exactly one of rel= or tol=")
         if rel is not None:
-            expected, tol = f"{what} within ±{100 * rel:g}% of {fmt(target)}", rel * abs(target)
+            expected, tol = f"{what} within ±{100 * rel:g}% of {_lim(target)}", rel * abs(target)
         else:
-            expected = f"{what} within {fmt(target)} ± {fmt(tol)}"
+            expected = f"{what} within {_lim(target)} ± {_lim(tol)}"
         ok = value is not None and abs(_finite_or_never(value) - target) <= tol
         off = "" if value is None or target == 0 else f" ({100 * (_finite_or_never(value) / target - 1):+.1f}%)"
         return cls(expected=expected, measured=f"{what} = {fmt(value)}{off}", passed=ok)
@@ -115,16 +123,24 @@ class Check:
     def sooner(cls, what_a: str, a, what_b: str, b, *, factor: float = 1.0) -> Check:
         """Step count ``a`` at least ``factor`` times sooner than ``b`` (``None`` = never = ∞; never is
         not sooner than never)."""
-        expected = f"{what_a} < {what_b}" if factor == 1 else f"{what_a} at least {factor:g}× sooner than {what_b}"
+        expected = f"{what_a} < {what_b}" if factor == 1 else f"{what_a} ≤ {what_b}/{factor:g} (at least {factor:g}× sooner)"
         ok = a is not None and (b is None or (a < b if factor == 1 else a * factor <= b))
         return cls(expected=expected, measured=f"{what_a} {fmt(a)}, {what_b} {fmt(b)}", passed=ok)
 
     @classmethod
     def less(cls, what_a: str, a, what_b: str, b, *, margin: float = 0.0) -> Check:
-        """``a + margin < b`` for two measured values (a margin > 0 asks for a clear gap)."""
-        expected = f"{what_a} < {what_b}" if margin == 0 else f"{what_a} + {fmt(margin)} ≤ {what_b}"
+        """``a < b`` for two measured values; with a margin > 0, ``a + margin ≤ b`` (a clear gap)."""
+        expected = f"{what_a} < {what_b}" if margin == 0 else f"{what_a} + {_lim(margin)} ≤ {what_b}"
         ok = a is not None and b is not None and (a < b if margin == 0 else a + margin <= b)
         return cls(expected=expected, measured=f"{what_a} {fmt(a)}, {what_b} {fmt(b)}", passed=ok)
+
+    @classmethod
+    def not_above(cls, what_a: str, a, what_b: str, b, *, rtol: float = 0.0, atol: float = 0.0) -> Check:
+        """``a ≤ b·(1 + rtol) + atol`` for two measured values: "does not grow", up to rounding."""
+        slack = "".join([f"·(1 + {_lim(rtol)})" if rtol else "", f" + {_lim(atol)}" if atol else ""])
+        ok = a is not None and b is not None and a <= b * (1 + rtol) + atol
+        return cls(expected=f"{what_a} ≤ {what_b}{slack}", measured=f"{what_a} {fmt(a)}, {what_b} {fmt(b)}",
+                   passed=ok)
 
     @classmethod
     def holds(cls, expected: str, measured: str, passed: bool) -> Check:
@@ -200,16 +216,15 @@ class Experiment:
         return text
 
     def code_hash(self) -> str:
-        """A hash of the experiment's own code: its module, its source package's shared module (if any)
-        and its notes. ``--resume`` reruns an experiment when it changes."""
-        module = sys.modules[self.run.__module__]
-        files = [Path(inspect.getsourcefile(module)), self.notes]
-        common = Path(inspect.getsourcefile(module)).with_name("common.py")
-        if common.exists():
-            files.append(common)
+        """A hash of all the code the experiment's results depend on: the core library, the suite's
+        framework (``experiments/*.py``) and its own source package (modules and notes); another
+        source's package does not count. ``--resume`` reruns the experiment when it changes."""
+        own = Path(inspect.getsourcefile(sys.modules[self.run.__module__])).parent
+        suite = Path(__file__).parent
+        files = sorted([*suite.parent.glob("*.py"), *suite.glob("*.py"), *own.glob("*.py"), *own.glob("*.md")])
         h = hashlib.sha256()
         for f in files:
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
+            h.update(str(f.relative_to(suite.parent)).encode() + b"\0" + f.read_bytes())
         return h.hexdigest()[:16]
 
 
@@ -272,16 +287,31 @@ def apply_overrides(config, overrides: dict[str, str]):
     return new
 
 
+def _from_json(key: str, value, tp):
+    """``value`` as read from JSON, checked against the field's type (lists back to tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config.json: {key}={value!r} should be a list")
+        inner = (typing.get_args(tp) or (str,))[0]
+        items = [_from_json(key, v, inner) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (bool, int, str) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"config.json: {key}={value!r} should be {getattr(tp, '__name__', tp)}")
+
+
 def config_from_dict(config_cls: type, data: dict):
-    """The config a run folder's ``config.json`` holds (lists back to tuples), validated."""
+    """The config a run folder's ``config.json`` holds: every field present, each of its type, validated."""
     hints = typing.get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"config.json has keys {unknown} that {config_cls.__name__} does not; valid keys are "
-                         f"{', '.join(sorted(names))}")
-    values = {k: tuple(v) if typing.get_origin(hints[k]) is tuple else v for k, v in data.items()}
-    config = config_cls(**values)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if unknown or missing:
+        raise ValueError(f"config.json does not match {config_cls.__name__}: unknown keys {unknown}, missing "
+                         f"keys {missing}; valid keys are {', '.join(sorted(names))}")
+    config = config_cls(**{k: _from_json(k, data[k], hints[k]) for k in names})
     check = getattr(config, "validate", None)
     if check is not None:
         check()
@@ -296,6 +326,15 @@ def parse_set(items: list[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
+
+
+def require_distinct(**lists) -> None:
+    """Refuse a sweep that names one value twice (its records would share a key): a clear ValueError
+    at ``--set`` time rather than a lookup error after the whole run."""
+    for name, values in lists.items():
+        repeated = sorted({v for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise ValueError(f"{name} repeats {', '.join(map(str, repeated))}: give each value once, got {tuple(values)}")
 
 
 def at_source_setup(config, *names: str) -> bool:

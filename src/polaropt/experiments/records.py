@@ -94,12 +94,20 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, allow_nan=True) + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic(final: Path, *, directory: bool = False):
     """Yield a hidden temporary path beside ``final`` (a file, or an empty folder with ``directory``);
     when the block succeeds, rename it onto ``final`` (replacing an older one); when it fails, remove
-    it. Readers see the old ``final`` or the complete new one, never half of it. The repo's one
-    atomic writer: run folders, reports, the index and benchmark records all go through it.
+    it. Readers see the old ``final`` or the complete new one, never half of it (a folder is swapped in
+    two renames; if the second fails, the old folder is put back). The repo's one atomic writer: run
+    folders, reports, the index and benchmark records all go through it. The result gets the usual
+    permissions (0666/0777 less the umask), not tempfile's private 0600/0700.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +119,16 @@ def atomic(final: Path, *, directory: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         if directory and final.exists():
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
             os.replace(final, old / final.name)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old / final.name, final)  # put the old result back
+                os.rmdir(old)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
@@ -148,7 +162,7 @@ def now() -> str:
 
 
 def code_version(exp) -> dict:
-    """What ``--resume`` compares: the package version and a hash of the experiment's own code (the git
+    """What ``--resume`` compares: the package version and a hash of the code the experiment depends on (the git
     commit is kept for the reader; it changes with every commit, so it is not compared)."""
     from .. import __version__
 

@@ -76,16 +76,28 @@ def rebuild(run_dir: Path, experiments: dict[str, Experiment]) -> Path:
 
 
 def report(out_root: Path, experiments: dict[str, Experiment], log=print) -> Path:
-    """``polaropt report DIR``: rebuild every finished run in ``out_root`` from its records, then the index."""
+    """``polaropt report DIR``: rebuild every finished run in ``out_root`` from its records, then the index.
+
+    A run that cannot be rebuilt (a corrupt or hand-edited file) keeps its old outputs; the others are
+    rebuilt and the index written, then a ValueError lists what failed, with each folder's path.
+    """
     out_root = Path(out_root)
     found = [out_root / n for n in experiments if (out_root / n / "meta.json").exists()]
     if not found:
         raise ValueError(f"{out_root} holds no finished run of any experiment ({', '.join(experiments)}); "
                          "run `polaropt reproduce --out DIR` first")
+    failed = []
     for d in found:
-        rebuild(d, experiments)
+        try:
+            rebuild(d, experiments)
+        except Exception as e:  # noqa: BLE001 - reported below with its folder, the others still rebuilt
+            failed.append(f"{d}: {type(e).__name__}: {e}")
+            continue
         log(f"{d.name}: rebuilt from {d / 'records.jsonl'}")
-    return write_index(out_root, experiments)
+    index = write_index(out_root, experiments)
+    if failed:
+        raise ValueError("could not rebuild (old outputs kept):\n  " + "\n  ".join(failed))
+    return index
 
 
 def reproduce(out_root: Path, experiments: dict[str, Experiment], *, quick: bool = False, resume: bool = False,

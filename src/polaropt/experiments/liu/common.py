@@ -46,6 +46,13 @@ def attach(opt, model, state: str) -> None:
         po.attach(opt, model, state=state)
 
 
+def check_states(states) -> None:
+    """The Adam-state policies an experiment compares: ``keep`` (the source's) and others of ``po.STATES``,
+    each once."""
+    if "keep" not in states or any(s not in po.STATES for s in states) or len(set(states)) != len(states):
+        raise ValueError(f"states must include 'keep' and be distinct values among {po.STATES}, got {states}")
+
+
 def mode_names() -> str:
     """Markdown mapping our mode names to the sources'."""
     return "\n".join(["Mode names and the source's names:", ""]

@@ -17,7 +17,7 @@ from ..framework import Check, Claim, Experiment, param
 from ..records import select
 from ..toys import Weights
 from ..training import train
-from .common import SRC_000, adam, run_label
+from .common import check_states, SRC_000, adam, run_label
 
 SCALES = ("tensor", "element")  # the source's "Scalar" and "Matrix (element-wise)"
 # label -> polarize options of the 8 modes, labelled scale-trainability-renormalization
@@ -78,9 +78,7 @@ class Config:
             raise ValueError(f"early ({self.early}) + late ({self.late}) windows exceed steps ({self.steps})")
         if self.seeds < 1 or self.batch < 1 or self.record_every < 1:
             raise ValueError("seeds, batch and record_every must be >= 1")
-        bad = [s for s in self.states if s not in po.STATES]
-        if bad or "keep" not in self.states:
-            raise ValueError(f"states must include 'keep' and be among {po.STATES}, got {self.states}")
+        check_states(self.states)
         if self.figure_factor < 1:
             raise ValueError(f"figure_factor must be >= 1, got {self.figure_factor}")
 

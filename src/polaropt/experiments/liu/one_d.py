@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..framework import Check, Claim, Experiment, first_below, fmt, param
+from ..framework import Check, Claim, Experiment, first_below, fmt, param, require_distinct
 from ..records import by
 from .common import MODES, NOTES, SRC_000, mode_names, train_toys
 
@@ -33,6 +33,7 @@ class Config:
     def validate(self):
         if not self.w0s or self.steps < 1 or self.lr <= 0:
             raise ValueError("w0s must be non-empty, steps >= 1 and lr > 0")
+        require_distinct(w0s=self.w0s)
         if any(x0 >= 0 for x0 in self.w0s) or self.target <= 0:
             raise ValueError(f"the experiment is about changing sign: every W0 must be negative and the target "
                              f"positive, got w0s={self.w0s}, target={self.target}")

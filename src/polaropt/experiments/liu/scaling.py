@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..framework import Check, Claim, Experiment, param
+from ..framework import Check, Claim, Experiment, param, require_distinct
 from ..records import by, select
 from ..training import train
 from .common import MODES, SRC_001, adam, polar_modes
@@ -44,6 +44,9 @@ class Config:
     def validate(self):
         if len(self.radii) < 2 or min(self.radii) <= 0 or self.directions < 1:
             raise ValueError("radii needs at least 2 positive values and directions >= 1")
+        require_distinct(radii=self.radii)
+        if len(self.w0) != 2:
+            raise ValueError(f"w0 must have 2 entries (the targets are 2D), got {self.w0}")
 
 
 QUICK = Config(radii=(10.0, 31.6, 100.0), directions=2, no_scale_max_radius=100.0)

@@ -14,7 +14,7 @@ import torch
 import polaropt as po
 
 from .. import theory
-from ..framework import Check, Claim, Experiment, param
+from ..framework import Check, Claim, Experiment, param, require_distinct
 from ..records import by, select
 from ..training import train
 from .common import LABELS, NOTES, SOURCES, SRC, Setting, column, copies, gaussian_problems, residual_loss
@@ -46,6 +46,7 @@ class Config:
             raise ValueError(f"need 0 < m < d and draws >= 1, got m={self.m}, d={self.d}, draws={self.draws}")
         if min(self.cs) <= 0 or min(self.w0_norms) <= 0 or min(self.g0s) <= 0 or min(self.example_g0s) <= 0:
             raise ValueError("g0s, cs, w0_norms and example_g0s must be positive (c = 0 has no flow limit)")
+        require_distinct(g0s=self.g0s, cs=self.cs, w0_norms=self.w0_norms, example_g0s=self.example_g0s)
         if self.eta <= 0 or self.steps < 1 or self.log_every < 1:
             raise ValueError(f"eta > 0, steps >= 1 and log_every >= 1 required, got eta={self.eta}, "
                              f"steps={self.steps}, log_every={self.log_every}")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .. import theory
-from ..framework import Check, Claim, Experiment, param
+from ..framework import Check, Claim, Experiment, param, require_distinct
 from ..records import by
 from ..training import train
 from .common import (LABELS, METHODS, NOTES, SHORT, SOURCES, SRC, build, close_range, gaussian_problems,
@@ -42,6 +42,7 @@ class Config:
         if self.draws < 2 or not self.x0_norms or min(self.x0_norms) <= 0:
             raise ValueError(f"draws must be >= 2 and x0_norms positive (WN cannot start at g0 = 0), got "
                              f"draws={self.draws}, x0_norms={self.x0_norms}")
+        require_distinct(x0_norms=self.x0_norms)
         if self.eta <= 0 or self.c < 0 or self.stop_loss <= 0 or self.max_steps < 1:
             raise ValueError(f"eta, stop_loss must be > 0, c >= 0, max_steps >= 1, got eta={self.eta}, c={self.c}, "
                              f"stop_loss={self.stop_loss}, max_steps={self.max_steps}")
