@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -122,17 +121,16 @@ def renorm_vs_step(args) -> dict:
             "paired_ratio": statistics.median(a / b for a, b in zip(times["renormalize_"], times["optimizer step"]))}
 
 
-def time_steps(model, opt, x, y, steps: int) -> float:
+def train_step(model, opt, x, y):
+    """One training step of ``model`` as a zero-argument callable (what ``time_interleaved`` times)."""
     loss_fn = nn.CrossEntropyLoss()  # the GPT returns (batch·seq, vocab) logits
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
+
+    def step():
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-    sync()
-    return (time.perf_counter() - t0) / steps
+
+    return step
 
 
 def main(argv=None) -> dict:
@@ -155,13 +153,13 @@ def main(argv=None) -> dict:
     record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
         x, y = batch_of(args.model, batch, args.seq, args.device)
-        runs = {v: build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq) for v in args.variants}
-        for v, (model, opt) in runs.items():
-            time_steps(model, opt, x, y, args.warmup)
-        times = {v: [] for v in args.variants}
-        for _ in range(args.repeats):
-            for v, (model, opt) in runs.items():
-                times[v].append(time_steps(model, opt, x, y, args.steps))
+        steps = {v: train_step(*build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq), x, y)
+                 for v in args.variants}
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        times = time_interleaved(steps, repeats=args.repeats, calls=args.steps, sync=sync)
         med = {v: statistics.median(ts) for v, ts in times.items()}
         base = med.get("plain")
         # paired ratio: each repeat's time over plain's time in the same round, then the median;

@@ -151,33 +151,22 @@ def claims(records, cfg: Config) -> list[Claim]:
                                cfg.no_scale_slope, tol=cfg.no_scale_slope_tol)],
             values={"steps": diag[r2], "formula": formula, "local_slope": local, "median_steps": m2,
                     "fit_slope": fit(steps["no_scale"])["slope"]}))
+    # a mode with a point that never reached its target has no fit: its checks see None and fail
     f = fit(steps["learnable_scale"])
-    statement = "learnable_scale: |s| and ‖Ŵ‖ both grow to O(√R), so t = O(√R/η)."
-    slope = "slope of log(median steps) vs log(R)"
-    if f is None:
-        out.append(Claim.failed(id="scaling-learnable_scale", source=SRC, statement=statement,
-                                expected=f"{slope} within {cfg.learnable_slope:g} ± {cfg.learnable_slope_tol:g}",
-                                why=never))
-    else:
-        out.append(Claim.of(
-            id="scaling-learnable_scale", source=SRC, statement=statement,
-            checks=Check.near(f"{slope} over R = {f['radii'][0]:g}…{f['radii'][-1]:g}", f["slope"],
-                              cfg.learnable_slope, tol=cfg.learnable_slope_tol),
-            values=f))
+    out.append(Claim.of(
+        id="scaling-learnable_scale", source=SRC,
+        statement="learnable_scale: |s| and ‖Ŵ‖ both grow to O(√R), so t = O(√R/η).",
+        checks=Check.near("slope of log(median steps) vs log(R)", f and f["slope"], cfg.learnable_slope,
+                          tol=cfg.learnable_slope_tol),
+        values=f or {"why": never}))
     for mode in ABSORB:
         lin, power = fit(steps[mode], log_y=False), fit(steps[mode])
-        statement = f"{mode}: with re-parametrization the time grows as O(log R)."
-        if lin is None:
-            out.append(Claim.failed(id=f"scaling-{mode}", source=SRC, statement=statement,
-                                    expected=f"median steps linear in log10(R) with R² ≥ {cfg.absorb_min_r2:g} and a "
-                                             f"power-law slope ≤ {cfg.absorb_max_power:g}", why=never))
-            continue
         out.append(Claim.of(
-            id=f"scaling-{mode}", source=SRC, statement=statement,
-            checks=[Check.above(f"median steps ≈ {lin['intercept']:.0f} + slope·log10(R): slope", lin["slope"], 0),
-                    Check.at_least("R² of that line", lin["r2"], cfg.absorb_min_r2),
-                    Check.at_most("power-law slope", power["slope"], cfg.absorb_max_power)],
-            values={"linear_in_log": lin, "power": power}))
+            id=f"scaling-{mode}", source=SRC, statement=f"{mode}: with re-parametrization the time grows as O(log R).",
+            checks=[Check.above("slope of the median steps vs log10(R)", lin and lin["slope"], 0),
+                    Check.at_least("R² of that line", lin and lin["r2"], cfg.absorb_min_r2),
+                    Check.at_most("power-law slope", power and power["slope"], cfg.absorb_max_power)],
+            values={"linear_in_log": lin, "power": power} if lin else {"why": never}))
     return out
 
 
