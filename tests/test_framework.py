@@ -54,7 +54,7 @@ def test_claims_are_keyword_only_and_judge_all_or_any():
     either = Claim.of(id="c", source="s", statement="t", checks=[good, bad], require="any")
     assert not both.passed and either.passed
     assert both.expected == "x ≤ 2; and y ≤ 2" and either.expected == "x ≤ 2; or y ≤ 2"
-    assert both.measured == "x = 1; y = 3"
+    assert both.measured == "x = 1; y = 3 ✗"  # the failing condition is marked
     with pytest.raises(ValueError, match="require must be 'all' or 'any'"):
         Claim.of(id="c", source="s", statement="t", checks=good, require="most")
     with pytest.raises(ValueError, match="no checks"):

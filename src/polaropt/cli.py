@@ -78,14 +78,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<{width}}  {exp.description}")
         return 0
     if args.command == "run":
-        if args.name is None or args.help:
+        if args.name is None and not args.help:
+            parser.run_parser.print_usage(sys.stderr)
+            parser.exit(2, f"polaropt run: error: name an experiment; valid choices are {', '.join(experiments)}\n")
+        if args.help:
             try:
-                text = config_help(get_experiment(args.name)) if args.name else ""
+                text = config_help(get_experiment(args.name)) if args.name else "experiments: " + ", ".join(experiments)
             except ValueError as e:
                 parser.exit(2, f"polaropt: error: {e}\n")
             parser.run_parser.print_help()
-            print("\n" + text if text else "\nname an experiment to see its config fields", end="\n")
-            return 0 if args.help else 2
+            print("\n" + text)
+            return 0
         try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
             config = exp.make_config(quick=args.quick, overrides=parse_set(args.overrides))

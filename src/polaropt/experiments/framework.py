@@ -171,8 +171,10 @@ class Claim:
             raise ValueError(f"require must be 'all' or 'any', got {require!r}")
         joiner = "; and " if require == "all" else "; or "
         judge = all if require == "all" else any
+        # with several checks, the failing ones are marked, so a reader sees which condition broke
+        several = len(checks) > 1
         return cls(id=id, source=source, statement=statement, expected=joiner.join(c.expected for c in checks),
-                   measured="; ".join(c.measured for c in checks), passed=judge(c.passed for c in checks),
+                   measured="; ".join(c.measured + (" ✗" if several and not c.passed else "") for c in checks), passed=judge(c.passed for c in checks),
                    values=values or {})
 
     @classmethod
@@ -207,7 +209,7 @@ class Experiment:
             raise TypeError(f"{self.name}: quick must be a {self.config.__name__}, got {type(self.quick).__name__}")
 
     def make_config(self, *, quick: bool = False, overrides: dict[str, str] | None = None):
-        return apply_overrides(self.quick if quick else self.config(), overrides or {})
+        return apply_overrides(self.quick if quick else self.config(), overrides or {}, label=self.name)
 
     def notes_text(self, records: list[dict], config) -> str:
         text = self.notes.read_text().format(config=config).strip()
@@ -271,19 +273,24 @@ def _parse_value(key: str, text: str, tp) -> Any:
     raise ValueError(f"--set {key}: cannot parse values of type {tp}")
 
 
-def apply_overrides(config, overrides: dict[str, str]):
+def apply_overrides(config, overrides: dict[str, str], label: str | None = None):
     """A copy of ``config`` with ``{key: text}`` parsed by the fields' types; unknown keys refused."""
     hints = typing.get_type_hints(type(config))
     names = [f.name for f in dataclasses.fields(config)]
     changes = {}
     for key, text in overrides.items():
         if key not in names:
-            raise ValueError(f"unknown config key {key!r} for {type(config).__name__}; valid keys are {', '.join(names)}")
+            raise ValueError(f"unknown config key {key!r} for {label or type(config).__name__}; valid keys are "
+                             f"{', '.join(names)}")
         changes[key] = _parse_value(key, text, hints[key])
     new = dataclasses.replace(config, **changes)
     check = getattr(new, "validate", None)
     if check is not None:
-        check()
+        try:
+            check()
+        except ValueError as e:
+            given = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            raise ValueError(f"{e}{f' (you set {given})' if given else ''}") from None
     return new
 
 

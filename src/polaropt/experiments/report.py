@@ -16,7 +16,9 @@ from pathlib import Path
 from .framework import field_help
 from .records import write_text_atomic
 
-SEEDS = "../shared/seeds"
+def source_names(claims: list[dict]) -> list[str]:
+    """The sources the claims cite, by name (the part of each claim's source before its section)."""
+    return list(dict.fromkeys(c["source"].split(",")[0].strip() for c in claims))
 
 
 def _cell(text) -> str:
@@ -43,7 +45,8 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
     v = meta["versions"]
     rebuilt = f" Outputs rebuilt from the records on {meta['rebuilt']}." if meta.get("rebuilt") else ""
     lines = [f"# {exp.name}", "", exp.description, "",
-             "Sources: " + ", ".join(f"`{SEEDS}/{s}`" for s in exp.sources) + ".", "",
+             "Sources: " + "; ".join(source_names(claims)) + " (the project's seed files "
+             + ", ".join(f"`{s}`" for s in exp.sources) + "; each claim names its section).", "",
              f"{passed} of {len(claims)} claims reproduced. Run {how}, in {meta['wall_time_s']:.1f} s, "
              f"polaropt {v['polaropt']}, torch {v['torch']}, commit {meta['git_commit'] or 'unknown'}.{rebuilt}", "",
              "## Claims", ""] + claims_table(claims)
@@ -96,11 +99,12 @@ def _index_md(runs, experiments, missing, passed, total) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:auto;padding:0 16px;color:#222}
 h1{margin-bottom:4px}.lead{font-size:17px}table{border-collapse:collapse;width:100%}
 td,th{border:1px solid #ddd;padding:5px 7px;font-size:13px;vertical-align:top;text-align:left}
+td code{white-space:nowrap}
 th{background:#f4f4f4}.ok{color:#1a7f37;font-weight:600}.no{color:#b42318;font-weight:600}
 tr.no-row{background:#fff4f2}.bar{display:inline-block;height:9px;background:#1a7f37;vertical-align:middle}
 .barno{display:inline-block;height:9px;background:#e5a29a;vertical-align:middle}
-img.thumb{width:230px;border:1px solid #eee}.exp{display:flex;gap:18px;align-items:flex-start}
-.exp .figs{flex:0 0 46%}.exp .figs img{width:100%;border:1px solid #eee;margin-bottom:6px}
+img.thumb{width:340px;border:1px solid #eee}.exp{display:flex;gap:18px;align-items:flex-start}
+.exp .figs{flex:0 0 58%}.exp .figs img{width:100%;border:1px solid #eee;margin-bottom:6px}
 .exp .claims{flex:1}section{border-top:2px solid #ddd;margin-top:26px;padding-top:6px}
 details summary{cursor:pointer;color:#555}.muted{color:#666;font-size:13px}"""
 
@@ -124,10 +128,10 @@ def _index_html(runs, experiments, missing, passed, total) -> str:
         key = _key_figure(exp, d)
         quick = " <span class='muted'>(--quick)</span>" if meta["quick"] else ""
         h.append(f"<tr><td><a href='#{e(name)}'><b>{e(name)}</b></a>{quick}<br><span class='muted'>"
-                 f"{e(exp.description)}</span></td><td>{e(', '.join(exp.sources))}</td>"
+                 f"{e(exp.description)}</span></td><td>{'<br>'.join(map(e, source_names(claims)))}</td>"
                  f"<td>{ok}/{len(claims)}<br><span class='bar' style='width:{8 * ok}px'></span>"
                  f"<span class='barno' style='width:{8 * (len(claims) - ok)}px'></span></td>"
-                 f"<td>{_img(key, 'thumb') if key else ''}</td></tr>")
+                 f"<td>{f'<a href=#{e(name)}>' + _img(key, 'thumb') + '</a>' if key else ''}</td></tr>")
     h.append("</table>")
     failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
     h.append(f"<h2 id='not-reproduced'>Not reproduced ({len(failed)})</h2>")
@@ -142,7 +146,8 @@ def _index_html(runs, experiments, missing, passed, total) -> str:
         h.append(f"<section id='{e(name)}'><h2>{e(name)} <span class='muted'>{ok}/{len(claims)} reproduced · "
                  f"<a href='{e(name)}/report.md'>full report</a> · {meta['wall_time_s']:.1f} s</span></h2>"
                  f"<p>{e(exp.description)}</p><div class='exp'><div class='figs'>")
-        h += [_img(png, "fig") for png in sorted(d.glob("*.png"))]
+        h += [f"<a href='{e(name)}/{e(png.name)}' title='open full size'>{_img(png, 'fig')}</a>"
+              for png in sorted(d.glob("*.png"))]
         h.append("</div><div class='claims'><table><tr><th>claim</th><th>result</th></tr>")
         for c in claims:
             h.append(f"<tr{' class=no-row' if not c['passed'] else ''}><td><code>{e(c['id'])}</code> "

@@ -77,7 +77,8 @@ class Config:
         if self.early + self.late > self.steps:
             raise ValueError(f"early ({self.early}) + late ({self.late}) windows exceed steps ({self.steps})")
         if self.seeds < 1 or self.batch < 1 or self.record_every < 1:
-            raise ValueError("seeds, batch and record_every must be >= 1")
+            raise ValueError(f"seeds, batch and record_every must be >= 1, got seeds={self.seeds}, batch={self.batch}, "
+                             f"record_every={self.record_every}")
         check_states(self.states)
         if self.figure_factor < 1:
             raise ValueError(f"figure_factor must be >= 1, got {self.figure_factor}")

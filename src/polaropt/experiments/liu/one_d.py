@@ -32,7 +32,8 @@ class Config:
 
     def validate(self):
         if not self.w0s or self.steps < 1 or self.lr <= 0:
-            raise ValueError("w0s must be non-empty, steps >= 1 and lr > 0")
+            raise ValueError(f"w0s must be non-empty, steps >= 1 and lr > 0, got w0s={self.w0s}, steps={self.steps}, "
+                             f"lr={self.lr}")
         require_distinct(w0s=self.w0s)
         if any(x0 >= 0 for x0 in self.w0s) or self.target <= 0:
             raise ValueError(f"the experiment is about changing sign: every W0 must be negative and the target "
