@@ -16,9 +16,19 @@ from pathlib import Path
 from .framework import field_help
 from .records import write_text_atomic
 
+def _title(source: str) -> str:
+    """A claim's source without its section: the text before the first comma outside parentheses."""
+    depth = 0
+    for i, ch in enumerate(source):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            return source[:i].strip()
+    return source.strip()
+
+
 def source_names(claims: list[dict]) -> list[str]:
-    """The sources the claims cite, by name (the part of each claim's source before its section)."""
-    return list(dict.fromkeys(c["source"].split(",")[0].strip() for c in claims))
+    """The sources the claims cite, by name, each once."""
+    return list(dict.fromkeys(_title(c["source"]) for c in claims))
 
 
 def _cell(text) -> str:

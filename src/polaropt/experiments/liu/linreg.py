@@ -230,4 +230,4 @@ EXPERIMENT = Experiment(
     description="Linear regression with anisotropic W* (Liu 000): 8 modes of scalar/element-wise scale, plus "
                 "Adam-state policies",
     sources=("000_cf93c4077b34771f.txt",), config=Config, quick=QUICK, run=run, claims=claims, figures=figures,
-    notes=Path(__file__).with_suffix(".md"))
+    notes=Path(__file__).with_suffix(".md"), key_figure="linreg_keep.png")
