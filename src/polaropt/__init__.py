@@ -24,6 +24,7 @@ from .polar import (
     scale_of,
     unpolarize,
 )
+from .recipes import RECIPES, RecipeOptimizer, hidden_matrices, recipe
 from .renorm import renormalize_
 from .slices import SCALES
 from .steepest import NORMS, SteepestDescent, steepest_step
@@ -36,6 +37,7 @@ __all__ = [
     "INITS",
     "MODES",
     "NORMS",
+    "RECIPES",
     "ROLES",
     "SCALES",
     "STATES",
@@ -43,6 +45,7 @@ __all__ = [
     "Polar",
     "PolarTensor",
     "RadiusSquaredLR",
+    "RecipeOptimizer",
     "TwoStageLR",
     "attach",
     "direction_of",
@@ -54,6 +57,8 @@ __all__ = [
     "polar_tensors",
     "polarize",
     "polarize_model",
+    "hidden_matrices",
+    "recipe",
     "reinitialize_",
     "renormalize_",
     "scale_of",

@@ -1,0 +1,236 @@
+"""Recipes: the field's training methods as polaropt configurations, one call each.
+
+``recipe(name, model, lr=..., weight_decay=...)`` returns one ``torch.optim.Optimizer`` with every
+hook it needs attached (its ``handles`` remove them). Each recipe splits the model's parameters the
+field's way: *hidden matrices* are the ≥2-D weights except embeddings (``nn.Embedding``) and the
+output head (the last ``nn.Linear`` of the model, and anything tied to either); they get the method,
+everything else (embeddings, head, biases, norm gains) gets AdamW. ``include=`` / ``exclude=`` (globs
+or a callable, as ``polarize_model``) override the choice.
+
+Learning rates: one ``lr`` for the whole recipe. Muon runs with torch's ``adjust_lr_fn=
+"match_rms_adamw"`` (its update has AdamW's RMS, so one lr serves both optimizers), as the field does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .groups import param_groups
+from .models import _candidates, _select, polarize_model
+from .steps import attach
+
+RECIPES = ("adamw", "adamw-weight-norm", "polar-normalize", "polar-project", "polar-absorb", "polar-absorb-rescale",
+           "muon", "hyperball-adamw", "hyperball-muon", "multipliers", "absorb-muon")
+
+
+class RecipeOptimizer(torch.optim.Optimizer):
+    """Several torch optimizers stepped as one (e.g. Muon on hidden matrices, AdamW on the rest).
+
+    ``param_groups`` are the children's own group dicts, so an LR scheduler or a polaropt lr
+    multiplier acting on this optimizer acts on the children. ``state_dict`` holds every child's.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], recipe: str):
+        groups = [g for o in optimizers for g in o.param_groups]
+        super().__init__([{"params": g["params"]} for g in groups], {})
+        self.param_groups = groups  # the children's dicts, shared: schedulers reach them
+        self.optimizers, self.recipe = list(optimizers), recipe
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {"recipe": self.recipe, "optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        if state_dict.get("recipe") != self.recipe or len(state_dict.get("optimizers", ())) != len(self.optimizers):
+            raise ValueError(f"this state_dict is of recipe {state_dict.get('recipe')!r}, not {self.recipe!r}")
+        for opt, sd in zip(self.optimizers, state_dict["optimizers"]):
+            opt.load_state_dict(sd)
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+
+def hidden_matrices(model: nn.Module, *, include=None, exclude=None) -> list[tuple[str, torch.Tensor]]:
+    """``(name, parameter)`` of the hidden matrices: ≥2-D weights except embeddings and the output head
+    (the model's last ``nn.Linear``), each shared parameter once. ``include`` replaces the default choice."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    if linears:
+        outside.add(id(linears[-1].weight))
+
+    def hidden(qualname, module, tensor):
+        return tensor.ndim >= 2 and id(tensor) not in outside
+
+    chosen = _select(_candidates(model), include if include is not None else hidden, exclude)
+    return [(paths[0], p) for p, _, paths in chosen]
+
+
+def _split(model, include, exclude):
+    hidden = hidden_matrices(model, include=include, exclude=exclude)
+    ids = {id(p) for _, p in hidden}
+    rest = [p for p in dict.fromkeys(model.parameters()) if id(p) not in ids and p.requires_grad]
+    return hidden, rest
+
+
+def _adamw(params, lr, weight_decay, **kw):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw) if params else None
+
+
+def _muon(params, lr, weight_decay):
+    return torch.optim.Muon(params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+
+
+def _finish(name: str, optimizers: list, handles: Callable | None = None) -> torch.optim.Optimizer:
+    """One optimizer for the recipe: the torch optimizer itself when there is one (so polaropt's state
+    transport sees its state), else a ``RecipeOptimizer``; ``hooks(opt)`` attaches what the recipe needs.
+    The recipe's name is ``opt.polar_recipe`` and its hook handles ``opt.polar_handles``."""
+    optimizers = [o for o in optimizers if o is not None]
+    opt = optimizers[0] if len(optimizers) == 1 else RecipeOptimizer(optimizers, name)
+    opt.polar_recipe = name
+    opt.polar_handles = list(handles(opt)) if handles is not None else []
+    return opt
+
+
+class Multipliers(nn.Module):
+    """``W_ij = r_i · V_ij · c_j``: learnable row and column multipliers (Falcon LLM team, arXiv
+    2601.04890), a ``torch.nn.utils.parametrize`` module; ``r`` and ``c`` start at 1, V at W."""
+
+    def __init__(self, shape: torch.Size, dtype, device):
+        super().__init__()
+        self.r = nn.Parameter(torch.ones(shape[0], dtype=dtype, device=device))
+        self.c = nn.Parameter(torch.ones(shape[1], dtype=dtype, device=device))
+
+    def forward(self, v):
+        view = (-1,) + (1,) * (v.ndim - 1)
+        col = (1, -1) + (1,) * (v.ndim - 2)
+        return self.r.view(view) * v * self.c.view(col)
+
+
+class Hyperball:
+    """``W ← R·N(W − η·R·N(u))`` after the base optimizer's step, N(x) = x/‖x‖_F per tensor, u the base
+    optimizer's update (recovered as the step it took: W' − W = −η·u), η the group's lr, R = ‖W₀‖_F
+    stored at the start and kept in the optimizer's state (``"hyperball_radius"``), so a checkpoint
+    carries it (Wen et al., "Hyperball"; the radius stored as HeavyBall does)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]):
+        self.opt, self.params = optimizer, params
+        self.radius = {id(p): p.detach().norm().clone() for p in params}
+        self.before: list[torch.Tensor] = []
+        self.lr = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+    def pre(self, opt, args, kwargs):
+        self.before = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def post(self, opt, args, kwargs):
+        for p, w in zip(self.params, self.before):
+            state = opt.state[p]
+            R = state.setdefault("hyperball_radius", self.radius[id(p)])
+            step = p - w  # = −η·u
+            n = step.norm()
+            if p.grad is None or n == 0:
+                continue
+            moved = w + self.lr[id(p)]["lr"] * R * step / n  # W − η·R·N(u)
+            p.copy_(R * moved / moved.norm())
+
+
+def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0, include=None, exclude=None,
+           **options) -> torch.optim.Optimizer:
+    """The optimizer of recipe ``name`` for ``model`` (polarized or parametrized in place where the recipe
+    says), with its hooks attached: ``optimizer.polar_handles`` (each ``.remove()``) and
+    ``optimizer.polar_recipe`` (the name) are reachable from it.
+
+    | name | update |
+    |---|---|
+    | adamw | torch AdamW on everything |
+    | adamw-weight-norm | torch ``weight_norm(dim=0)`` on hidden matrices; AdamW, decay on the direction only |
+    | polar-normalize / -project / -absorb | ``polarize_model(mode=…, scale="row")`` on hidden matrices, AdamW with ``param_groups(weight_decay=)`` |
+    | polar-absorb-rescale | polar-absorb with ``attach(state="rescale")`` (Adam's moments carried into the new coordinates) |
+    | muon | ``torch.optim.Muon`` on hidden 2-D matrices (conv kernels, which torch's Muon refuses, go to AdamW) |
+    | hyperball-adamw / -muon | ``W ← R·N(W − η·R·N(u))`` on hidden matrices (Muon: the 2-D ones), no decay there |
+    | multipliers | ``W_ij = r_i·V_ij·c_j`` (``Multipliers``), decay on V only |
+    | absorb-muon | Liu's absorb (one scale per matrix) with Muon on the direction and AdamW on the scale |
+
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every`` for the absorb/project recipes'
+    renormalization period. Unknown names and options are refused, naming the valid ones.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
+    valid = {"betas", "eps"} | ({"every"} if name in ("polar-project", "polar-absorb", "polar-absorb-rescale",
+                                                       "absorb-muon") else set())
+    bad = sorted(set(options) - valid)
+    if bad:
+        raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
+                         f"{', '.join(sorted(valid))}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    every = options.pop("every", 1)
+    adam_kw = options
+    if name == "adamw":
+        return _finish(name, [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **adam_kw)])
+    hidden, rest = _split(model, include, exclude)
+    if name in ("adamw-weight-norm", "multipliers"):
+        owners = {id(p) for _, p in hidden}
+        direction, factors = [], []
+        for module in list(model.modules()):
+            w = None if parametrize.is_parametrized(module) else module._parameters.get("weight")
+            if w is None or id(w) not in owners:
+                continue
+            if name == "multipliers":
+                parametrize.register_parametrization(module, "weight", Multipliers(w.shape, w.dtype, w.device))
+                direction.append(module.parametrizations.weight.original)
+                factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
+            else:
+                torch.nn.utils.parametrizations.weight_norm(module, "weight", dim=0)
+                factors.append(module.parametrizations.weight.original0)
+                direction.append(module.parametrizations.weight.original1)
+        groups = [{"params": direction, "weight_decay": weight_decay}, {"params": factors, "weight_decay": 0.0},
+                  {"params": rest, "weight_decay": weight_decay}]
+        return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam_kw)])
+    if name.startswith("polar-"):
+        mode = name.split("-")[1]
+        polarize_model(model, include=[q for q, _ in hidden], scale="row", mode=mode)
+        opt = torch.optim.AdamW(param_groups(model, weight_decay=weight_decay), lr=lr, **adam_kw)
+        state = "rescale" if name.endswith("rescale") else "keep"
+        return _finish(name, [opt], (lambda o: [attach(o, model, state=state, every=every)])
+                       if mode in ("project", "absorb") else None)
+    if name == "muon":
+        mats = [p for _, p in hidden if p.ndim == 2]
+        others = [p for _, p in hidden if p.ndim != 2] + rest
+        return _finish(name, [_muon(mats, lr, weight_decay) if mats else None,
+                              _adamw(others, lr, weight_decay, **adam_kw)])
+    if name.startswith("hyperball-"):
+        on_muon = name.endswith("muon")
+        mats = [p for _, p in hidden if p.ndim == 2 or not on_muon]
+        others = [p for _, p in hidden if all(p is not m for m in mats)] + rest
+        base = _muon(mats, lr, 0.0) if on_muon else torch.optim.AdamW(mats, lr=lr, weight_decay=0.0, **adam_kw)
+        ball = Hyperball(base, mats)
+        return _finish(name, [base, _adamw(others, lr, weight_decay, **adam_kw)],
+                       lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
+    # absorb-muon: a sphere per matrix whose scale grows multiplicatively, Muon stepping on the sphere;
+    # weight decay on V (DECAY_ON["absorb"]), as polar-absorb
+    polarize_model(model, include=[q for q, p in hidden if p.ndim == 2], scale="tensor", mode="absorb")
+    groups = param_groups(model, weight_decay=weight_decay)
+    directions = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
+    others = [g for g in groups if g["polar_role"] != "direction"]
+    return _finish(name, [_muon(directions, lr, weight_decay) if directions else None,
+                          torch.optim.AdamW(others, lr=lr, **adam_kw) if others else None],
+                   lambda o: [attach(o, model, every=every)])

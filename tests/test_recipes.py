@@ -1,0 +1,202 @@
+"""Recipes: each equals its peer (torch's Muon, torch's weight_norm, the Hyperball formula computed here),
+every recipe resumes bitwise from a checkpoint, ties and the hidden-matrix choice, bad input refused."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import polaropt as po
+
+
+class TinyGPT(nn.Module):
+    """Embedding tied to the head, fused qkv, a conv, LayerNorm: the shapes recipes must sort."""
+
+    def __init__(self, vocab=20, d=16):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        h = self.emb(x)
+        q, k, v = self.qkv(h).chunk(3, -1)
+        h = h + self.proj(v * torch.sigmoid(q * k))
+        h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+        return self.head(self.ln(h))
+
+
+def data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 20, (4, 8), generator=g), torch.randint(0, 20, (4, 8), generator=g)
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return TinyGPT().double()
+
+
+def train(m, opt, steps, seed=0):
+    for t in range(steps):
+        x, y = data(seed + t)
+        opt.zero_grad()
+        F.cross_entropy(m(x).flatten(0, 1), y.flatten()).backward()
+        opt.step()
+
+
+def test_hidden_matrices_follow_the_fields_convention():
+    m = model()
+    assert [q for q, _ in po.hidden_matrices(m)] == ["qkv.weight", "proj.weight", "conv.weight"]
+    assert [q for q, _ in po.hidden_matrices(m, exclude="conv.*")] == ["qkv.weight", "proj.weight"]
+    assert [q for q, _ in po.hidden_matrices(m, include=["proj.weight", "head.weight"])] == ["emb.weight", "proj.weight"]
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))  # the last Linear is the head
+    assert [q for q, _ in po.hidden_matrices(mlp)] == ["0.weight"]
+
+
+@pytest.mark.parametrize("name", po.RECIPES)
+def test_every_recipe_trains_keeps_ties_and_resumes_bitwise(name, tmp_path):
+    m = model()
+    opt = po.recipe(name, m, lr=1e-2, weight_decay=0.1)
+    assert opt.polar_recipe == name
+    train(m, opt, 3)
+    torch.save({"model": m.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    resumed = model(seed=1)  # other weights: everything must come from the checkpoint
+    ropt = po.recipe(name, resumed, lr=1e-2, weight_decay=0.1)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    resumed.load_state_dict(ckpt["model"])
+    ropt.load_state_dict(ckpt["opt"])
+    train(m, opt, 2, seed=3)
+    train(resumed, ropt, 2, seed=3)
+    for (k, a), b in zip(m.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b) if torch.is_tensor(a) else a == b, (name, k)  # polar settings are extra state
+    assert torch.equal(m.head.weight, m.emb.weight)  # the tie holds
+    x, y = data(9)
+    assert torch.isfinite(F.cross_entropy(m(x).flatten(0, 1), y.flatten()))
+
+
+def test_muon_recipe_steps_equal_torch_muon():
+    a, b = model(), model()
+    opt = po.recipe("muon", a, lr=0.02, weight_decay=0.1)
+    mats = [b.qkv.weight, b.proj.weight]
+    rest = [p for p in b.parameters() if all(p is not q for q in mats)]
+    peer = [torch.optim.Muon(mats, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, lr=0.02, weight_decay=0.1)]
+    for t in range(4):
+        train(a, opt, 1, seed=t)
+        x, y = data(t)
+        for o in peer:
+            o.zero_grad()
+        F.cross_entropy(b(x).flatten(0, 1), y.flatten()).backward()
+        for o in peer:
+            o.step()
+    for (k, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), k
+
+
+def test_weight_norm_recipe_is_torchs_weight_norm():
+    a, b = model(), model()
+    opt = po.recipe("adamw-weight-norm", a, lr=1e-2, weight_decay=0.1)
+    wn = torch.nn.utils.parametrizations.weight_norm
+    for mod in (b.qkv, b.proj, b.conv):
+        wn(mod, "weight", dim=0)
+    gains = [mod.parametrizations.weight.original0 for mod in (b.qkv, b.proj, b.conv)]
+    dirs = [mod.parametrizations.weight.original1 for mod in (b.qkv, b.proj, b.conv)]
+    rest = [p for p in b.parameters() if all(p is not q for q in gains + dirs)]
+    peer = torch.optim.AdamW([{"params": dirs, "weight_decay": 0.1}, {"params": gains, "weight_decay": 0.0},
+                              {"params": rest, "weight_decay": 0.1}], lr=1e-2)
+    train(a, opt, 3)
+    train(b, peer, 3)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), k
+
+
+@pytest.mark.parametrize("base", ["adamw", "muon"])
+def test_hyperball_step_is_the_formula(base):
+    m = model()
+    w0 = {k: m.get_parameter(k).detach().clone() for k in ("qkv.weight", "proj.weight")}
+    opt = po.recipe(f"hyperball-{base}", m, lr=0.05)
+    x, y = data(0)
+    opt.zero_grad()
+    F.cross_entropy(m(x).flatten(0, 1), y.flatten()).backward()
+    grads = {k: m.get_parameter(k).grad.clone() for k in w0}
+    opt.step()
+    for k, w in w0.items():
+        g = grads[k]
+        if base == "adamw":  # Adam's first update, bias-corrected: m̂ = g, v̂ = g²
+            u = g / (g.abs() + 1e-8)
+        else:  # Muon's update of a fresh optimizer, measured on a copy
+            c = w.clone().requires_grad_()
+            c.grad = g.clone()
+            torch.optim.Muon([c], lr=1.0, weight_decay=0.0, adjust_lr_fn="match_rms_adamw").step()
+            u = w - c.detach()
+        R = w.norm()
+        moved = w - 0.05 * R * u / u.norm()
+        expected = R * moved / moved.norm()
+        torch.testing.assert_close(m.get_parameter(k).detach(), expected, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(m.get_parameter(k).norm(), R)
+
+
+def test_hyperball_radius_is_the_start_norm_and_survives_a_checkpoint():
+    m = model()
+    r0 = m.qkv.weight.detach().norm().clone()
+    opt = po.recipe("hyperball-adamw", m, lr=0.05)
+    train(m, opt, 3)
+    base = opt.optimizers[0]
+    assert torch.equal(base.state[m.qkv.weight]["hyperball_radius"], r0)
+    assert torch.allclose(m.qkv.weight.norm(), r0)
+    sd = copy.deepcopy(opt.state_dict())
+    other = model(seed=5)  # another start norm: the checkpoint's radius must win
+    oopt = po.recipe("hyperball-adamw", other, lr=0.05)
+    other.load_state_dict(m.state_dict())
+    oopt.load_state_dict(sd)
+    train(other, oopt, 1, seed=7)
+    assert torch.equal(oopt.optimizers[0].state[other.qkv.weight]["hyperball_radius"], r0)
+    assert torch.allclose(other.qkv.weight.norm(), r0)
+
+
+def test_multipliers_start_at_the_weights_and_decay_only_v():
+    m, plain = model(), model()
+    x, _ = data(0)
+    opt = po.recipe("multipliers", m, lr=1e-2, weight_decay=0.5)
+    assert torch.equal(m(x), plain(x))
+    groups = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    mult = m.qkv.parametrizations.weight[0]
+    assert groups[id(mult.r)] == groups[id(mult.c)] == 0.0
+    assert groups[id(m.qkv.parametrizations.weight.original)] == 0.5
+
+
+def test_recipes_refuse_bad_input():
+    with pytest.raises(ValueError, match="unknown recipe 'adam'; valid recipes are adamw, adamw-weight-norm"):
+        po.recipe("adam", model(), lr=1e-3)
+    with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, eps"):
+        po.recipe("muon", model(), lr=1e-3, every=2)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
+        po.recipe("adamw", model(), lr=-1)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        po.recipe("polar-absorb", model(), lr=1e-3, weight_decay=-0.1)
+    with pytest.raises(ValueError, match="include pattern 'nope' matches no parameter"):
+        po.recipe("muon", model(), lr=1e-3, include="nope")
+
+
+def test_recipe_handles_remove_the_hooks():
+    m = model()
+    opt = po.recipe("hyperball-adamw", m, lr=0.05)
+    for h in opt.polar_handles:
+        h.remove()
+    train(m, opt, 2)
+    assert not torch.allclose(m.qkv.weight.norm(), model().qkv.weight.norm())  # plain AdamW now: the norm moves
+
+
+def test_a_scheduler_on_a_recipe_reaches_every_inner_optimizer():
+    m = model()
+    opt = po.recipe("muon", m, lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 ** t)
+    train(m, opt, 1)
+    sched.step()
+    assert {g["lr"] for o in opt.optimizers for g in o.param_groups} == {0.05}
