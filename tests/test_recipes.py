@@ -200,3 +200,85 @@ def test_a_scheduler_on_a_recipe_reaches_every_inner_optimizer():
     train(m, opt, 1)
     sched.step()
     assert {g["lr"] for o in opt.optimizers for g in o.param_groups} == {0.05}
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x, use_b):
+        return self.head(self.b(self.a(x)) if use_b else self.a(x))
+
+
+@pytest.mark.parametrize("name", ["hyperball-adamw", "hyperball-muon"])
+def test_hyperball_leaves_a_tensor_without_gradient_alone_and_starts_it_later(name):
+    torch.manual_seed(0)
+    m = Branchy()
+    b0 = m.b.weight.detach().clone()
+    opt = po.recipe(name, m, lr=0.05)
+    x = torch.randn(8, 4)
+    for use_b in (False, True, True):
+        opt.zero_grad()
+        m(x, use_b).square().sum().backward()
+        opt.step()
+        if not use_b:
+            assert torch.equal(m.b.weight, b0)  # no gradient: untouched, no state written
+    assert torch.allclose(m.b.weight.norm(), b0.norm())
+
+
+def test_hyperball_uses_the_scheduled_lr_after_a_resume_and_the_loaded_norm():
+    m = model()
+    opt = po.recipe("hyperball-adamw", m, lr=0.01)
+    train(m, opt, 1)
+    pretrained = model(seed=3)  # weights loaded after recipe(): their norm is R, not the init's
+    with torch.no_grad():
+        pretrained.qkv.weight.mul_(3.0)
+    fresh = model()
+    fopt = po.recipe("hyperball-adamw", fresh, lr=0.01)
+    fresh.load_state_dict(pretrained.state_dict())
+    train(fresh, fopt, 1)
+    assert torch.allclose(fresh.qkv.weight.norm(), pretrained.qkv.weight.norm())
+    # after load_state_dict the groups are new dicts: η must follow them (as a scheduler sets them)
+    twin = copy.deepcopy(m)
+    topt = po.recipe("hyperball-adamw", model(), lr=0.01)
+    resumed = model()
+    ropt = po.recipe("hyperball-adamw", resumed, lr=0.01)
+    resumed.load_state_dict(m.state_dict())
+    ropt.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch's state_dict shares the live tensors
+    for o in (ropt, opt):
+        for g in o.param_groups:
+            g["lr"] = 0.5
+    train(m, opt, 1, seed=1)
+    train(resumed, ropt, 1, seed=1)
+    assert torch.equal(m.qkv.weight, resumed.qkv.weight) and not torch.equal(m.qkv.weight, twin.qkv.weight)
+    del topt
+
+
+def test_wrapping_recipes_refuse_what_they_cannot_wrap():
+    lstm = nn.Sequential(nn.LSTM(4, 4), )
+    for name in ("adamw-weight-norm", "multipliers"):
+        with pytest.raises(ValueError, match=r"0.weight_ih_l0, 0.weight_hh_l0 is not one module's own `weight`"):
+            po.recipe(name, lstm, lr=1e-3)
+        shared = nn.Linear(4, 4)
+        tied = nn.Sequential(shared, nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+        tied[2].weight = shared.weight
+        with pytest.raises(ValueError, match="is not one module's own `weight` \\(tied"):
+            po.recipe(name, tied, lr=1e-3)
+    with pytest.raises(ValueError, match="already parametrized"):
+        m = model()
+        po.recipe("multipliers", m, lr=1e-3)
+        po.recipe("multipliers", m, lr=1e-3)
+    with pytest.raises(ValueError, match="found no hidden matrix"):
+        po.recipe("hyperball-adamw", nn.Linear(4, 2), lr=1e-3)
+
+
+def test_recipe_optimizer_behaves_as_one_optimizer():
+    m = model()
+    opt = po.recipe("muon", m, lr=0.02)
+    with pytest.raises(TypeError, match="add the group to one of them"):
+        opt.add_param_group({"params": [nn.Parameter(torch.ones(3))]})
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10, cycle_momentum=False)
+    train(m, opt, 2)
+    sched.step()
+    assert len(opt.state) == sum(len(o.state) for o in opt.optimizers) > 0

@@ -13,6 +13,7 @@ Learning rates: one ``lr`` for the whole recipe. Muon runs with torch's ``adjust
 
 from __future__ import annotations
 
+import collections
 import math
 from typing import Callable
 
@@ -32,7 +33,9 @@ class RecipeOptimizer(torch.optim.Optimizer):
     """Several torch optimizers stepped as one (e.g. Muon on hidden matrices, AdamW on the rest).
 
     ``param_groups`` are the children's own group dicts, so an LR scheduler or a polaropt lr
-    multiplier acting on this optimizer acts on the children. ``state_dict`` holds every child's.
+    multiplier acting on this optimizer acts on the children; ``state`` reads the children's state;
+    ``state_dict`` holds every child's. The children's hyper-parameters differ (Muon has no ``betas``),
+    so schedulers that cycle momentum need ``cycle_momentum=False``.
     """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], recipe: str):
@@ -40,6 +43,13 @@ class RecipeOptimizer(torch.optim.Optimizer):
         super().__init__([{"params": g["params"]} for g in groups], {})
         self.param_groups = groups  # the children's dicts, shared: schedulers reach them
         self.optimizers, self.recipe = list(optimizers), recipe
+        self.state = collections.ChainMap(*(o.state for o in self.optimizers))  # read: the children's state
+
+    def add_param_group(self, param_group):
+        if hasattr(self, "optimizers"):  # after construction: which child would step it is not defined
+            raise TypeError("a RecipeOptimizer's groups belong to its inner optimizers (.optimizers); add the "
+                            "group to one of them")
+        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
@@ -60,15 +70,20 @@ class RecipeOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         if state_dict.get("recipe") != self.recipe or len(state_dict.get("optimizers", ())) != len(self.optimizers):
-            raise ValueError(f"this state_dict is of recipe {state_dict.get('recipe')!r}, not {self.recipe!r}")
+            raise ValueError(f"this state_dict is of recipe {state_dict.get('recipe')!r} with "
+                             f"{len(state_dict.get('optimizers', ()))} inner optimizers, not {self.recipe!r} with "
+                             f"{len(self.optimizers)}")
         for opt, sd in zip(self.optimizers, state_dict["optimizers"]):
             opt.load_state_dict(sd)
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+        self.state = collections.ChainMap(*(o.state for o in self.optimizers))
 
 
 def hidden_matrices(model: nn.Module, *, include=None, exclude=None) -> list[tuple[str, torch.Tensor]]:
     """``(name, parameter)`` of the hidden matrices: ≥2-D weights except embeddings and the output head
-    (the model's last ``nn.Linear``), each shared parameter once. ``include`` replaces the default choice."""
+    (the model's last ``nn.Linear`` in registration order), each shared parameter once. ``include``
+    replaces the default choice. The head rule is a heuristic: a model that registers its head before
+    its blocks, or ends in a convolution, should name its matrices with ``include``/``exclude``."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     if linears:
@@ -124,30 +139,37 @@ class Multipliers(nn.Module):
 
 class Hyperball:
     """``W ← R·N(W − η·R·N(u))`` after the base optimizer's step, N(x) = x/‖x‖_F per tensor, u the base
-    optimizer's update (recovered as the step it took: W' − W = −η·u), η the group's lr, R = ‖W₀‖_F
-    stored at the start and kept in the optimizer's state (``"hyperball_radius"``), so a checkpoint
-    carries it (Wen et al., "Hyperball"; the radius stored as HeavyBall does)."""
+    optimizer's update (recovered as the step it took: W' − W = −η·u), η the group's lr at that step,
+    R = ‖W‖_F before the tensor's first step (so weights loaded after ``recipe()`` keep their norm),
+    kept in the optimizer's state (``"hyperball_radius"``) so a checkpoint carries it (Wen et al.,
+    "Hyperball"; the radius stored as HeavyBall does). A tensor without a gradient is left alone."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor]):
-        self.opt, self.params = optimizer, params
-        self.radius = {id(p): p.detach().norm().clone() for p in params}
-        self.before: list[torch.Tensor] = []
-        self.lr = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    def __init__(self, params: list[torch.Tensor]):
+        self.params = params
+        self.before: list[torch.Tensor | None] = []
 
     def pre(self, opt, args, kwargs):
-        self.before = [p.detach().clone() for p in self.params]
+        self.before = [p.detach().clone() if p.grad is not None else None for p in self.params]
 
     @torch.no_grad()
     def post(self, opt, args, kwargs):
+        lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}  # at step time (schedulers)
         for p, w in zip(self.params, self.before):
-            state = opt.state[p]
-            R = state.setdefault("hyperball_radius", self.radius[id(p)])
+            if w is None:
+                continue
+            state = opt.state[p]  # the base optimizer has created it by now
+            R = state.setdefault("hyperball_radius", w.norm(dtype=torch.float32 if w.dtype in LOW else None))
             step = p - w  # = −η·u
             n = step.norm()
-            if p.grad is None or n == 0:
+            if n == 0:
+                p.copy_(w)
                 continue
-            moved = w + self.lr[id(p)]["lr"] * R * step / n  # W − η·R·N(u)
-            p.copy_(R * moved / moved.norm())
+            moved = w + lr[id(p)] * R.to(w.dtype) * step / n  # W − η·R·N(u)
+            p.copy_(R.to(w.dtype) * moved / moved.norm())
+        self.before = []
+
+
+LOW = (torch.float16, torch.bfloat16)
 
 
 def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0, include=None, exclude=None,
@@ -178,24 +200,31 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
                          f"{', '.join(sorted(valid))}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("recipe() takes a plain model and parametrizes it itself; this one is already "
+                         "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
     every = options.pop("every", 1)
     adam_kw = options
     if name == "adamw":
         return _finish(name, [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **adam_kw)])
     hidden, rest = _split(model, include, exclude)
     if name in ("adamw-weight-norm", "multipliers"):
-        owners = {id(p) for _, p in hidden}
+        # each hidden matrix must be one module's ``weight``: that is what weight_norm / a parametrization wraps
+        owners = {id(p): [(q, m, n) for q, m, n in own] for p, own, _ in _candidates(model)}
+        odd = [q for q, p in hidden if len(owners[id(p)]) != 1 or owners[id(p)][0][2] != "weight"]
+        if odd:
+            raise ValueError(f"recipe {name!r} wraps a module's `weight`; {', '.join(odd)} is not one module's "
+                             "own `weight` (tied, or named otherwise, e.g. LSTM/MultiheadAttention): leave it out "
+                             "with exclude=")
         direction, factors = [], []
-        for module in list(model.modules()):
-            w = None if parametrize.is_parametrized(module) else module._parameters.get("weight")
-            if w is None or id(w) not in owners:
-                continue
+        for q, p in hidden:
+            module = owners[id(p)][0][1]
             if name == "multipliers":
-                parametrize.register_parametrization(module, "weight", Multipliers(w.shape, w.dtype, w.device))
+                parametrize.register_parametrization(module, "weight", Multipliers(p.shape, p.dtype, p.device))
                 direction.append(module.parametrizations.weight.original)
                 factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
             else:
@@ -221,8 +250,11 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         on_muon = name.endswith("muon")
         mats = [p for _, p in hidden if p.ndim == 2 or not on_muon]
         others = [p for _, p in hidden if all(p is not m for m in mats)] + rest
+        if not mats:
+            raise ValueError(f"recipe {name!r} found no hidden matrix{' (2-D)' if on_muon else ''} in the model; "
+                             "name them with include=")
         base = _muon(mats, lr, 0.0) if on_muon else torch.optim.AdamW(mats, lr=lr, weight_decay=0.0, **adam_kw)
-        ball = Hyperball(base, mats)
+        ball = Hyperball(mats)
         return _finish(name, [base, _adamw(others, lr, weight_decay, **adam_kw)],
                        lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
     # absorb-muon: a sphere per matrix whose scale grows multiplicatively, Muon stepping on the sphere;
