@@ -170,8 +170,9 @@ def code_version(exp) -> dict:
 
 
 def meta(exp, config, wall_time_s: float, quick: bool) -> dict:
+    code = code_version(exp)
     return {"experiment": exp.name, "complete": True, "quick": quick, "config": config_dict(config),
-            "versions": versions(), "code": code_version(exp), "git_commit": git_commit(),
+            "versions": versions(), "code": code, "git_commit": code["git_commit"],
             "wall_time_s": wall_time_s, "created": now()}
 
 

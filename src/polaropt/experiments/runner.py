@@ -24,16 +24,13 @@ def progress_factory(quiet: bool):
     return functools.partial(tqdm, disable=quiet, leave=False, dynamic_ncols=True)
 
 
-def build_outputs(exp: Experiment, records: list[dict], config, meta: dict, folder: Path) -> list[dict]:
+def build_outputs(exp: Experiment, records: list[dict], config, meta: dict, folder: Path) -> None:
     """Write claims.json, the figures and report.md into ``folder`` from ``records`` and ``config``."""
     claims = exp.claims(records, config)
     rec.write_json(folder / "claims.json", [c.to_dict() for c in claims])
-    for old in list(folder.glob("*.png")) + list(folder.glob("*.svg")):
-        old.unlink()
     figures = exp.figures(records, config, folder)
     (folder / "report.md").write_text(experiment_report(exp, config, claims, figures, meta,
                                                         exp.notes_text(records, config)))
-    return [c.to_dict() for c in claims]
 
 
 def run_experiment(exp: Experiment, config, out_root: Path, *, quick: bool = False, quiet: bool = False) -> Path:

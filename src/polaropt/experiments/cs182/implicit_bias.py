@@ -163,7 +163,7 @@ def figures(records, cfg: Config, out_dir) -> list[str]:
     ax1.legend(fontsize=7)
     rnd = select(records, "point", problem="random")
     for i, m in enumerate(dict.fromkeys(r["method"] for r in rnd)):
-        pts = [r for r in rnd if r["method"] == m]
+        pts = select(rnd, method=m)
         ax2.scatter([r["norm2"] / r["min_norm2"] for r in pts], [r["norm_inf"] / r["min_norm_inf"] for r in pts],
                     label=LABELS[m], s=18, color=f"C{i}")
     ax2.axvline(1, color="gray", lw=0.8, ls=":")
@@ -180,7 +180,7 @@ def details(records, cfg: Config) -> str:
     lines = ["Where each optimizer lands on the random systems (median over draws):", "",
              "| method | ‖θ‖₂/min‖·‖₂ | ‖θ‖∞/min‖·‖∞ | final loss (max) |", "|---|---|---|---|"]
     for m in dict.fromkeys(r["method"] for r in rnd):
-        pts = [r for r in rnd if r["method"] == m]
+        pts = select(rnd, method=m)
         lines.append(f"| {LABELS[m]} | {np.median([r['norm2'] / r['min_norm2'] for r in pts]):.3f} | "
                      f"{np.median([r['norm_inf'] / r['min_norm_inf'] for r in pts]):.3f} | "
                      f"{max(r['loss'] for r in pts):.1e} |")
