@@ -35,6 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--resume", action="store_true",
                      help="skip experiments finished in OUT with the same config and the same code")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    bench = sub.add_parser("bench", help="the real-model benchmark: every recipe on every task, each at its own best "
+                                         "lr, into OUT/bench/ (tables, figures, claims) and OUT/index.html")
+    bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    bench.add_argument("--tasks", default=None, metavar="T1,T2",
+                       help="comma-separated tasks (default: all of fmnist-mlp, fmnist-cnn, charlm)")
+    bench.add_argument("--device", default=None, help="torch device for the runs (default: cpu); with cuda, also "
+                                                      "--set preset=gpu for the larger sizes")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field of every task (repeatable), e.g. --set preset=gpu; "
+                            "`polaropt run bench-charlm --help` lists them")
+    bench.add_argument("--quick", action="store_true", help="reduced settings, for tests (about a minute)")
+    bench.add_argument("--resume", action="store_true",
+                       help="skip tasks finished in OUT with the same config and the same code")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
     rb = sub.add_parser("report", help="rebuild every claims.json, figure, report.md and the index in DIR from "
                                        "its records alone (no re-running)")
     rb.add_argument("dir", help="an output folder of `polaropt reproduce` or `polaropt run`")
@@ -53,13 +67,34 @@ def config_help(exp) -> str:
     return "\n".join(lines)
 
 
+def bench_configs(benchmarks: dict, tasks: list[str] | None, overrides: dict[str, str], quick: bool) -> dict:
+    """{experiment name: config} of the benchmark tasks asked for, each validated with ``overrides``."""
+    names = {e.name.removeprefix("bench-"): e for e in benchmarks.values()}
+    tasks = list(names) if tasks is None else tasks
+    unknown = [t for t in tasks if t not in names]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; valid tasks are "
+                         f"{', '.join(names)}")
+    out = {}
+    for t in tasks:
+        exp = names[t]
+        # a field only some tasks have (data_dir) is applied to those that have it
+        own = {k: v for k, v in overrides.items() if k in exp.config.__dataclass_fields__}
+        unknown_keys = [k for k in overrides if not any(k in e.config.__dataclass_fields__ for e in names.values())]
+        if unknown_keys:
+            raise ValueError(f"unknown config key {unknown_keys[0]!r} for the benchmark; valid keys are "
+                             f"{', '.join(sorted({k for e in names.values() for k in e.config.__dataclass_fields__}))}")
+        out[exp.name] = exp.make_config(quick=quick, overrides=own)
+    return out
+
+
 def _suite(parser):
     """The experiment registry, or a clear exit when the ``experiments`` extra is not installed."""
     try:
-        from .experiments.registry import EXPERIMENTS, get_experiment
+        from .experiments import registry
     except ImportError as e:
         parser.exit(2, f"polaropt: error: {e}\n")
-    return EXPERIMENTS, get_experiment
+    return registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,14 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    experiments, get_experiment = _suite(parser)
+    registry = _suite(parser)
+    experiments, get_experiment = registry.ALL, registry.get_experiment
     from .experiments.framework import parse_set
+    from .experiments.bench.summary import write_summary
     from .experiments.runner import reproduce, report, run_experiment
 
     if args.command == "list":
         width = max(map(len, experiments))
-        for name, exp in experiments.items():
-            print(f"{name:<{width}}  {exp.description}")
+        for title, group in (("reproduction suite (polaropt reproduce)", registry.EXPERIMENTS),
+                             ("benchmark (polaropt bench)", registry.BENCHMARKS)):
+            print(f"{title}:")
+            for name, exp in group.items():
+                print(f"  {name:<{width}}  {exp.description}")
         return 0
     if args.command == "run":
         if args.name is None and not args.help:
@@ -106,13 +146,32 @@ def main(argv: list[str] | None = None) -> int:
         if not quiet:
             print(*parts, file=sys.stderr)
 
+    if args.command == "bench":
+        try:
+            overrides = parse_set(args.overrides)
+            if args.device is not None:
+                overrides["device"] = args.device
+            tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+            configs = bench_configs(registry.BENCHMARKS, tasks, overrides, args.quick)
+        except ValueError as e:
+            parser.exit(2, f"polaropt: error: {e}\n")
+        try:
+            reproduce(Path(args.out), registry.BENCHMARKS, names=list(configs), configs=configs, quick=args.quick,
+                      resume=args.resume, quiet=args.quiet, log=log, index_of=experiments)
+        except FileNotFoundError as e:  # a dataset is missing: the message names its install command
+            parser.exit(2, f"polaropt: error: {e}\n")
+        summary = write_summary(Path(args.out), registry.BENCHMARKS)
+        print(summary.read_text())
+        return 0
     if args.command == "report":
         try:
             index = report(Path(args.dir), experiments, log=log)
+            write_summary(Path(args.dir), registry.BENCHMARKS, missing_ok=True)
         except (ValueError, OSError) as e:
             parser.exit(2, f"polaropt: error: {e}\n")
     else:
-        index = reproduce(Path(args.out), experiments, quick=args.quick, resume=args.resume, quiet=args.quiet, log=log)
+        index = reproduce(Path(args.out), registry.EXPERIMENTS, quick=args.quick, resume=args.resume,
+                          quiet=args.quiet, log=log, index_of=experiments)
     print(index.read_text().split("\n## Not reproduced")[0])
     return 0
 

@@ -203,6 +203,12 @@ class Experiment:
     notes: Path  # Markdown, formatted with {config.FIELD}
     details: Callable[[list[dict], Any], str] | None = None  # records -> extra Markdown for the notes
     key_figure: str | None = None  # the PNG the index shows first (default: the first one)
+    folder: str | None = None  # where its run goes under the output folder (default: its name)
+
+    @property
+    def path(self) -> str:
+        """The run folder, relative to the output folder (``NAME``, or e.g. ``bench/TASK``)."""
+        return self.folder or self.name
 
     def __post_init__(self):
         if not isinstance(self.quick, self.config):

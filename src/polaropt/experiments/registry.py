@@ -1,7 +1,9 @@
-"""The suite's experiments, in the order ``polaropt reproduce`` runs them: one explicit list."""
+"""The suite's experiments, in the order ``polaropt reproduce`` runs them, and the benchmark's tasks, in
+the order ``polaropt bench`` runs them: two explicit lists."""
 
 from __future__ import annotations
 
+from .bench import charlm, fmnist_cnn, fmnist_mlp
 from .chou import sparse
 from .cs182 import implicit_bias, rms
 from .framework import Experiment
@@ -14,9 +16,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     sparse.EXPERIMENT,
     implicit_bias.EXPERIMENT, rms.EXPERIMENT,
 )}
+BENCHMARKS: dict[str, Experiment] = {e.name: e for e in (
+    fmnist_mlp.EXPERIMENT, fmnist_cnn.EXPERIMENT, charlm.EXPERIMENT,
+)}
+ALL: dict[str, Experiment] = {**EXPERIMENTS, **BENCHMARKS}  # what `polaropt run`, `report` and the index know
 
 
 def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; valid choices are {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
+    if name not in ALL:
+        raise ValueError(f"unknown experiment {name!r}; valid choices are {', '.join(sorted(ALL))}")
+    return ALL[name]

@@ -70,8 +70,8 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
 
 def _runs(out_root: Path, experiments: dict):
     """(name, folder, meta, claims) of every finished run in ``out_root``, in the suite's order."""
-    for name in experiments:
-        d = out_root / name
+    for name, exp in experiments.items():
+        d = out_root / exp.path
         if (d / "meta.json").exists() and (d / "claims.json").exists():
             yield name, d, json.loads((d / "meta.json").read_text()), json.loads((d / "claims.json").read_text())
 
@@ -95,7 +95,7 @@ def _index_md(runs, experiments, missing, passed, total) -> str:
     md += ["", "| experiment | description | claims reproduced | quick | wall time (s) | report |", "|---|---|---|---|---|---|"]
     for name, d, meta, claims in runs:
         md.append(f"| {name} | {_cell(experiments[name].description)} | {sum(c['passed'] for c in claims)}/{len(claims)} "
-                  f"| {meta['quick']} | {meta['wall_time_s']:.1f} | [{name}/report.md]({name}/report.md) |")
+                  f"| {meta['quick']} | {meta['wall_time_s']:.1f} | [{experiments[name].path}/report.md]({experiments[name].path}/report.md) |")
     failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
     md += ["", f"## Not reproduced ({len(failed)})", ""]
     md += [f"- `{c['id']}` ({name}): {_cell(c['statement'])} Expected {_cell(c['expected'])}; measured "
@@ -154,9 +154,9 @@ def _index_html(runs, experiments, missing, passed, total) -> str:
         exp = experiments[name]
         ok = sum(c["passed"] for c in claims)
         h.append(f"<section id='{e(name)}'><h2>{e(name)} <span class='muted'>{ok}/{len(claims)} reproduced · "
-                 f"<a href='{e(name)}/report.md'>full report</a> · {meta['wall_time_s']:.1f} s</span></h2>"
+                 f"<a href='{e(exp.path)}/report.md'>full report</a> · {meta['wall_time_s']:.1f} s</span></h2>"
                  f"<p>{e(exp.description)}</p><div class='exp'><div class='figs'>")
-        h += [f"<a href='{e(name)}/{e(png.name)}' title='open full size'>{_img(png, 'fig')}</a>"
+        h += [f"<a href='{e(exp.path)}/{e(png.name)}' title='open full size'>{_img(png, 'fig')}</a>"
               for png in sorted(d.glob("*.png"))]
         h.append("</div><div class='claims'><table><tr><th>claim</th><th>result</th></tr>")
         for c in claims:
@@ -173,7 +173,10 @@ def write_index(out_root: Path, experiments: dict) -> Path:
     """Write ``index.md`` and ``index.html`` for every finished run in ``out_root``; return index.md."""
     out_root = Path(out_root)
     runs = list(_runs(out_root, experiments))
-    missing = [n for n in experiments if n not in {r[0] for r in runs}]
+    # an experiment is missing when another of its group ran (the suite's, or the benchmark's bench/ folder)
+    group = {n: e.path.split("/")[0] if "/" in e.path else "" for n, e in experiments.items()}
+    ran = {r[0] for r in runs}
+    missing = [n for n in experiments if n not in ran and group[n] in {group[r] for r in ran}]
     total = sum(len(c) for *_, c in runs)
     passed = sum(sum(x["passed"] for x in c) for *_, c in runs)
     write_text_atomic(out_root / "index.md", _index_md(runs, experiments, missing, passed, total))

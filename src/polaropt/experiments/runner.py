@@ -35,7 +35,8 @@ def build_outputs(exp: Experiment, records: list[dict], config, meta: dict, fold
 
 def run_experiment(exp: Experiment, config, out_root: Path, *, quick: bool = False, quiet: bool = False) -> Path:
     """Run ``exp`` with ``config`` and write ``out_root/NAME/`` atomically; return that folder."""
-    final = Path(out_root) / exp.name
+    final = Path(out_root) / exp.path
+    final.parent.mkdir(parents=True, exist_ok=True)
     with rec.atomic(final, directory=True) as tmp:
         t0 = time.perf_counter()
         records = exp.run(config, progress_factory(quiet))
@@ -79,7 +80,7 @@ def report(out_root: Path, experiments: dict[str, Experiment], log=print) -> Pat
     rebuilt and the index written, then a ValueError lists what failed, with each folder's path.
     """
     out_root = Path(out_root)
-    found = [out_root / n for n in experiments if (out_root / n / "meta.json").exists()]
+    found = [out_root / e.path for e in experiments.values() if (out_root / e.path / "meta.json").exists()]
     if not found:
         raise ValueError(f"{out_root} holds no finished run of any experiment ({', '.join(experiments)}); "
                          "run `polaropt reproduce --out DIR` first")
@@ -98,16 +99,22 @@ def report(out_root: Path, experiments: dict[str, Experiment], log=print) -> Pat
 
 
 def reproduce(out_root: Path, experiments: dict[str, Experiment], *, quick: bool = False, resume: bool = False,
-              quiet: bool = False, names: list[str] | None = None, log=print) -> Path:
+              quiet: bool = False, names: list[str] | None = None, log=print, configs: dict | None = None,
+              index_of: dict[str, Experiment] | None = None) -> Path:
     """Run every experiment (with ``resume``, skip those finished with the same config and code), then
-    the index."""
+    the index of every finished run of ``index_of`` (default: ``experiments``) in ``out_root``.
+
+    ``configs`` ({name: config}) replaces the default configs of those it names (``polaropt bench``'s
+    ``--set`` and ``--device``).
+    """
     out_root = Path(out_root)
     t0 = time.perf_counter()
+    configs = configs or {}
     for name in names or list(experiments):
         exp = experiments[name]
-        config = exp.make_config(quick=quick)
+        config = configs.get(name) or exp.make_config(quick=quick)
         if resume:
-            stale = rec.why_stale(out_root / name, exp, config, quick)
+            stale = rec.why_stale(out_root / exp.path, exp, config, quick)
             if stale is None:
                 log(f"{name}: finished earlier with this config and code, skipped (--resume)")
                 continue
@@ -115,6 +122,6 @@ def reproduce(out_root: Path, experiments: dict[str, Experiment], *, quick: bool
         t = time.perf_counter()
         run_experiment(exp, config, out_root, quick=quick, quiet=quiet)
         log(f"{name}: done in {time.perf_counter() - t:.1f} s")
-    index = write_index(out_root, experiments)
-    log(f"suite done in {time.perf_counter() - t0:.1f} s: {index}")
+    index = write_index(out_root, index_of or experiments)
+    log(f"done in {time.perf_counter() - t0:.1f} s: {index}")
     return index

