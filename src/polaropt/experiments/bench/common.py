@@ -38,7 +38,7 @@ from . import tasks
 FIXES = {"polar-absorb-every10": ("polar-absorb", {"every": 10}),
          "polar-absorb-handover": ("polar-absorb", {})}
 ENTRIES = (*po.RECIPES, *FIXES)
-LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 # Hyperball's lr is the fraction of ‖W‖ one step moves (≈ 10-50 × an AdamW lr's relative step at these
 # initializations); absorb-muon's direction has unit Frobenius norm per matrix, so Muon's RMS-matched
 # step is large relative to its entries
@@ -71,7 +71,8 @@ class BenchConfig:
     worse_tol: float = param(0.01, "'not worse than AdamW': final loss at most this fraction above AdamW's")
     time_rounds: int = param(7, "timing rounds (each times every recipe in turn)")
     time_steps: int = param(10, "steps timed per recipe per round")
-    workers: int = param(2, "processes the runs are spread over (1: all in this process)")
+    workers: int = param(2, "CPU processes of one thread each the runs are spread over (1: all in this process, "
+                            "as on a GPU)")
 
     def scales(self) -> dict[str, float]:
         """``lr_scale`` as {recipe: factor}; a malformed item or an unknown recipe is refused."""
@@ -226,7 +227,7 @@ def _init_worker():
 
 def run_all(task_name: str, cfg, jobs: list[tuple], progress, desc: str) -> list[dict]:
     """Run ``jobs`` ((entry, lr, seed, phase) each) here or over ``cfg.workers`` processes; records in job order."""
-    if cfg.workers == 1 or len(jobs) == 1:
+    if cfg.workers == 1 or len(jobs) == 1 or cfg.device != "cpu":  # one GPU: its runs go one after another
         bar = progress(jobs, desc=desc)
         return [r for job in bar for r in train_one(task_name, cfg, *job)]
     ctx = multiprocessing.get_context("spawn")
