@@ -192,19 +192,62 @@ def test_schedule_warms_up_then_decays_to_zero():
     ("recipes", "adamw,sgd", "unknown recipe 'sgd'"), ("recipes", "muon,polar-absorb", "must include adamw"),
     ("lrs", "0.001,0.01,0.1", "at least 4"), ("lrs", "0.001,0.001,0.01,0.1", "repeats"),
     ("lr_scale", "muon=x", "RECIPE=FACTOR"), ("lr_scale", "nope=2", "RECIPE=FACTOR"), ("preset", "tpu", "valid presets"),
-    ("seeds", "0", "seeds must be >= 1"), ("steps", "-1", "steps must be >= 0")])
+    ("seeds", "0", "seeds must be >= 1"), ("steps", "-1", "steps must be >= 0"),
+    ("lr_scale", "muon=2,muon=3", "repeats"), ("recipes", "adamw", "at least one recipe besides adamw"),
+    ("warmup", "0", "handover"), ("early", "0.95", "early")])
 def test_bad_configs_are_refused_naming_the_choices(key, value, match):
     with pytest.raises(ValueError, match=match):
         BENCHMARKS["bench-fmnist-mlp"].make_config(overrides={key: value})
 
 
 @needs_fmnist
-def test_a_diverging_run_is_recorded_as_diverged(tmp_path):
+@pytest.mark.parametrize("entry", ["adamw", "polar-absorb"])  # NaN loss / polaropt's guard stopping the step
+def test_a_diverging_run_is_recorded_as_diverged(entry):
     cfg = MLPConfig(steps=6, width=8, batch=8, evals=3, workers=1)
-    recs = common.train_one("fmnist-mlp", cfg, "adamw", 1e6, 0, "search")
+    recs = common.train_one("fmnist-mlp", cfg, entry, 1e30, 0, "search")
     loss = next(r for r in recs if r["metric"] == "val_loss")
     assert loss["diverged"] is not None and loss["value"][-1] is None and loss["value"][0] is not None
-    assert common.final(loss["value"]) == math.inf
+    assert common.final_loss(loss["value"]) == math.inf
+
+
+@needs_fmnist
+def test_the_handover_fix_swaps_to_plain_adamw_after_warm_up(monkeypatch):
+    cfg = MLPConfig(steps=20, width=8, batch=8, evals=2, workers=1, warmup=0.25)
+    seen = []
+    real = po.unpolarize_model
+
+    def spy(model):
+        seen.append(len(list(po.polar_tensors(model))))
+        return real(model)
+
+    monkeypatch.setattr(common.po, "unpolarize_model", spy)
+    recs = common.train_one("fmnist-mlp", cfg, "polar-absorb-handover", 1e-3, 0, "search")
+    assert seen == [2]  # once, with both hidden matrices polarized
+    loss = next(r for r in recs if r["metric"] == "val_loss")
+    assert loss["diverged"] is None and all(math.isfinite(v) for v in loss["value"])
+
+
+@needs_fmnist
+def test_worker_processes_give_the_records_of_a_one_thread_run():
+    cfg = MLPConfig(steps=5, width=8, batch=8, evals=1, workers=2)
+    jobs = [("adamw", 1e-3, 0, "search"), ("polar-absorb", 1e-3, 1, "seed")]
+    pooled = common.run_all("fmnist-mlp", cfg, jobs, lambda *a, **k: __import__("tqdm").tqdm(*a, disable=True, **k), "t")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = [r for job in jobs for r in common.train_one("fmnist-mlp", cfg, *job)]
+    finally:
+        torch.set_num_threads(threads)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "value" or r["metric"] != "wall_s"} for r in rs]  # noqa: E731
+    assert strip(pooled) == strip(here)
+
+
+def test_a_gpu_run_rebuilds_on_a_cpu_machine():
+    from polaropt.experiments.framework import config_from_dict
+    from polaropt.experiments.records import config_dict
+
+    cfg = config_from_dict(MLPConfig, {**config_dict(MLPConfig()), "device": "cuda", "preset": "gpu"})
+    assert cfg.device == "cuda"  # only running needs CUDA (require_data checks it), not reading the records
 
 
 # ---- statistics on hand-made records --------------------------------------------------------------
@@ -256,6 +299,11 @@ def test_claims_fail_when_the_records_say_so():
     assert not by_id["not-worse-polar-absorb-every10@t"].passed
     st = analysis.Stats(recs, cfg, "t")
     assert st.steps_to_adamw("adamw") == 100 and st.steps_to("polar-absorb", 1.5) == 75
+    assert st.steps_to("adamw", 1.16) == 60  # 1.2 at step 50, 1.1 at 75: interpolated
+    assert st.steps_to("adamw", math.inf) is None
+    # the handover fix runs absorb for the warm-up (5 of 100 steps), AdamW after
+    st.step_time.update({"adamw": 1.0, "polar-absorb-every10": 2.0})
+    assert st.time_ratio("polar-absorb-every10") == 2.0
     # the source's picture: absorb fast early, then slow; both claims hold
     early_fast = [3.0, 1.2, 1.15, 1.12, 1.1]
     recs = _records({"adamw": [1.5, 1.0, 1.2, 1.4], "polar-absorb": [1.5, 1.1, 1.6, 1.9]},
@@ -264,6 +312,32 @@ def test_claims_fail_when_the_records_say_so():
     by_id = {c.id: c for c in analysis.claims(recs, CharConfig(recipes=("adamw", "polar-absorb"), evals=4,
                                                                lr_scale=(), lrs=cfg.lrs), "t")}
     assert by_id["absorb-early@t"].passed and by_id["absorb-late@t"].passed
+
+
+def test_edge_cases_of_the_statistics():
+    cfg = CharConfig(recipes=("adamw", "polar-normalize", "polar-absorb-handover"), evals=4, lr_scale=(),
+                     lrs=(1e-4, 1e-3, 1e-2, 1e-1))
+    c = [3.0, 2.0, 1.5, 1.2, 1.0]
+    recs = _records({"adamw": [1.05, 1.0, 1.04, 1.1], "polar-normalize": [None, None, None, None],
+                     "polar-absorb-handover": [1.2, 1.0, 1.3, 1.5]},
+                    {"adamw": c, "polar-normalize": c, "polar-absorb-handover": c}, cfg,
+                    times={"adamw": 1.0, "polar-absorb-handover": 3.0})
+    st = analysis.Stats(recs, cfg, "t")
+    assert st.lr_window("polar-normalize") == (0.0, False)  # diverged everywhere: no window, not the whole grid
+    assert st.time_ratio("polar-absorb-handover") == pytest.approx((5 * 3.0 + 95 * 1.0) / 100)
+    claim = next(c for c in analysis.claims(recs, cfg, "t") if c.id == "lr-window-polar-normalize@t")
+    assert not claim.passed
+    # AdamW's own window reaches the grid's end: no recipe can be shown wider
+    recs = _records({"adamw": [1.05, 1.0, 1.04, 1.1], "polar-normalize": [1.0, 1.0, 1.0, 1.0],
+                     "polar-absorb-handover": [1.2, 1.0, 1.3, 1.5]},
+                    {"adamw": c, "polar-normalize": c, "polar-absorb-handover": c}, cfg)
+    claim = next(c for c in analysis.claims(recs, cfg, "t") if c.id == "lr-window-polar-normalize@t")
+    assert not claim.passed and "inconclusive" in claim.measured
+    # AdamW diverged: no comparison is made, one failed claim says why
+    bad = [dict(r, value=r["value"][:-1] + [None]) if r.get("recipe") == "adamw" and r.get("phase") == "seed" else r
+           for r in recs]
+    claims = analysis.claims(bad, cfg, "t")
+    assert [c.id for c in claims] == ["adamw-trains@t"] and not claims[0].passed
 
 
 # ---- end to end ----------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_overrides_are_typed():
     (["run", "liu-far-target", "--set", "steps"], "--set takes key=value"),
     (["run", "liu-far-target", "--set", "states=keep,transport"], "states must include 'keep'"),
     (["run", "liu-far-target", "--set", "w0=1,2,3"], "w0 has 3 entries but target has 2"),
-    (["run", "nope"], "unknown experiment 'nope'; valid choices are chou-sparse, cs182-implicit-bias"),
+    (["run", "nope"], "unknown experiment 'nope'; valid choices are bench-charlm, bench-fmnist-cnn, bench-fmnist-mlp, chou-sparse"),
     (["run", "liu-far-target", "--set", "seeds=3"], "unknown config key 'seeds'"),
     (["run", "liu-linreg", "--set", "seeds=0"], "seeds.*>= 1"),
     (["run", "liu-linreg", "--seeds", "3"], "unrecognized arguments: --seeds"),

@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
             config = exp.make_config(quick=args.quick, overrides=parse_set(args.overrides))
-        except ValueError as e:
+            if exp.name in registry.BENCHMARKS:
+                from .experiments.bench.common import require_data
+
+                require_data(exp.name.removeprefix("bench-"), config)
+        except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: bench data.DataMissing, naming the install
             parser.exit(2, f"polaropt: error: {e}\n")
         out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
         claims = json.loads((out / "claims.json").read_text())
@@ -155,11 +159,16 @@ def main(argv: list[str] | None = None) -> int:
             configs = bench_configs(registry.BENCHMARKS, tasks, overrides, args.quick)
         except ValueError as e:
             parser.exit(2, f"polaropt: error: {e}\n")
-        try:
-            reproduce(Path(args.out), registry.BENCHMARKS, names=list(configs), configs=configs, quick=args.quick,
-                      resume=args.resume, quiet=args.quiet, log=log, index_of=experiments)
-        except FileNotFoundError as e:  # a dataset is missing: the message names its install command
+        from .experiments.bench.common import require_data
+        from .experiments.bench.data import DataMissing
+
+        try:  # every task's data is read before anything runs: a missing dataset names its install command
+            for name, config in configs.items():
+                require_data(name.removeprefix("bench-"), config)
+        except (DataMissing, ValueError) as e:
             parser.exit(2, f"polaropt: error: {e}\n")
+        reproduce(Path(args.out), registry.BENCHMARKS, names=list(configs), configs=configs, quick=args.quick,
+                  resume=args.resume, quiet=args.quiet, log=log, index_of=experiments)
         summary = write_summary(Path(args.out), registry.BENCHMARKS)
         print(summary.read_text())
         return 0

@@ -22,18 +22,19 @@ The fixes, for absorb's slow late phase (Liu 000, observation 2):
 from __future__ import annotations
 
 import math
+import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-import multiprocessing
 
 import torch
 
 import polaropt as po
 
 from ..framework import param, require_distinct
-from . import tasks
+from ..records import by
+from . import data, tasks
 
 FIXES = {"polar-absorb-every10": ("polar-absorb", {"every": 10}),
          "polar-absorb-handover": ("polar-absorb", {})}
@@ -86,6 +87,8 @@ class BenchConfig:
             if name not in ENTRIES or not (math.isfinite(value) and value > 0):
                 raise ValueError(f"lr_scale item {item!r}: expected RECIPE=FACTOR with a recipe of {', '.join(ENTRIES)} "
                                  "and a positive factor")
+            if name in out:
+                raise ValueError(f"lr_scale repeats {name!r}: give each recipe once, got {self.lr_scale}")
             out[name] = value
         return out
 
@@ -100,8 +103,9 @@ class BenchConfig:
         unknown = [r for r in self.recipes if r not in ENTRIES]
         if unknown:
             raise ValueError(f"unknown recipe {', '.join(map(repr, unknown))}; valid recipes are {', '.join(ENTRIES)}")
-        if "adamw" not in self.recipes:
-            raise ValueError(f"recipes must include adamw (every comparison is against it), got {self.recipes}")
+        if "adamw" not in self.recipes or len(self.recipes) < 2:
+            raise ValueError(f"recipes must include adamw (every comparison is against it) and at least one recipe "
+                             f"besides adamw, got {self.recipes}")
         require_distinct(recipes=self.recipes, lrs=self.lrs)
         self.scales()
         if len(self.lrs) < 4 or any(lr <= 0 for lr in self.lrs):
@@ -116,8 +120,14 @@ class BenchConfig:
             raise ValueError(f"need 0 <= warmup < 1, 0 < early < 1, window > 0 and worse_tol >= 0, got "
                              f"warmup={self.warmup}, early={self.early}, window={self.window}, "
                              f"worse_tol={self.worse_tol}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but torch finds no CUDA device here; use device=cpu")
+        if self.early > 1 - 1 / self.evals:
+            raise ValueError(f"early={self.early} falls on the last of evals={self.evals} evaluations: nothing is left "
+                             f"for 'late'; use early <= {1 - 1 / self.evals:g} or more evals")
+        if self.warmup == 0 and "polar-absorb-handover" in self.recipes:
+            raise ValueError("warmup=0 leaves polar-absorb-handover no absorb phase (it hands over to AdamW after the "
+                             "warm-up): use warmup > 0 or leave it out of recipes")
+        # the device is checked when a run starts (require_data), not here: a GPU run's records must
+        # rebuild (`polaropt report`) on a machine without one
 
 
 def sizes(task: str, cfg) -> dict:
@@ -140,6 +150,27 @@ def lr_factor(steps: int, warmup: float):
             return (t + 1) / w
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - w) / max(1, steps - w))))
     return factor, w
+
+
+def require_data(task_name: str, cfg) -> None:
+    """Refuse, before anything runs, a device torch cannot use here or a dataset that is not installed
+    (``data.DataMissing`` names its install command)."""
+    if cfg.device != "cpu":
+        try:
+            torch.empty(0, device=cfg.device)
+        except (RuntimeError, AssertionError) as e:
+            raise ValueError(f"device={cfg.device!r} cannot be used here ({e}); use device=cpu") from None
+    if task_name.startswith("fmnist"):
+        data.fashion_mnist(cfg.data_dir)
+    else:
+        data.bible_text()
+
+
+def _sync(device: str):
+    """A callable that waits for ``device``'s queued work (a no-op on CPU)."""
+    if device.startswith("cuda"):
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def make_optimizer(entry: str, model, lr: float, weight_decay: float):
@@ -179,7 +210,7 @@ def train_one(task_name: str, cfg, entry: str, lr: float, seed: int, phase: str)
     curves = {"val_loss": [], "val_acc": [], "train_loss": [], "wall_s": []}
     diverged, wall, since, running = None, 0.0, 0, torch.zeros((), device=cfg.device)
     batches = task.batches(seed, steps)
-    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    sync = _sync(cfg.device)
     for t in range(steps + 1):
         if t in at:
             ev = task.evaluate(model) if diverged is None else {}
@@ -191,7 +222,7 @@ def train_one(task_name: str, cfg, entry: str, lr: float, seed: int, phase: str)
             curves["train_loss"].append(train_loss if diverged is None else None)
             curves["wall_s"].append(wall)
             running, since = torch.zeros((), device=cfg.device), 0
-        if t == steps or diverged is not None and t >= at[-1]:
+        if t == steps:
             break
         if diverged is not None:
             continue
@@ -227,7 +258,7 @@ def _init_worker():
 
 def run_all(task_name: str, cfg, jobs: list[tuple], progress, desc: str) -> list[dict]:
     """Run ``jobs`` ((entry, lr, seed, phase) each) here or over ``cfg.workers`` processes; records in job order."""
-    if cfg.workers == 1 or len(jobs) == 1 or cfg.device != "cpu":  # one GPU: its runs go one after another
+    if cfg.workers == 1 or cfg.device != "cpu":  # one GPU: its runs go one after another
         bar = progress(jobs, desc=desc)
         return [r for job in bar for r in train_one(task_name, cfg, *job)]
     ctx = multiprocessing.get_context("spawn")
@@ -242,7 +273,7 @@ def run_all(task_name: str, cfg, jobs: list[tuple], progress, desc: str) -> list
     return out
 
 
-def final(values: list) -> float:
+def final_loss(values: list) -> float:
     """A run's final validation loss (+∞ when it diverged)."""
     v = values[-1]
     return math.inf if v is None else v
@@ -250,7 +281,8 @@ def final(values: list) -> float:
 
 def run_task(task_name: str, cfg, progress) -> list[dict]:
     """The whole protocol on one task: lr search, seeds, timing. Returns the records."""
-    info = task_for(task_name, cfg).info  # reads the data: a missing dataset fails here, before any run
+    require_data(task_name, cfg)
+    info = task_for(task_name, cfg).info
     records = [{"kind": "scalar", "metric": "sizes", "value": sizes(task_name, cfg)},
                {"kind": "scalar", "metric": "data", "value": info}]
     search = [(e, lr, 0, "search") for e in cfg.recipes for lr in cfg.grid(e)]
@@ -259,46 +291,58 @@ def run_task(task_name: str, cfg, progress) -> list[dict]:
     more = [(e, best[e], seed, "seed") for e in cfg.recipes for seed in range(1, cfg.seeds)]
     if more:
         records += run_all(task_name, cfg, more, progress, f"{task_name}: seeds")
-    records += time_steps(task_name, cfg, best, progress)
+    records += time_recipes(task_name, cfg, best, progress)
     return records
 
 
 def best_lrs(records: list[dict], cfg) -> dict[str, float]:
     """Each entry's lr with the lowest final validation loss in the search (the smaller lr on a tie)."""
-    from ..records import by
-
     finals = by(records, ("recipe", "lr"), kind="curve", metric="val_loss", phase="search")
-    return {e: min(cfg.grid(e), key=lambda lr: (final(finals[(e, lr)]), lr)) for e in cfg.recipes}
+    return {e: min(cfg.grid(e), key=lambda lr: (final_loss(finals[(e, lr)]), lr)) for e in cfg.recipes}
 
 
-def time_steps(task_name: str, cfg, best: dict[str, float], progress) -> list[dict]:
-    """Median seconds per training step of every entry at its best lr, interleaved in this process."""
+def time_recipes(task_name: str, cfg, best: dict[str, float], progress) -> list[dict]:
+    """Median seconds per training step of every entry at its best lr, interleaved in this process.
+
+    The step time does not depend on where training is; a step that polaropt's guard stops (a NaN at the
+    peak lr, from the initialization) restarts that entry afresh and its round is not counted."""
     task = task_for(task_name, cfg)
-    sync = torch.cuda.synchronize if cfg.device.startswith("cuda") else (lambda: None)
+    sync = _sync(cfg.device)
     n = cfg.time_steps
     batches = task.batches(12345, n)
     runs = {}
-    for e in cfg.recipes:
+
+    def fresh(e):
         model = task.model(0)
         runs[e] = (model, make_optimizer(e, model, best[e], cfg.weight_decay))
 
-    def steps(entry):
+    def steps(entry) -> bool:
         model, opt = runs[entry]
-        for x, y in batches:
-            loss = task.loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        try:
+            for x, y in batches:
+                loss = task.loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        except FloatingPointError:
+            fresh(entry)
+            return False
         sync()
+        return True
 
     for e in cfg.recipes:  # warm-up: first calls allocate state and caches
+        fresh(e)
         steps(e)
     samples = {e: [] for e in cfg.recipes}
     order = list(cfg.recipes)
     for r in progress(range(cfg.time_rounds), desc=f"{task_name}: timing"):
         for e in order[r % len(order):] + order[:r % len(order)]:
             t0 = time.perf_counter()
-            steps(e)
-            samples[e].append((time.perf_counter() - t0) / n)
+            if steps(e):
+                samples[e].append((time.perf_counter() - t0) / n)
+    lost = [e for e, v in samples.items() if not v]
+    if lost:
+        raise FloatingPointError(f"{task_name}: every timing round of {', '.join(lost)} hit a NaN/Inf gradient at its "
+                                 "best lr from the initialization")
     return [{"kind": "point", "metric": "step_time", "recipe": e, "lr": best[e],
              "value": statistics.median(samples[e]), "samples": samples[e]} for e in cfg.recipes]

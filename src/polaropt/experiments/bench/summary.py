@@ -34,7 +34,7 @@ def _finished(out_root: Path, benchmarks: dict) -> dict[str, Stats]:
 def headline(stats: dict[str, Stats]) -> list[str]:
     """The recipe × task table: final loss, steps to AdamW's final loss, step time × AdamW."""
     recipes = list(dict.fromkeys(e for st in stats.values() for e in st.recipes))
-    head = "| recipe | " + " | ".join(stats) + " |"
+    head = "| recipe | " + " | ".join(f"{t} ({st.cfg.preset}, {st.steps} steps)" for t, st in stats.items()) + " |"
     lines = [head, "|---|" + "---|" * len(stats)]
     for e in recipes:
         cells = []
