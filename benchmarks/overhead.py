@@ -31,33 +31,18 @@ from torch import nn
 
 import polaropt as po
 from polaropt import fold
+from polaropt.experiments.bench.tasks import Block  # the benchmark's pre-norm block: fused qkv, 4× GELU MLP
 from records import new_record, time_interleaved, write_record
 
 MODES = ("free", "normalize", "project", "absorb")
 VARIANTS = ("plain", "guard", *MODES, "absorb-unfolded", "weight_norm")
 
 
-class Block(nn.Module):
-    def __init__(self, d: int, heads: int = 4):
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.out(nn.functional.gelu(self.fc(self.ln2(x))))
-
-
 class GPT(nn.Module):
     def __init__(self, d: int, vocab: int = 256, blocks: int = 4, seq: int = 128):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
-        self.blocks = nn.Sequential(*[Block(d) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[Block(d, heads=4) for _ in range(blocks)])
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight
