@@ -12,8 +12,10 @@ import statistics
 
 import numpy as np
 
+from pathlib import Path
+
 from ..figures import new_figure, save
-from ..framework import Check, Claim, fmt
+from ..framework import Check, Claim, Experiment, fmt
 from ..records import by, one, select
 from .common import FEWER_STEPS, FIXES, SRC_000, WN_STYLE, best_lrs, final_loss, lr_factor
 
@@ -102,17 +104,21 @@ class Stats:
         if not math.isfinite(y[i]):  # diverged at every lr: no window at all
             return 0.0, False
         limit = y[i] * (1 + self.cfg.window)
-        lo, hi, censored = x[i], x[i], False
-        j = i
-        while j > 0 and y[j - 1] <= limit:
-            j -= 1
-        lo = x[j] if j == 0 or not math.isfinite(y[j - 1]) else x[j] - (x[j] - x[j - 1]) * (limit - y[j]) / (y[j - 1] - y[j])
-        censored |= j == 0
-        k = i
-        while k < len(x) - 1 and y[k + 1] <= limit:
-            k += 1
-        hi = x[k] if k == len(x) - 1 or not math.isfinite(y[k + 1]) else x[k] + (x[k + 1] - x[k]) * (limit - y[k]) / (y[k + 1] - y[k])
-        censored |= k == len(x) - 1
+
+        def edge(step: int) -> tuple[float, bool]:
+            """Walk from the best lr (step −1: down, +1: up) while the loss stays within the limit; the edge is
+            interpolated towards the first lr outside it, or is the grid's end (censored)."""
+            j = i
+            while 0 <= j + step < len(x) and y[j + step] <= limit:
+                j += step
+            if not 0 <= j + step < len(x):
+                return x[j], True
+            if not math.isfinite(y[j + step]):  # diverged next door: the window ends at the last good lr
+                return x[j], False
+            return x[j] + (x[j + step] - x[j]) * (limit - y[j]) / (y[j + step] - y[j]), False
+
+        (lo, cens_lo), (hi, cens_hi) = edge(-1), edge(+1)
+        censored = cens_lo or cens_hi
         return float(hi - lo), censored
 
 
@@ -232,9 +238,21 @@ def figures(records: list[dict], cfg, out_dir, task: str) -> list[str]:
                 lw=2.4 if e == "adamw" else 1.2, label=e)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"final validation loss, seed 0 (clipped at {ceiling:.3g}; diverged runs sit there)")
-    ax.set_title(f"{task}: lr sensitivity")
+    ax.set_ylabel("final validation loss (seed 0)")
+    ax.set_title(f"{task}: lr sensitivity (clipped at {ceiling:.3g}: diverged runs sit there)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     names += save(fig, out_dir, "lr")
     return names
+
+
+def experiment(task: str, description: str, config: type, quick, run) -> Experiment:
+    """The ``Experiment`` of one benchmark task: its run goes to ``OUT/bench/TASK``; claims, figures and the
+    results table are this module's, for that task; the notes are ``bench.md``."""
+    return Experiment(
+        name=f"bench-{task}", folder=f"bench/{task}", description=description,
+        sources=("000_cf93c4077b34771f.txt", "002_3dce160b64f5f734.txt"), config=config, quick=quick, run=run,
+        claims=lambda records, cfg: claims(records, cfg, task),
+        figures=lambda records, cfg, out: figures(records, cfg, out, task),
+        details=lambda records, cfg: details(records, cfg, task),
+        notes=Path(__file__).with_name("bench.md"), key_figure="curves.png")
