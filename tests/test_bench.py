@@ -354,6 +354,8 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     assert all(f"| {e} |" in summary for e in common.ENTRIES) and (tmp_path / "bench" / "summary.png").exists()
     index = (tmp_path / "index.md").read_text()
     assert "bench/charlm/report.md" in index and "liu-far-target" not in index  # the suite did not run here
+    assert "[bench/summary.md](bench/summary.md)" in index and "bench/summary.md" in (tmp_path / "index.html").read_text()
+    assert f"summary: {tmp_path / 'bench' / 'summary.md'}" in out
     report = (tmp_path / "bench" / "fmnist-mlp" / "report.md").read_text()
     assert "| polar-absorb-handover |" in report and "step time × AdamW" in report
     # --resume skips the finished tasks; `polaropt report` rebuilds them and the summary from disk
@@ -370,6 +372,7 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("argv,match", [
     (["--tasks", "mnist"], "unknown task 'mnist'; valid tasks are fmnist-mlp, fmnist-cnn, charlm"),
     (["--set", "nope=1"], "unknown config key 'nope'"),
+    (["--tasks", "charlm,charlm"], "names a task twice"),
     (["--set", "data_dir=/nonexistent", "--tasks", "fmnist-mlp"], "apt-get install -y dataset-fashion-mnist"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--tasks", "x"], "cuda|unknown task")])
 def test_bench_refuses_bad_input_with_exit_2(tmp_path, capsys, argv, match):

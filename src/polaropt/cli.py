@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="torch device for the runs (default: cpu); with cuda, also "
                                                       "--set preset=gpu for the larger sizes")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field of every task (repeatable), e.g. --set preset=gpu; "
-                            "`polaropt run bench-charlm --help` lists them")
+                       help="override a config field of every task that has it (repeatable), e.g. --set "
+                            "preset=gpu; `polaropt run bench-fmnist-mlp --help` lists them (data_dir: the "
+                            "Fashion-MNIST tasks only)")
     bench.add_argument("--quick", action="store_true", help="reduced settings, for tests (about a minute)")
     bench.add_argument("--resume", action="store_true",
                        help="skip tasks finished in OUT with the same config and the same code")
@@ -60,7 +61,7 @@ def config_help(exp) -> str:
     """The config fields of ``exp``: name, type, default and meaning, as `polaropt run NAME --help` prints them."""
     from .experiments.framework import field_help
 
-    rows = field_help(exp.config)
+    rows = [(n, t, d if len(d) <= 40 else d[:37] + "...", m) for n, t, d, m in field_help(exp.config)]
     w = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"{exp.name}: {exp.description}", "", "config fields (override with --set KEY=VALUE):"]
     lines += [f"  {n:<{w[0]}}  {t:<{w[1]}}  default {d:<{w[2]}}  {m}" for n, t, d, m in rows]
@@ -71,6 +72,8 @@ def bench_configs(benchmarks: dict, tasks: list[str] | None, overrides: dict[str
     """{experiment name: config} of the benchmark tasks asked for, each validated with ``overrides``."""
     names = {e.name.removeprefix("bench-"): e for e in benchmarks.values()}
     tasks = list(names) if tasks is None else tasks
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"--tasks names a task twice: {','.join(tasks)}; give each once")
     unknown = [t for t in tasks if t not in names]
     if unknown or not tasks:
         raise ValueError(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; valid tasks are "
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     experiments, get_experiment = registry.ALL, registry.get_experiment
     from .experiments.framework import parse_set
     from .experiments.bench.summary import write_summary
+    from .experiments.report import write_index
     from .experiments.runner import reproduce, report, run_experiment
 
     if args.command == "list":
@@ -170,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         reproduce(Path(args.out), registry.BENCHMARKS, names=list(configs), configs=configs, quick=args.quick,
                   resume=args.resume, quiet=args.quiet, log=log, index_of=experiments)
         summary = write_summary(Path(args.out), registry.BENCHMARKS)
+        index = write_index(Path(args.out), experiments)  # again: it now links the summary
         print(summary.read_text())
+        print(f"summary: {summary} · index: {index.with_suffix('.html')}")
         return 0
     if args.command == "report":
         try:
             index = report(Path(args.dir), experiments, log=log)
-            write_summary(Path(args.dir), registry.BENCHMARKS, missing_ok=True)
+            if write_summary(Path(args.dir), registry.BENCHMARKS, missing_ok=True) is not None:
+                index = write_index(Path(args.dir), experiments)  # again: it now links the summary
         except (ValueError, OSError) as e:
             parser.exit(2, f"polaropt: error: {e}\n")
     else:

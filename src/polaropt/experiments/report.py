@@ -88,8 +88,10 @@ def _img(png: Path, cls: str) -> str:
     return f"<img class='{cls}' alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
 
 
-def _index_md(runs, experiments, missing, passed, total) -> str:
-    md = ["# polaropt reproduction suite", "", f"{passed} of {total} claims reproduced over {len(runs)} experiments."]
+def _index_md(runs, experiments, missing, passed, total, summary=None) -> str:
+    md = ["# polaropt results", "", f"{passed} of {total} claims reproduced over {len(runs)} experiments."]
+    if summary is not None:
+        md += ["", f"Benchmark, which recipe to use: [{summary}]({summary}) (recipe × task table and figure)."]
     if missing:
         md.append(f"Not run (or unfinished): {', '.join(missing)}.")
     md += ["", "| experiment | description | claims reproduced | quick | wall time (s) | report |", "|---|---|---|---|---|---|"]
@@ -123,14 +125,19 @@ def _verdict(c) -> str:
     return "<span class='ok'>reproduced</span>" if c["passed"] else "<span class='no'>NOT reproduced</span>"
 
 
-def _index_html(runs, experiments, missing, passed, total) -> str:
+def _index_html(runs, experiments, missing, passed, total, summary=None, out_root=None) -> str:
     e = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt reproduction suite</title>",
-         f"<style>{STYLE}</style></head><body>", "<h1>polaropt reproduction suite</h1>",
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt results</title>",
+         f"<style>{STYLE}</style></head><body>", "<h1>polaropt results</h1>",
          f"<p class='lead'><b>{passed} of {total}</b> claims reproduced over {len(runs)} experiments. "
          f"<a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
     if missing:
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
+    if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
+        png = (out_root / summary).with_suffix(".png")
+        h.append(f"<h2>Benchmark: which recipe?</h2><p><a href='{e(summary)}'>{e(summary)}</a>: final loss, steps to "
+                 "AdamW's loss and step time of every recipe on every task.</p>"
+                 + (f"<a href='{e(summary)}'>{_img(png, 'fig')}</a>" if png.exists() else ""))
     h.append("<h2>Summary</h2><table><tr><th>experiment</th><th>source</th><th>claims reproduced</th>"
              "<th>key figure</th></tr>")
     for name, d, meta, claims in runs:
@@ -179,6 +186,8 @@ def write_index(out_root: Path, experiments: dict) -> Path:
     missing = [n for n in experiments if n not in ran and group[n] in {group[r] for r in ran}]
     total = sum(len(c) for *_, c in runs)
     passed = sum(sum(x["passed"] for x in c) for *_, c in runs)
-    write_text_atomic(out_root / "index.md", _index_md(runs, experiments, missing, passed, total))
-    write_text_atomic(out_root / "index.html", _index_html(runs, experiments, missing, passed, total))
+    summary = "bench/summary.md" if (out_root / "bench" / "summary.md").exists() else None
+    write_text_atomic(out_root / "index.md", _index_md(runs, experiments, missing, passed, total, summary))
+    write_text_atomic(out_root / "index.html", _index_html(runs, experiments, missing, passed, total, summary,
+                                                           out_root))
     return out_root / "index.md"

