@@ -50,8 +50,8 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
     """``NAME/report.md`` from the claims, figures and meta of one run."""
     claims = [c.to_dict() if hasattr(c, "to_dict") else c for c in claims]
     passed = sum(c["passed"] for c in claims)
-    how = ("with --quick (reduced settings: the claims are checked, but on less data than the source used)"
-           if meta["quick"] else "at full settings")
+    how = ("with --quick (reduced settings for tests: the claims are checked, but on far less data than the full "
+           "run, so their verdicts say little)" if meta["quick"] else "at full settings")
     v = meta["versions"]
     rebuilt = f" Outputs rebuilt from the records on {meta['rebuilt']}." if meta.get("rebuilt") else ""
     lines = [f"# {exp.name}", "", exp.description, "",
