@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 from polaropt.experiments.records import write_text_atomic
+from polaropt.experiments.timing import time_interleaved
+
+__all__ = ["new_record", "time_interleaved", "write_record"]  # the scripts take the timer from here
 
 
 def new_record(name: str, config: dict, device: str = "cpu") -> dict:
@@ -21,23 +24,3 @@ def write_record(record: dict, path: str | None) -> None:
     if not path:
         return
     write_text_atomic(Path(path), json.dumps(record, indent=1))
-
-
-def time_interleaved(variants: dict, *, repeats: int, calls: int, sync=lambda: None) -> dict[str, list[float]]:
-    """Seconds per call of every ``variants[name]()``, round-robin over ``repeats`` rounds of ``calls`` calls.
-
-    Interleaving puts every variant in every round, so a machine that drifts (shared, noisy) slows all
-    of them alike; ``sync`` (e.g. ``torch.cuda.synchronize``) closes each timed block on a device.
-    """
-    import time
-
-    times = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - t0) / calls)
-    return times

@@ -384,3 +384,37 @@ def test_bench_refuses_bad_input_with_exit_2(tmp_path, capsys, argv, match):
     assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bench" / "fmnist-mlp" / "meta.json").exists()
 
+
+
+def test_the_interleaved_timer_rotates_the_order():
+    from polaropt.experiments.timing import time_interleaved
+
+    seen = []
+    times = time_interleaved({k: (lambda k=k: seen.append(k)) for k in "abc"}, repeats=3, calls=1, rotate=True)
+    assert "".join(seen) == "abcbcacab" and all(len(v) == 3 for v in times.values())
+    seen.clear()
+    time_interleaved({k: (lambda k=k: seen.append(k)) for k in "abc"}, repeats=2, calls=1)
+    assert "".join(seen) == "abcabc"
+
+
+@needs_fmnist
+def test_a_timing_round_the_guard_stops_is_not_counted(monkeypatch):
+    cfg = MLPConfig(steps=4, width=8, batch=8, recipes=("adamw", "polar-absorb"), time_rounds=3, time_steps=2,
+                    workers=1)
+    calls, real = [0], common.make_optimizer
+
+    def flaky(entry, model, lr, weight_decay):
+        opt = real(entry, model, lr, weight_decay)
+        if entry == "polar-absorb":
+            def pre(*_):
+                calls[0] += 1
+                if calls[0] == cfg.time_steps + 1:  # the first timed round's first step (after the warm-up)
+                    raise FloatingPointError("a NaN gradient")
+            opt.register_step_pre_hook(pre)
+        return opt
+
+    monkeypatch.setattr(common, "make_optimizer", flaky)
+    recs = common.time_recipes("fmnist-mlp", cfg, {"adamw": 1e-3, "polar-absorb": 1e-3},
+                               lambda r, **k: r)
+    samples = {r["recipe"]: r["samples"] for r in recs}
+    assert len(samples["adamw"]) == 3 and len(samples["polar-absorb"]) == 2

@@ -78,15 +78,16 @@ def bench_configs(benchmarks: dict, tasks: list[str] | None, overrides: dict[str
     if unknown or not tasks:
         raise ValueError(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; valid tasks are "
                          f"{', '.join(names)}")
+    known = {k for e in names.values() for k in e.config.__dataclass_fields__}
+    unknown_keys = [k for k in overrides if k not in known]
+    if unknown_keys:
+        raise ValueError(f"unknown config key {unknown_keys[0]!r} for the benchmark; valid keys are "
+                         f"{', '.join(sorted(known))}")
     out = {}
     for t in tasks:
         exp = names[t]
         # a field only some tasks have (data_dir) is applied to those that have it
         own = {k: v for k, v in overrides.items() if k in exp.config.__dataclass_fields__}
-        unknown_keys = [k for k in overrides if not any(k in e.config.__dataclass_fields__ for e in names.values())]
-        if unknown_keys:
-            raise ValueError(f"unknown config key {unknown_keys[0]!r} for the benchmark; valid keys are "
-                             f"{', '.join(sorted({k for e in names.values() for k in e.config.__dataclass_fields__}))}")
         out[exp.name] = exp.make_config(quick=quick, overrides=own)
     return out
 

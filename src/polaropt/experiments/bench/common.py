@@ -21,6 +21,7 @@ The fixes, for absorb's slow late phase (Liu 000, observation 2):
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import statistics
@@ -34,6 +35,7 @@ import polaropt as po
 
 from ..framework import param, require_distinct
 from ..records import by
+from ..timing import time_interleaved
 from . import data, tasks
 
 FIXES = {"polar-absorb-every10": ("polar-absorb", {"every": 10}),
@@ -304,8 +306,9 @@ def best_lrs(records: list[dict], cfg) -> dict[str, float]:
 def time_recipes(task_name: str, cfg, best: dict[str, float], progress) -> list[dict]:
     """Median seconds per training step of every entry at its best lr, interleaved in this process.
 
-    The step time does not depend on where training is; a step that polaropt's guard stops (a NaN at the
-    peak lr, from the initialization) restarts that entry afresh and its round is not counted."""
+    One round times ``time_steps`` steps of every entry (``time_interleaved``, rotated order). The step
+    time does not depend on where training is; a step that polaropt's guard stops (a NaN at the peak lr,
+    from the initialization) restarts that entry afresh and its round is not counted."""
     task = task_for(task_name, cfg)
     sync = _sync(cfg.device)
     n = cfg.time_steps
@@ -316,7 +319,9 @@ def time_recipes(task_name: str, cfg, best: dict[str, float], progress) -> list[
         model = task.model(0)
         runs[e] = (model, make_optimizer(e, model, best[e], cfg.weight_decay))
 
-    def steps(entry) -> bool:
+    failed = {e: [] for e in cfg.recipes}  # per round: did the guard stop this entry's steps
+
+    def steps(entry) -> None:
         model, opt = runs[entry]
         try:
             for x, y in batches:
@@ -326,20 +331,17 @@ def time_recipes(task_name: str, cfg, best: dict[str, float], progress) -> list[
                 opt.step()
         except FloatingPointError:
             fresh(entry)
-            return False
-        sync()
-        return True
+            failed[entry].append(True)
+            return
+        failed[entry].append(False)
 
     for e in cfg.recipes:  # warm-up: first calls allocate state and caches
         fresh(e)
         steps(e)
-    samples = {e: [] for e in cfg.recipes}
-    order = list(cfg.recipes)
-    for r in progress(range(cfg.time_rounds), desc=f"{task_name}: timing"):
-        for e in order[r % len(order):] + order[:r % len(order)]:
-            t0 = time.perf_counter()
-            if steps(e):
-                samples[e].append((time.perf_counter() - t0) / n)
+        failed[e].clear()
+    times = time_interleaved({e: functools.partial(steps, e) for e in cfg.recipes}, repeats=cfg.time_rounds, calls=1,
+                             sync=sync, rotate=True, progress=lambda r: progress(r, desc=f"{task_name}: timing"))
+    samples = {e: [t / n for t, bad in zip(times[e], failed[e]) if not bad] for e in cfg.recipes}
     lost = [e for e, v in samples.items() if not v]
     if lost:
         raise FloatingPointError(f"{task_name}: every timing round of {', '.join(lost)} hit a NaN/Inf gradient at its "

@@ -20,15 +20,17 @@ from ..records import read_records, write_text_atomic
 from .analysis import Stats
 
 
-def _finished(out_root: Path, benchmarks: dict) -> dict[str, Stats]:
-    out = {}
+def _finished(out_root: Path, benchmarks: dict) -> tuple[dict[str, Stats], bool]:
+    """The ``Stats`` of every finished task run in ``out_root``, and whether any of them was ``--quick``."""
+    out, quick = {}, False
     for exp in benchmarks.values():
         d = out_root / exp.path
         if (d / "meta.json").exists():
+            quick |= json.loads((d / "meta.json").read_text())["quick"]
             cfg = config_from_dict(exp.config, json.loads((d / "config.json").read_text()))
             task = exp.name.removeprefix("bench-")
             out[task] = Stats(read_records(d / "records.jsonl"), cfg, task)
-    return out
+    return out, quick
 
 
 def headline(stats: dict[str, Stats]) -> list[str]:
@@ -82,14 +84,12 @@ def write_summary(out_root: Path, benchmarks: dict, *, missing_ok: bool = False)
     """Write ``OUT/bench/summary.md`` (and ``summary.png``) from the finished task runs; return its path.
     With no finished task: None when ``missing_ok``, else a ValueError."""
     out_root = Path(out_root)
-    stats = _finished(out_root, benchmarks)
+    stats, quick = _finished(out_root, benchmarks)
     if not stats:
         if missing_ok:
             return None
         raise ValueError(f"{out_root}/bench holds no finished benchmark task; run `polaropt bench --out {out_root}`")
     folder = out_root / "bench"
-    quick = any(json.loads((out_root / e.path / "meta.json").read_text())["quick"]
-                for e in benchmarks.values() if (out_root / e.path / "meta.json").exists())
     good = never_worse(stats)
     tol = {st.cfg.worse_tol for st in stats.values()}
     lines = ["# polaropt bench: which recipe should I use?", ""]
