@@ -1,4 +1,11 @@
-"""Time of one renormalization of a deep polarized MLP: vectorized (foreach) vs the per-tensor loop.
+"""Time of one renormalization of a deep polarized MLP: batched (grouped) vs the per-tensor loop.
+
+Variants, interleaved: ``grouped`` is ``po.renormalize_`` (on a GPU, same-shaped tensors stacked,
+one set of kernels per group; on CPU in-place per-tensor kernels; its NaN/Inf check syncs once),
+``stacked`` forces the stacked path (what a GPU runs) on any device, ``lazy`` is the same with the check handed to a
+device-side flag (what ``po.attach(check="lazy")`` does after each step: no host sync), ``loop`` is
+the per-tensor reference. ``ops`` counts the aten operations one call dispatches (a
+device-independent count of kernel launches; a foreach op counts once).
 
     python benchmarks/renorm.py --layers 64 --width 256 --repeats 9 --out benchmarks/results/renorm.json
 """
@@ -12,7 +19,24 @@ import torch
 from torch import nn
 
 import polaropt as po
+from polaropt.renorm import _renormalize_grouped, _targets, renormalize_targets
 from records import new_record, time_interleaved, write_record
+
+
+def count_ops(fn) -> int:
+    """The aten operations one call of ``fn`` dispatches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
 
 
 def main(argv=None) -> dict:
@@ -30,15 +54,19 @@ def main(argv=None) -> dict:
     for layer in model:
         po.polarize(layer, "weight", scale="row", mode="absorb")
         po.polarize(layer, "bias", scale="tensor", mode="absorb")
-    variants = {"foreach": lambda: po.renormalize_(model, foreach=True),
+    flags = []
+    variants = {"grouped": lambda: po.renormalize_(model),
+                "stacked": lambda: _renormalize_grouped(_targets(model), stack_max=1 << 30),
+                "lazy": lambda: renormalize_targets(_targets(model), on_flag=flags.append),
                 "loop": lambda: po.renormalize_(model, foreach=False)}
+    ops = {v: count_ops(f) for v, f in variants.items()}
     times = time_interleaved(variants, repeats=args.repeats, calls=args.calls, sync=sync)
     med = {v: statistics.median(t) for v, t in times.items()}
     record = new_record("renorm", vars(args), args.device)
-    record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_loop": med[v] / med["loop"],
+    record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_loop": med[v] / med["loop"], "ops": ops[v],
                              "times_ms": [1e3 * t for t in times[v]]} for v in variants}
     for v in variants:
-        print(f"{v:<8} {1e3 * med[v]:8.3f} ms   ×{med[v] / med['loop']:.3f} of loop")
+        print(f"{v:<8} {1e3 * med[v]:8.3f} ms   ×{med[v] / med['loop']:.3f} of loop   {ops[v]:5d} ops")
     write_record(record, args.out)
     return record
 

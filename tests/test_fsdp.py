@@ -52,7 +52,7 @@ class GPT(nn.Module):
         return self.head(x)
 
 
-def build(kind, mode, scale, shard):
+def build(kind, mode, scale, shard, check="lazy"):
     torch.manual_seed(0)
     model = (GPT() if kind == "gpt" else nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))).double()
     po.polarize_model(model, mode=mode, scale=scale)  # polarize first, then shard
@@ -61,7 +61,7 @@ def build(kind, mode, scale, shard):
             fsdp.fully_shard(m)
         fsdp.fully_shard(model)
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
-    po.attach(opt, model, state="rescale")
+    po.attach(opt, model, state="rescale", check=check)
     return model, opt
 
 
@@ -177,10 +177,11 @@ def test_distributed_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(on_one[key], value, rtol=1e-7, atol=1e-9, msg=lambda m: f"{key}: {m}")
 
 
-def step_on_every_rank(model, opt, before) -> dict:
-    """Step; gather on every rank whether it raised FloatingPointError, and whether the weights moved."""
+def step_on_every_rank(model, opt, before, call=None) -> dict:
+    """Step (or ``call``); gather on every rank whether it raised FloatingPointError, and whether the
+    weights moved."""
     try:
-        opt.step()
+        (call or opt.step)()
         raised = False
     except FloatingPointError:
         raised = True
@@ -190,9 +191,10 @@ def step_on_every_rank(model, opt, before) -> dict:
     return {"raised": flags, "unchanged": all(torch.equal(after[k], before[k]) for k in before)}
 
 
-def _nan_on_one_rank(rank, out_dir):
-    model, opt = build("mlp", "absorb", "tensor", shard=True)
+def _nan_on_one_rank(rank, out_dir, check="step"):
+    model, opt = build("mlp", "absorb", "tensor", shard=True, check=check)
     train(model, opt, "mlp", 0, 2, rank)
+    po.check_finite(opt)  # lazy: a clean read, the snapshot is taken here (a no-op with check="step")
     before = plain(model)
     x, y = batch("mlp", 2, rank)
     if rank == 1:
@@ -200,13 +202,26 @@ def _nan_on_one_rank(rank, out_dir):
         x[0, 0] = float("nan")  # only rank 1's data is bad
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
-    return step_on_every_rank(model, opt, before)
+    if check == "step":
+        return step_on_every_rank(model, opt, before)
+    opt.step()  # lazy: no error yet, the NaN is written; the flag is global, so every rank sees it
+    return step_on_every_rank(model, opt, before, call=lambda: po.check_finite(opt))
 
 
 def test_a_nan_on_one_rank_makes_every_rank_raise_and_nothing_is_written(tmp_path):
     result = spawn(_nan_on_one_rank, tmp_path)
     assert result["raised"] == [True] * WORLD
     assert result["unchanged"]
+
+
+def _nan_on_one_rank_lazy(rank, out_dir):
+    return _nan_on_one_rank(rank, out_dir, check="lazy")
+
+
+def test_a_nan_on_one_rank_makes_every_rank_raise_at_the_lazy_read_and_restore(tmp_path):
+    result = spawn(_nan_on_one_rank_lazy, tmp_path)
+    assert result["raised"] == [True] * WORLD
+    assert result["unchanged"]  # every rank restored its shards of the snapshot
 
 
 def _polarize_after_sharding(rank, out_dir):
@@ -243,19 +258,29 @@ def _nan_in_one_shard(rank, out_dir):
     po.polarize_model(model, mode="absorb")
     fsdp.fully_shard(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    po.attach(opt, model)
-    x, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
-    if rank == 1:
-        y = y.clone()
-        y[0, 3] = float("nan")  # only output row 3's gradient: a row that only rank 1's shard holds
-    F.mse_loss(model(x), y).backward()
-    before = plain(model)
-    return step_on_every_rank(model, opt, before)
+    out = {}
+    for check in ("step", "lazy"):
+        handle = po.attach(opt, model, check=check)
+        x, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+        if rank == 1:
+            y = y.clone()
+            y[0, 3] = float("nan")  # only output row 3's gradient: a row that only rank 1's shard holds
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        before = plain(model)
+        if check == "step":
+            out[check] = step_on_every_rank(model, opt, before)
+        else:  # the step writes the NaN into rank 1's shard; the read is global and restores it
+            opt.step()
+            out[check] = step_on_every_rank(model, opt, before, call=lambda: po.check_finite(opt))
+        handle.remove()
+    return out
 
 
 def test_a_nan_in_one_rank_shard_only_makes_every_rank_raise(tmp_path):
     result = spawn(_nan_in_one_shard, tmp_path)
-    assert result["raised"] == [True] * WORLD and result["unchanged"]
+    for check in ("step", "lazy"):
+        assert result[check]["raised"] == [True] * WORLD and result[check]["unchanged"], check
 
 
 def _uneven_normalize_column(rank, out_dir):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import polaropt as po
-from polaropt.renorm import _renormalize_foreach, _renormalize_reference, _targets
+from polaropt.renorm import _renormalize_grouped, _renormalize_reference, _targets
 from polaropt.slices import reduce_dims, slice_norm
 
 from cases import OPTIMIZERS, RENORM_CASES, SEEDS, case_params, make_optimizer
@@ -71,32 +71,71 @@ def test_renormalization_identities(case, seed):
         torch.testing.assert_close(layer.weight, s0 * v0 / slice_norm(v0, dims))
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-def test_foreach_equals_reference_loop(dtype):
-    def build():
-        model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Conv1d(4, 3, 2), nn.Linear(3, 3)).to(dtype)
-        model.load_state_dict(base.state_dict())
-        po.polarize(model[0], scale="row", mode="absorb")
-        po.polarize(model[1], scale="element", mode="project", init="one")
-        po.polarize(model[2], scale="column", mode="absorb", trainable_scale=False)
-        po.polarize(model[3], scale="tensor", mode="normalize")  # not renormalized
-        po.polarize(model[0], "bias", scale="tensor", mode="absorb")
-        with torch.no_grad():
-            for t in po.polar_tensors(model):
-                t.direction.mul_(torch.rand(t.direction.shape, generator=g).to(dtype) + 0.5)
-        return model
+def _layers():
+    """Repeated shapes (so the batched path stacks groups) next to lone ones (its per-tensor path)."""
+    return nn.ModuleList([nn.Linear(6, 5), nn.Linear(6, 5), nn.Linear(6, 5),   # a group of 3 row/absorb
+                          nn.Linear(5, 4), nn.Linear(5, 4),                    # a group of 2 element/project
+                          nn.Conv1d(4, 3, 2), nn.Conv1d(4, 3, 2),              # a group of 2 column/absorb
+                          nn.Linear(3, 3), nn.Linear(7, 2)])                   # normalize; a lone row/absorb
 
+
+def _polarized(dtype, base, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    model = _layers().to(dtype)
+    model.load_state_dict(base.state_dict())
+    for i in (0, 1, 2, 8):
+        po.polarize(model[i], scale="row", mode="absorb")
+    for i in (0, 1, 2):  # three same-shaped biases, tensor scale
+        po.polarize(model[i], "bias", scale="tensor", mode="absorb")
+    for i in (3, 4):
+        po.polarize(model[i], scale="element", mode="project", init="one")
+    for i in (5, 6):
+        po.polarize(model[i], scale="column", mode="absorb", trainable_scale=False)
+    po.polarize(model[3], "bias", scale="tensor", mode="project", eps=1e-3)  # same shape as none other
+    po.polarize(model[7], scale="tensor", mode="normalize")  # not renormalized
+    with torch.no_grad():
+        for t in po.polar_tensors(model):
+            t.direction.mul_(torch.rand(t.direction.shape, generator=g).to(dtype) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stack_max", [None, 1 << 30], ids=["cpu-default", "stacked"])
+def test_grouped_equals_reference_loop_bitwise(dtype, stack_max):
     torch.manual_seed(0)
-    base = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Conv1d(4, 3, 2), nn.Linear(3, 3)).to(dtype)
-    g = torch.Generator().manual_seed(1)
-    a = build()
-    g = torch.Generator().manual_seed(1)
-    b = build()
-    _renormalize_foreach(_targets(a))
-    _renormalize_reference(_targets(b))
+    base = _layers().to(dtype)
+    a, b = _polarized(dtype, base), _polarized(dtype, base)
+    norms_a = _renormalize_grouped(_targets(a), stack_max=stack_max)
+    norms_b = _renormalize_reference(_targets(b))
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), name
-    assert [t.qualname for t in _targets(a)] == ["0.weight", "0.bias", "1.weight", "2.weight"]
+    for na, nb in zip(norms_a, norms_b):  # the norms the state policy scales moments by
+        assert torch.equal(na, nb)
+    assert len(_targets(a)) == 12
+
+
+def test_grouped_launches_do_not_grow_with_the_number_of_tensors():
+    """The batched path dispatches the same number of ops for 2 and for 32 same-shaped tensors."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    def ops(n, mode):
+        model = nn.Sequential(*[nn.Linear(16, 16) for _ in range(n)])
+        po.polarize_model(model, scale="row", mode=mode)
+        with Count() as c:
+            _renormalize_grouped(_targets(model), stack_max=1 << 30)  # as on a GPU
+        return c.ops
+
+    for mode in ("absorb", "project"):
+        assert ops(2, mode) == ops(32, mode)  # weights and biases: two groups, whatever their size
 
 
 @pytest.mark.parametrize("scale,direction", [(s, d) for s in po.SCALES for d in po.MODES
@@ -169,7 +208,7 @@ def test_attach_refuses_a_nan_gradient_before_the_step():
     model = mlp(0)
     po.polarize(model[0], scale="row", mode="absorb")
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    po.attach(opt, model)
+    po.attach(opt, model, check="step")
     model(torch.full((2, 6), float("nan"), dtype=torch.float64)).sum().backward()
     before = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
     with pytest.raises(FloatingPointError, match=r"non-finite gradient .*0\.parametrizations\.weight\.original1.*"

@@ -144,7 +144,7 @@ def test_non_finite_gradient_changes_no_parameter_and_no_state(mode, bad):
     model = mlp()
     po.polarize_model(model, mode=mode)
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.1), lr=0.01)
-    po.attach(opt, model, state="rescale" if mode != "normalize" else "keep")
+    po.attach(opt, model, state="rescale" if mode != "normalize" else "keep", check="step")
     step(model, opt, seed=0)  # build some optimizer state
     params, state = tensors(model), opt_state(opt)
     opt.zero_grad()
@@ -167,7 +167,7 @@ def test_inf_in_a_project_scale_is_caught():
 def test_normalize_zero_slice_is_named_by_the_guard():
     model = polar_mlp(scale="row", mode="normalize")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    po.attach(opt, model)
+    po.attach(opt, model, check="step")
     with torch.no_grad():
         po.direction_of(model[0])[2] = 0  # pruning a unit by zeroing its direction
     model(torch.randn(4, 6, dtype=torch.float64)).square().mean().backward()
@@ -233,7 +233,7 @@ def test_a_deepcopy_is_guarded_like_the_original():
 def test_a_finite_gradient_whose_sum_overflows_is_not_refused():
     model = polar_mlp(scale="row", mode="free")
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    po.attach(opt, model)
+    po.attach(opt, model, check="step")
     for p in model.parameters():
         p.grad = torch.full_like(p, 1e308)  # finite entries; their sum overflows float64
     opt.step()  # the alarm is confirmed per tensor, and there is nothing non-finite
@@ -242,7 +242,7 @@ def test_a_finite_gradient_whose_sum_overflows_is_not_refused():
 def test_the_guard_catches_inf_that_meets_minus_inf():
     model = polar_mlp(scale="row", mode="free")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    po.attach(opt, model)
+    po.attach(opt, model, check="step")
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     model[2].weight.grad[0, :2] = torch.tensor([float("inf"), -float("inf")])

@@ -28,7 +28,7 @@ from .recipes import RECIPES, RecipeOptimizer, hidden_matrices, recipe
 from .renorm import renormalize_
 from .slices import SCALES
 from .steepest import NORMS, SteepestDescent, steepest_step
-from .steps import attach
+from .steps import attach, check_finite
 from .transport import STATES
 
 __version__ = "0.2.0"
@@ -48,6 +48,7 @@ __all__ = [
     "RecipeOptimizer",
     "TwoStageLR",
     "attach",
+    "check_finite",
     "direction_of",
     "is_polarized",
     "load_plain_state_dict",

@@ -8,8 +8,8 @@ Two silent failures cannot be seen from the polarized module alone:
    ``torch.optim.Optimizer`` gets a number (a global pre-hook); after it, a global post-hook looks
    at each such ``V`` the optimizer holds: if it has a gradient (the optimizer updated it; a
    closure's gradient counts, and version counters, which fused optimizers do not bump, are not
-   used) and no renormalization was stamped with this step's number, it is *stale* and the next
-   forward raises. The optimizer's own post-hooks, where ``attach`` renormalizes, run before the
+   used) and it was not renormalized since the step began (the pre-hook arms a flag on each
+   watched ``Polar``, a renormalization clears it), it is *stale* and the next forward raises. The optimizer's own post-hooks, where ``attach`` renormalizes, run before the
    global one, so an attached model is never flagged. A manual :func:`polaropt.renormalize_` before
    the next forward clears it too.
 2. **A replaced parameter still in use.** ``polarize`` replaces ``module.weight``'s Parameter by the
@@ -27,6 +27,10 @@ Only the *replaced* Parameters are weak keys, and a model never holds those once
 polarized. Nothing here keeps a model alive. The per-optimizer lists are rebuilt only when the
 optimizer's groups or the set of polarizations change, so a step costs a few attribute reads per
 watched tensor.
+
+Under ``torch.compile`` these hooks are traced with the step. Every value they read is the same at
+every step (no step counter), so dynamo's guards hold and a compiled training step is not
+recompiled step after step.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ RENORMALIZED = ("project", "absorb")  # the modes that act after the optimizer s
 
 _polars = weakref.WeakSet()          # every live Polar; each keeps its ParametrizationList in ._plist
 _replaced = WeakIdKeyDictionary()    # the Parameter polarize replaced -> weakref to the ParametrizationList
-_watch = weakref.WeakKeyDictionary()  # optimizer -> (signature, [Polar whose V it holds])
-_generation = 0  # bumped whenever a tensor is polarized, unpolarized or copied: invalidates _watch
-_tick = 0  # the number of the optimizer step that is running (or ran last)
+WATCH = "_polar_watch"  # optimizer attribute: (signature, [Polar whose V it holds]); on the optimizer itself,
+# not in a global weak dict, so a compiled step's guards do not depend on other optimizers being alive
+_generation = 0  # bumped whenever a tensor is polarized, unpolarized or copied: invalidates every WATCH
 _hooks = None
 
 
@@ -86,7 +90,7 @@ def replaced_by(tensor: torch.Tensor):
 
 def mark_clean(polar) -> None:
     """``V`` is accounted for as it is now (renormalized, or deliberately left until a later step)."""
-    polar._clean_tick = _tick
+    polar._pending = False
     polar._stale = False
 
 
@@ -110,9 +114,7 @@ def _signature(optimizer) -> tuple:
 
 
 def _pre_step(optimizer, args, kwargs) -> None:
-    global _tick
-    _tick += 1
-    entry = _watch.get(optimizer)
+    entry = optimizer.__dict__.get(WATCH)
     signature = _signature(optimizer)
     if entry is None or entry[0] != signature:
         held = {}
@@ -131,15 +133,17 @@ def _pre_step(optimizer, args, kwargs) -> None:
                 held[id(p)] = p
         watched = [polar for polar in list(_polars)
                    if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
-        _watch[optimizer] = (signature, watched)
+        optimizer.__dict__[WATCH] = entry = (signature, watched)
+    for polar in entry[1]:
+        polar._pending = True  # armed: a renormalization during this step clears it (mark_clean)
 
 
 def _post_step(optimizer, args, kwargs) -> None:
-    entry = _watch.get(optimizer)
+    entry = optimizer.__dict__.get(WATCH)
     if entry is None:
         return
     for polar in entry[1]:
         # updated by this step (it has a gradient) and not renormalized since the step began
-        if polar._plist.original1.grad is not None and polar._clean_tick != _tick:
+        if polar._pending and polar._plist.original1.grad is not None:
             polar._stale = True
             polar._stepped_by = type(optimizer).__name__

@@ -97,7 +97,7 @@ class Polar(nn.Module):
         self._label = "a polarized tensor"  # "Linear.weight" or the qualified name; for messages
         self._owners = 1  # modules that read this parametrization (tied weights: more than one)
         self._stale = False  # set by polaropt.guard: V was stepped and not renormalized
-        self._clean_tick = 0  # polaropt.guard: the optimizer step at which V was last renormalized
+        self._pending = False  # polaropt.guard: armed when a step begins, cleared by a renormalization
         self._stepped_by = "an optimizer"
         self._loading = None  # the state_dict prefix while load_state_dict runs, for messages
 

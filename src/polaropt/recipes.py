@@ -170,6 +170,7 @@ class Hyperball:
 
 
 LOW = (torch.float16, torch.bfloat16)
+ATTACHED = ("polar-project", "polar-absorb", "polar-absorb-rescale", "absorb-muon")  # recipes with po.attach
 
 
 def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0, include=None, exclude=None,
@@ -189,13 +190,13 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     | multipliers | ``W_ij = r_i·V_ij·c_j`` (``Multipliers``), decay on V only |
     | absorb-muon | Liu's absorb (one scale per matrix) with Muon on the direction and AdamW on the scale |
 
-    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every`` for the absorb/project recipes'
-    renormalization period. Unknown names and options are refused, naming the valid ones.
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every``, ``check`` and ``check_every`` for
+    the recipes that :func:`polaropt.attach` (:data:`ATTACHED`: its renormalization period and NaN/Inf
+    check). Unknown names and options are refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
-    valid = {"betas", "eps"} | ({"every"} if name in ("polar-project", "polar-absorb", "polar-absorb-rescale",
-                                                       "absorb-muon") else set())
+    valid = {"betas", "eps"} | ({"every", "check", "check_every"} if name in ATTACHED else set())
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
@@ -208,6 +209,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         raise ValueError("recipe() takes a plain model and parametrizes it itself; this one is already "
                          "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
     every = options.pop("every", 1)
+    checks = {k: options.pop(k) for k in ("check", "check_every") if k in options}
     adam_kw = options
     if name == "adamw":
         return _finish(name, [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **adam_kw)])
@@ -239,7 +241,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         polarize_model(model, include=[q for q, _ in hidden], scale="row", mode=mode)
         opt = torch.optim.AdamW(param_groups(model, weight_decay=weight_decay), lr=lr, **adam_kw)
         state = "rescale" if name.endswith("rescale") else "keep"
-        return _finish(name, [opt], (lambda o: [attach(o, model, state=state, every=every)])
+        return _finish(name, [opt], (lambda o: [attach(o, model, state=state, every=every, **checks)])
                        if mode in ("project", "absorb") else None)
     if name == "muon":
         mats = [p for _, p in hidden if p.ndim == 2]
@@ -265,4 +267,4 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     others = [g for g in groups if g["polar_role"] != "direction"]
     return _finish(name, [_muon(directions, lr, weight_decay) if directions else None,
                           torch.optim.AdamW(others, lr=lr, **adam_kw) if others else None],
-                   lambda o: [attach(o, model, every=every)])
+                   lambda o: [attach(o, model, every=every, **checks)])

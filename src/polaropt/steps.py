@@ -2,10 +2,11 @@
 
 Before the step (``register_step_pre_hook``):
 
-1. **Gradient guard** (with :func:`attach`): the sum of every gradient the optimizer is about to
-   use and one host sync; a NaN or Inf refuses the step with
-   ``FloatingPointError`` naming the tensors, before the optimizer writes anything, so every
-   parameter and every optimizer state is as it was.
+1. **Gradient guard** (with :func:`attach`): a reduction of every gradient the optimizer is about
+   to use. With ``check="step"``, one host sync; a NaN or Inf refuses the step with
+   ``FloatingPointError`` naming the tensors, before the optimizer writes anything. With
+   ``check="lazy"`` (the default), no sync: it ORs a flag on the device that
+   :mod:`polaropt.nancheck` reads every ``check_every`` steps, restoring a snapshot if it is set.
 2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
    each multiplies its groups' *current* lr, whatever other schedulers set it to, for the duration
    of this step.
@@ -19,6 +20,12 @@ After the step (``register_step_post_hook``, in this order):
    deliberately left until later (so :mod:`polaropt.guard` does not raise). The step count lives in
    ``optimizer.param_groups[0]["polar_steps"]``, so it is saved and restored with the optimizer's
    ``state_dict``.
+5. **Lazy check** (``check="lazy"``): every ``check_every``-th step, the flag is read.
+
+Under ``torch.compile`` (the hooks are traced with ``opt.step()``), nothing here reads a value that
+changes from step to step, so the compiled step is neither broken nor recompiled: the Python step
+counts (``polar_steps`` and the lazy check's) only advance in eager steps, except with ``every > 1``,
+whose decision needs the count: there it is kept in one eager function (one graph break).
 
 All of this sits in one pre-hook and one post-hook per optimizer, whatever the order in which
 ``attach`` and the schedules were created. (Separately, :mod:`polaropt.guard` keeps torch's global
@@ -34,10 +41,10 @@ import torch
 from torch import nn
 
 from . import guard
-from .polar import polar_tensors
-from .renorm import _plan_transport, _targets, renormalize_
-from .polar import _is_fsdp_module
-from .slices import nonfinite, slice_norm
+from .nancheck import LazyCheck, check_mode
+from .polar import _is_fsdp_module, polar_tensors
+from .renorm import _plan_transport, _targets, renormalize_targets
+from .slices import nonfinite, nonfinite_flag, slice_norm
 from .transport import check_state_policy
 
 _controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
@@ -48,10 +55,32 @@ class _Control:
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = weakref.ref(optimizer)
-        self.attached: list[dict] = []     # {"model", "state", "every"}
+        self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every"}
+        self.lazy: LazyCheck | None = None  # the device-side NaN/Inf flag, with check="lazy"
+        self._state_dict_hook = None
         self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
         self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
+
+    def start_lazy(self, optimizer, every: int) -> None:
+        # (nothing here may hold the optimizer: _controls maps it weakly to this controller)
+        self.lazy = LazyCheck(optimizer, every, self._polar_leaves, lambda opt: _names(self._models(), opt))
+        # a checkpoint of the optimizer never holds a NaN the flag has seen but not reported
+        self._state_dict_hook = optimizer.register_state_dict_pre_hook(lambda opt: self.lazy.read(opt))
+
+    def stop_lazy(self) -> None:
+        """Drop the lazy check (and its snapshot's memory); a last read first, so nothing is missed."""
+        lazy, self.lazy = self.lazy, None
+        self._state_dict_hook.remove()
+        opt = self.optimizer()
+        if opt is not None:
+            lazy.read(opt)
+
+    def _models(self):
+        return [a["model"] for a in self.attached]
+
+    def _polar_leaves(self):
+        return [x for m in self._models() for t in polar_tensors(m) for x in (t.scale, t.direction)]
 
     def release_if_unused(self) -> None:
         if not self.attached and not self.multipliers:
@@ -60,6 +89,8 @@ class _Control:
             opt = self.optimizer()
             if opt is not None:
                 _controls.pop(opt, None)
+        if self.lazy is not None and not self.attached:  # last: its final read may raise
+            self.stop_lazy()
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
@@ -67,7 +98,10 @@ class _Control:
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
         if self.attached and _scaler_found_inf(optimizer) is None:
-            check_gradients(optimizer, [a["model"] for a in self.attached])
+            if self.lazy is None:
+                check_gradients(optimizer, self._models())
+            else:
+                self.lazy.add(nonfinite_flag(_grads(optimizer)[1]))
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
             # at the next step's start (_restore) instead of staying multiplied
@@ -98,14 +132,24 @@ class _Control:
                 for t in _targets(a["model"]):
                     guard.mark_clean(t.polar)
             return
-        group = optimizer.param_groups[0]
-        group["polar_steps"] = count = group.get("polar_steps", 0) + 1
+        on_flag = None if self.lazy is None else self.lazy.add
+        # every=1 needs no count; a compiled step must not read one (it changes at every step)
+        counted = not torch.compiler.is_compiling() or any(a["every"] > 1 for a in self.attached)
+        count = _count_step(optimizer.param_groups[0]) if counted else 0
         for a in self.attached:
-            if count % a["every"] == 0:
-                renormalize_(a["model"], optimizer=optimizer, state=a["state"])
+            if a["every"] == 1 or count % a["every"] == 0:
+                renormalize_targets(_targets(a["model"]), optimizer=optimizer, state=a["state"], on_flag=on_flag)
             else:
                 for t in _targets(a["model"]):
                     guard.mark_clean(t.polar)
+        if self.lazy is not None:
+            self.lazy.stepped(optimizer)
+
+
+@torch._dynamo.disable  # under torch.compile: one graph break, where every > 1 needs the count
+def _count_step(group: dict) -> int:
+    group["polar_steps"] = count = group.get("polar_steps", 0) + 1
+    return count
 
 
 def _scaler_found_inf(optimizer):
@@ -145,6 +189,12 @@ def _zero_slices(models) -> list[str]:
     return out
 
 
+def _grads(optimizer) -> tuple[list, list]:
+    """The parameters that have a gradient, and those gradients (a sparse one's values)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return params, [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
+
+
 @torch.no_grad()
 def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
@@ -152,8 +202,8 @@ def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     The test is :func:`polaropt.slices.nonfinite` (a sum per gradient, one host sync, alarms
     confirmed per tensor, global under FSDP2). Nothing is modified.
     """
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    bad_at = nonfinite([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
+    params, grads = _grads(optimizer)
+    bad_at = nonfinite(grads)
     if not bad_at:
         return
     names = _names(models, optimizer)
@@ -175,6 +225,10 @@ class AttachHandle:
     def remove(self) -> None:
         if self._entry in self._ctl.attached:
             self._ctl.attached.remove(self._entry)
+            if self._ctl.lazy is not None:  # the snapshot now covers fewer tensors
+                opt = self._ctl.optimizer()
+                if self._ctl.attached and opt is not None:
+                    self._ctl.lazy.read(opt)
             self._ctl.release_if_unused()
 
     def __enter__(self):
@@ -191,12 +245,24 @@ def _stateless(optimizer) -> bool:
     return isinstance(optimizer, torch.optim.SGD) and all(g.get("momentum", 0) == 0 for g in optimizer.param_groups)
 
 
-def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep", every: int = 1) -> AttachHandle:
+def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep", every: int = 1,
+           check: str = "lazy", check_every: int = 100) -> AttachHandle:
     """Guard and renormalize ``model`` around every ``optimizer.step()``; return a removable handle.
 
-    - Before each step, every gradient the optimizer will use is checked for NaN/Inf (one sum per
-      gradient and one host sync); a bad one raises ``FloatingPointError`` before anything is
-      written. This guards every mode, ``free`` and ``normalize`` included.
+    - Every gradient the optimizer will use, and every ``s`` and ``V`` the renormalization reads, is
+      checked for NaN/Inf. This guards every mode, ``free`` and ``normalize`` included. ``check``:
+
+      - ``"lazy"`` (default): no host sync on the step. The check ORs a flag on the device, read
+        every ``check_every`` steps, at :func:`check_finite` and at ``optimizer.state_dict()``. A NaN
+        or Inf lives at most ``check_every`` steps (the steps after it run on it); then
+        ``FloatingPointError`` names the tensors holding one, and every parameter the optimizer
+        steps, its state, and this model's ``s`` and ``V`` are restored to what they were at the last
+        clean read. That costs one copy of the parameters and of the optimizer state (Adam: 3× the
+        parameters), refreshed at each clean read (:mod:`polaropt.nancheck`).
+      - ``"step"``: one host sync per step; a bad gradient raises before the optimizer writes
+        anything, a bad ``s`` or ``V`` before the renormalization writes. No snapshot.
+
+      All attachments to one optimizer share its check, so they must agree on both settings.
     - After every ``every``-th step, the ``"project"``/``"absorb"`` tensors are renormalized
       (:func:`polaropt.renormalize_`) and the optimizer state is handled by ``state``:
 
@@ -207,6 +273,11 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
         after every step, so Adam never has more than one gradient in its moments: each update is
         ``lr·g/(|g|+eps) ≈ lr·sign(g)`` (sign descent) and momentum never builds up. A warning says
         so; use ``every=k > 1`` (a restart every k steps) or ``"rescale"``.
+
+    Under ``torch.compile(train_step)`` the hooks trace into the graph without a graph break or a
+    recompile (``check="lazy"``, ``every=1``): there the lazy flag is read only at
+    :func:`check_finite` (call it where you log) and ``state_dict()``. ``every > 1`` costs one graph
+    break (the step count is kept eagerly); ``check="step"`` one per read.
 
     ``every=k > 1`` lets ``V`` leave the sphere for up to ``k − 1`` steps (mode ``"project"`` and
     ``"absorb"`` then train like ``"free"`` in between). The step count is kept in
@@ -232,6 +303,7 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     check_state_policy(state, optimizer)
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"every must be a positive int (renormalize every k steps), got {every!r}")
+    check_mode(check, check_every)
     refuse_orphans(model)
     check_sharding(model)
     # a policy that cannot be carried out is refused now, not at the first step
@@ -244,9 +316,28 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
             "never builds up. Use every=k > 1 or state='rescale' unless that is what you want.",
             UserWarning, stacklevel=2)
     ctl = control(optimizer)
-    entry = {"model": model, "state": state, "every": every}
+    for other in ctl.attached:
+        if (other["check"], other["check_every"]) != (check, check_every):
+            raise ValueError(
+                f"this {type(optimizer).__name__} is already attached with check={other['check']!r}, "
+                f"check_every={other['check_every']}; one optimizer has one NaN/Inf check, so attach this model with "
+                f"the same settings (got check={check!r}, check_every={check_every})")
+    entry = {"model": model, "state": state, "every": every, "check": check, "check_every": check_every}
     ctl.attached.append(entry)
+    if check == "lazy" and ctl.lazy is None:
+        ctl.start_lazy(optimizer, check_every)
     return AttachHandle(ctl, entry)
+
+
+def check_finite(optimizer: torch.optim.Optimizer) -> None:
+    """Read ``optimizer``'s lazy NaN/Inf flag now (one host sync): raise ``FloatingPointError`` and
+    restore the last clean snapshot if a NaN or Inf was seen since the last read, else take a new
+    snapshot. Call it where you already sync (logging a loss) to bound how long a bad value lives,
+    and under ``torch.compile``, where the periodic read does not run. A no-op without a lazy
+    :func:`attach`."""
+    ctl = _controls.get(optimizer)
+    if ctl is not None and ctl.lazy is not None:
+        ctl.lazy.read(optimizer)
 
 
 def check_sharding(model: nn.Module) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 import polaropt as po
+from polaropt.recipes import ATTACHED
 
 from ..framework import param, require_distinct
 from ..records import by
@@ -177,6 +178,8 @@ def _sync(device: str):
 
 def make_optimizer(entry: str, model, lr: float, weight_decay: float):
     name, options = FIXES.get(entry, (entry, {}))
+    if name in ATTACHED:  # a NaN stops the step it enters (not a lazy read up to 100 steps later): the
+        options = {**options, "check": "step"}  # run's "diverged" step is exact, as the records were made
     return po.recipe(name, model, lr=lr, weight_decay=weight_decay, **options)
 
 

@@ -1,0 +1,250 @@
+"""attach(check="lazy"): a device-side NaN/Inf flag read every k steps, and the snapshot it restores;
+and the compiled training step (no graph break and no recompile over plain weights, equal to eager)."""
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import polaropt as po
+
+
+class TinyLM(nn.Module):
+    """Token embedding tied to the head, a fused qkv-like Linear, an MLP: the shapes a GPT has."""
+
+    def __init__(self, vocab=11, d=8):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.up, self.down = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok.weight
+
+    def forward(self, idx):
+        x = self.tok(idx)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        x = x + torch.softmax(q @ k.transpose(-1, -2) / 3, dim=-1) @ v
+        x = x + self.down(torch.relu(self.up(x)))
+        return self.head(x)
+
+
+def build(mode="absorb", seed=0, **attach):
+    torch.manual_seed(seed)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode=mode)
+    opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.1), lr=1e-2)
+    handle = po.attach(opt, model, **attach)
+    return model, opt, handle
+
+
+def batch(t):
+    g = torch.Generator().manual_seed(t)
+    return torch.randint(0, 11, (4, 6), generator=g)
+
+
+def step(model, opt, t, poison=False):
+    opt.zero_grad()
+    idx = batch(t)
+    logits = model(idx)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), idx.flatten())
+    loss.backward()
+    if poison:
+        model.down.bias.grad[0] = float("nan")
+    opt.step()
+    return loss.detach()
+
+
+def snapshot(model, opt):
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state = {(i, k): v.clone() for i, p in enumerate(opt.param_groups[0]["params"] + opt.param_groups[-1]["params"])
+             for k, v in opt.state[p].items() if torch.is_tensor(v)}
+    return params, state
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lazy_equals_step_check_when_nothing_goes_wrong():
+    a, oa, _ = build(check="lazy", check_every=3)
+    b, ob, _ = build(check="step")
+    for t in range(10):
+        assert torch.equal(step(a, oa, t), step(b, ob, t))
+    assert same(snapshot(a, oa)[0], snapshot(b, ob)[0])
+
+
+@pytest.mark.parametrize("mode", ["absorb", "project", "normalize", "free"])
+def test_a_nan_lives_at_most_check_every_steps_then_everything_is_restored(mode):
+    model, opt, _ = build(mode, check="lazy", check_every=4)
+    for t in range(4):
+        step(model, opt, t)  # the read after step 4 is clean: the snapshot is taken there
+    params, state = snapshot(model, opt)
+    step(model, opt, 4)
+    step(model, opt, 5, poison=True)  # no error yet: no host sync on the step
+    assert not torch.isfinite(model.down.bias).all()  # the bad value lives (AdamW wrote it)
+    step(model, opt, 6)
+    with pytest.raises(FloatingPointError, match=r"last 4 step\(s\) of AdamW \(steps 5–8.*hold one now: .*"
+                                                 r"restored to step 4, the last clean check"):
+        step(model, opt, 7)
+    after_params, after_state = snapshot(model, opt)
+    assert same(after_params, params) and same(after_state, state)
+    assert po.direction_of(model.head) is po.direction_of(model.tok)  # the tie holds
+    step(model, opt, 8)  # training goes on from the restored state
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_state_dict_and_check_finite_read_the_flag():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    po.check_finite(opt)  # clean: snapshot taken after step 1
+    params, _ = snapshot(model, opt)
+    step(model, opt, 1, poison=True)
+    with pytest.raises(FloatingPointError, match="restored to step 1"):
+        opt.state_dict()  # a checkpoint never holds an unreported NaN
+    assert same(snapshot(model, opt)[0], params)
+    step(model, opt, 2, poison=True)
+    with pytest.raises(FloatingPointError, match="restored to step 1"):
+        po.check_finite(opt)
+    opt.state_dict()  # the flag was cleared by the restore
+
+
+def test_removing_the_handle_reads_the_flag_one_last_time():
+    model, opt, handle = build(check="lazy", check_every=1000)
+    step(model, opt, 0, poison=True)
+    with pytest.raises(FloatingPointError):
+        handle.remove()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not opt._optimizer_step_pre_hooks  # detached all the same
+    step(model, opt, 1)
+
+
+def test_a_nan_written_into_v_is_caught_by_the_renormalization_flag():
+    model, opt, _ = build(check="lazy", check_every=2)
+    step(model, opt, 0)
+    step(model, opt, 1)
+    params, _ = snapshot(model, opt)
+    with torch.no_grad():
+        po.direction_of(model.up)[3, 1] = float("inf")  # not through a gradient
+    step(model, opt, 2)
+    with pytest.raises(FloatingPointError, match=r"steps 3–4.*restored to step 2"):
+        step(model, opt, 3)
+    assert same(snapshot(model, opt)[0], params)
+
+
+def test_check_settings_are_validated():
+    model, opt, _ = build(check="lazy")
+    with pytest.raises(ValueError, match=r"unknown check 'later'; valid choices are 'lazy', 'step'"):
+        po.attach(opt, model, check="later")
+    with pytest.raises(ValueError, match=r"check_every must be a positive int .*got 0"):
+        po.attach(opt, model, check_every=0)
+    with pytest.raises(ValueError, match=r"already attached with check='lazy', check_every=100.*got check='step'"):
+        po.attach(opt, model, check="step")
+
+
+def test_the_snapshot_does_not_keep_the_model_alive():
+    import gc
+    import weakref
+    model, opt, handle = build(check="lazy")
+    step(model, opt, 0)
+    refs = [weakref.ref(model), weakref.ref(opt)]
+    del model, opt, handle
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+# ----- torch.compile ------------------------------------------------------------------------------
+
+def _can_compile() -> str | None:
+    if shutil.which("c++") is None and shutil.which("g++") is None and shutil.which("clang++") is None:
+        return "torch.compile's CPU backend (inductor) needs a C++ compiler, and none is on PATH"
+    return None
+
+
+def _compiled_run(mode, steps=6, **attach):
+    """Graph breaks and graphs compiled after one eager warm-up step, and the losses."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TinyLM()
+    if mode != "plain":
+        po.polarize_model(model, scale="row", mode=mode)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    if mode != "plain":
+        po.attach(opt, model, **attach)
+    idx = batch(0)
+
+    def train_step():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    losses = [train_step()]  # eager: optimizer state and polaropt's watch lists exist
+    counters.clear()
+    compiled = torch.compile(train_step)
+    losses.append(compiled())
+    first = counters["stats"].get("unique_graphs", 0)
+    losses += [compiled() for _ in range(steps - 2)]
+    return (sum(counters["graph_break"].values()), first, counters["stats"].get("unique_graphs", 0),
+            torch.stack(losses), model)
+
+
+@pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
+@pytest.mark.parametrize("mode", ["absorb", "project", "normalize"])
+def test_compiled_step_adds_no_graph_break_no_recompile_and_matches_eager(mode):
+    plain_breaks, *_ = _compiled_run("plain")
+    breaks, first, total, losses, model = _compiled_run(mode)
+    assert breaks == plain_breaks  # torch's own (zero_grad, the optimizer's no_grad region): nothing added
+    assert total == first  # steps 2.. reuse what step 1 compiled: nothing read changes between steps
+    torch.manual_seed(0)
+    eager = TinyLM()
+    po.polarize_model(eager, scale="row", mode=mode)
+    opt = torch.optim.AdamW(eager.parameters(), lr=1e-2)
+    po.attach(opt, eager)
+    idx = batch(0)
+    ref = []
+    for _ in range(len(losses)):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(eager(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        opt.step()
+        ref.append(loss.detach())
+    torch.testing.assert_close(losses, torch.stack(ref), rtol=1e-5, atol=1e-6)
+    if mode in ("absorb", "project"):  # renormalized inside the compiled step
+        n = po.direction_of(model.up).norm(dim=1)
+        torch.testing.assert_close(n, torch.ones_like(n))
+
+
+@pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
+def test_compiled_lazy_flag_is_read_at_check_finite():
+    torch._dynamo.reset()
+    model, opt, _ = build(check="lazy", check_every=1)
+    step(model, opt, 0)
+
+    def train_step(poison):
+        return step(model, opt, 1, poison)
+
+    compiled = torch.compile(train_step)
+    compiled(False)
+    po.check_finite(opt)
+    params, _ = snapshot(model, opt)
+    compiled(True)  # the periodic read does not run inside the compiled step
+    with pytest.raises(FloatingPointError, match="restored to step"):
+        po.check_finite(opt)
+    assert same(snapshot(model, opt)[0], params)
+
+
+@pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
+def test_compiled_every_k_renormalizes_on_the_right_steps():
+    """every > 1 needs the step count: under compile it is kept eagerly (one graph break), correctly."""
+    torch._dynamo.reset()
+    model, opt, _ = build(every=3)
+    step(model, opt, 0)
+    compiled = torch.compile(lambda t: step(model, opt, t))
+    for t in range(1, 6):
+        compiled(t)
+        n = po.direction_of(model.up).norm(dim=1)
+        assert torch.allclose(n, torch.ones_like(n)) == ((t + 1) % 3 == 0), t
+    assert opt.param_groups[0]["polar_steps"] == 6
