@@ -1,5 +1,6 @@
-"""attach(check="lazy"): a device-side NaN/Inf flag read every k steps, and the snapshot it restores;
-and the compiled training step (no graph break and no recompile over plain weights, equal to eager)."""
+"""attach(check="lazy"): nothing on the step, the parameters read every k steps, and the snapshot a
+failed read restores; and the compiled training step (no graph break and no recompile over plain
+weights, equal to eager)."""
 
 import shutil
 
@@ -84,8 +85,8 @@ def test_a_nan_lives_at_most_check_every_steps_then_everything_is_restored(mode)
     step(model, opt, 5, poison=True)  # no error yet: no host sync on the step
     assert not torch.isfinite(model.down.bias).all()  # the bad value lives (AdamW wrote it)
     step(model, opt, 6)
-    with pytest.raises(FloatingPointError, match=r"last 4 step\(s\) of AdamW \(steps 5–8.*hold one now: .*"
-                                                 r"restored to step 4, the last clean check"):
+    with pytest.raises(FloatingPointError, match=r"last 4 step\(s\) of AdamW \(steps 5–8.*tensors hold one now "
+                                                 r"\(.*restored to step 4, the last clean read"):
         step(model, opt, 7)
     after_params, after_state = snapshot(model, opt)
     assert same(after_params, params) and same(after_state, state)
@@ -119,7 +120,7 @@ def test_removing_the_handle_reads_the_flag_one_last_time():
     step(model, opt, 1)
 
 
-def test_a_nan_written_into_v_is_caught_by_the_renormalization_flag():
+def test_a_nan_written_into_v_is_caught_at_the_read():
     model, opt, _ = build(check="lazy", check_every=2)
     step(model, opt, 0)
     step(model, opt, 1)
@@ -130,6 +131,60 @@ def test_a_nan_written_into_v_is_caught_by_the_renormalization_flag():
     with pytest.raises(FloatingPointError, match=r"steps 3–4.*restored to step 2"):
         step(model, opt, 3)
     assert same(snapshot(model, opt)[0], params)
+
+
+def _syncs_and_checks(model, opt, t):
+    """Host syncs (``_local_scalar_dense``: ``.item()``/``bool()``) and sums that one ``opt.step()``
+    dispatches (its hooks included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    opt.zero_grad()
+    idx = batch(t)
+    nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+    with Count() as c:
+        opt.step()
+    return sum(op.startswith("_local_scalar_dense") for op in c.ops), sum(op.startswith("sum") for op in c.ops)
+
+
+def _sgd(**attach):
+    """SGD with momentum: unlike torch's Adam on CPU (``.item()`` of its step counts), it never syncs."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    po.attach(opt, model, **attach)
+    return model, opt
+
+
+def test_a_lazy_step_has_no_host_sync_and_no_finite_check():
+    model, opt = _sgd(check="lazy", check_every=3)
+    step(model, opt, 0)
+    assert _syncs_and_checks(model, opt, 1) == (0, 0)  # between reads: the step and its renormalization only
+    syncs, _ = _syncs_and_checks(model, opt, 2)  # the third step reads
+    assert syncs >= 1
+    model, opt = _sgd(check="step")
+    syncs, checks = _syncs_and_checks(model, opt, 0)
+    assert syncs >= 2 and checks >= len(list(model.parameters()))  # every gradient; then s and V
+
+
+def test_attach_to_a_model_that_already_holds_a_nan_is_refused():
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    with torch.no_grad():
+        po.direction_of(model.qkv)[0, 0] = float("nan")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with pytest.raises(FloatingPointError, match=r"qkv\.parametrizations\.weight\.original1 before any step"):
+        po.attach(opt, model)
 
 
 def test_check_settings_are_validated():

@@ -47,7 +47,7 @@ _polars = weakref.WeakSet()          # every live Polar; each keeps its Parametr
 _replaced = WeakIdKeyDictionary()    # the Parameter polarize replaced -> weakref to the ParametrizationList
 WATCH = "_polar_watch"  # optimizer attribute: (signature, [Polar whose V it holds]); on the optimizer itself,
 # not in a global weak dict, so a compiled step's guards do not depend on other optimizers being alive
-_generation = 0  # bumped whenever a tensor is polarized, unpolarized or copied: invalidates every WATCH
+_generation = 0  # bumped whenever a tensor is polarized, unpolarized, copied or loaded: invalidates every WATCH
 _hooks = None
 
 
@@ -82,6 +82,18 @@ def forget(plist) -> None:
     _generation += 1
 
 
+def generation() -> int:
+    """Bumped whenever a tensor is polarized, unpolarized, copied or loaded: caches keyed on it
+    (the watch lists here, :class:`polaropt.renorm.Plan`) are rebuilt."""
+    return _generation
+
+
+def touch() -> None:
+    """Invalidate every cache keyed on :func:`generation` (a load may have replaced the leaves)."""
+    global _generation
+    _generation += 1
+
+
 def replaced_by(tensor: torch.Tensor):
     """The live ParametrizationList that replaced ``tensor``, or None."""
     ref = _replaced.get(tensor)
@@ -90,8 +102,10 @@ def replaced_by(tensor: torch.Tensor):
 
 def mark_clean(polar) -> None:
     """``V`` is accounted for as it is now (renormalized, or deliberately left until a later step)."""
-    polar._pending = False
-    polar._stale = False
+    # plain attributes, written past nn.Module.__setattr__ (whose checks cost 10× the write, per
+    # tensor per step)
+    object.__setattr__(polar, "_pending", False)
+    object.__setattr__(polar, "_stale", False)
 
 
 def orphans(model: torch.nn.Module) -> list[tuple[str, str]]:
@@ -135,7 +149,7 @@ def _pre_step(optimizer, args, kwargs) -> None:
                    if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
         optimizer.__dict__[WATCH] = entry = (signature, watched)
     for polar in entry[1]:
-        polar._pending = True  # armed: a renormalization during this step clears it (mark_clean)
+        object.__setattr__(polar, "_pending", True)  # armed: a renormalization in this step clears it (mark_clean)
 
 
 def _post_step(optimizer, args, kwargs) -> None:

@@ -3,29 +3,33 @@
 - ``check="step"``: before every step, the gradients are checked with one host sync, and a NaN or
   Inf refuses the step before the optimizer writes anything; the renormalization after the step
   checks ``s`` and ``V`` the same way before it writes. Nothing is ever touched by a bad value, at
-  the price of a device sync per step (which also breaks a ``torch.compile`` graph).
-- ``check="lazy"`` (:class:`LazyCheck`): the same tests only OR a bool flag **on the device**; no
-  host sync. The flag is read every ``check_every`` steps (one sync), and whenever
-  :func:`check_now` is called or the optimizer's ``state_dict()`` is taken (a checkpoint never holds
-  an unnoticed NaN). A read that finds it clean takes a *snapshot*: a copy of every parameter the
-  optimizer steps, its state, and the ``s`` and ``V`` of the attached models. A read that finds it
-  set copies the snapshot back and raises ``FloatingPointError``. So a bad value lives at most
-  ``check_every`` steps (the steps after it run on it, and their losses show it), and when the error
-  fires every parameter and optimizer state is as it was after the last clean read: a failure never
-  leaves a corrupted parameter behind. The snapshot costs memory: one copy of the parameters and
-  of the optimizer's state (for Adam/AdamW, three times the parameters).
+  the price of a device sync and a pass over the gradients per step.
+- ``check="lazy"`` (:class:`LazyCheck`): nothing at all on the step. A NaN or Inf that reaches a
+  parameter or the optimizer's state stays there (every update, renormalization and moment
+  propagates it: ``p − lr·NaN``, ``β·m + (1−β)·NaN``, ``V/NaN``), so the parameters themselves are
+  the flag. They are read every ``check_every`` steps, whenever :func:`polaropt.check_finite` is
+  called, and when the optimizer's ``state_dict()`` is taken (a checkpoint never holds an
+  unnoticed NaN): one reduction over the parameters, their optimizer state and the attached models'
+  ``s`` and ``V``, and one host sync. A read that finds them finite takes a *snapshot* (a copy of
+  all of those); a read that finds a NaN or Inf copies the snapshot back and raises
+  ``FloatingPointError``. So a bad value lives at most ``check_every`` steps (the steps after it
+  run on it, and their losses show it), and when the error fires every parameter and optimizer
+  state is as it was after the last clean read: a failure never leaves a corrupted parameter
+  behind. The snapshot costs memory: one copy of the parameters and of the optimizer's state (for
+  Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
+  ``torch.amp.GradScaler`` skipped) is no failure and is not reported.
 
-Under ``torch.compile`` the lazy check adds nothing to the graph but the flag's reductions: the
-periodic read is a Python decision on a step count, which the compiled step cannot make without
-recompiling, so it is skipped there and the flag is read at :func:`check_now` (call it where you
-log) and at ``state_dict()``.
+Under ``torch.compile`` the lazy check adds nothing to the graph. Its periodic read is a Python
+decision on a step count, which a compiled step cannot make without recompiling, so it does not run
+inside one: the read happens at :func:`polaropt.check_finite` (call it where you log) and at
+``state_dict()``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .slices import nonfinite
+from .slices import nonfinite, nonfinite_flag
 
 CHECKS = ("lazy", "step")
 
@@ -43,42 +47,23 @@ def _clone_state(state: dict) -> dict:
 
 
 class LazyCheck:
-    """The device-side NaN/Inf flag of one optimizer, its periodic read, and the snapshot it restores.
+    """The periodic NaN/Inf read of one optimizer's parameters and state, and the snapshot it restores.
 
-    ``tensors()`` gives the tensors a failure must restore beyond the optimizer's parameters (the
-    attached models' ``s`` and ``V``); ``names(optimizer)`` maps ``id(tensor)`` to a name for the error.
+    ``tensors()`` gives the tensors beyond the optimizer's parameters that are read and restored
+    (the attached models' ``s`` and ``V``); ``names(optimizer)`` maps ``id(tensor)`` to a name for
+    the error.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names):
         self.every, self._tensors, self._names = every, tensors, names
-        self.flags: dict[torch.device, torch.Tensor] = {}  # one persistent bool per device, ORed in place
         self.since = 0      # eager steps since the last read
         self.steps = 0      # eager steps since attach
         self.good_at = 0    # the step of the last clean read (the snapshot's)
         self.snapshot = None
-        for t in self._scope(optimizer):
-            if t.device not in self.flags:
-                self._flag(t.device)
-        self._take(optimizer)
-
-    def add(self, flags: dict) -> None:
-        """OR ``{device: 0-d bool tensor}`` into the persistent flags, in place (under CUDA graphs a
-        flag is a static buffer the graph mutates, not a graph output kept across replays)."""
-        for device, bad in flags.items():
-            flag = self.flags.get(device)
-            if flag is None:  # a device not seen at attach (the model moved)
-                flag = self._flag(device)
-            flag.logical_or_(bad)
-
-    def _flag(self, device) -> torch.Tensor:
-        flag = self.flags[device] = torch.zeros((), dtype=torch.bool, device=device)
-        mark = getattr(torch._dynamo, "mark_static_address", None)  # as torch's compiled optimizers mark
-        if mark is not None and not torch.compiler.is_compiling():  # their state: a fixed address
-            mark(flag)
-        return flag
+        self.read(optimizer)
 
     def stepped(self, optimizer) -> None:
-        """After each step: count it (eagerly) and read the flag every ``every`` steps."""
+        """After each step: count it (eagerly) and read every ``every`` steps."""
         if torch.compiler.is_compiling():
             return
         self.steps += 1
@@ -86,29 +71,32 @@ class LazyCheck:
         if self.since >= self.every:
             self.read(optimizer)
 
+    @torch.no_grad()
     def read(self, optimizer) -> None:
-        """Read the flag (one host sync per device): snapshot when clean; restore and raise when set."""
-        bad = any(bool(f) for f in self.flags.values())
+        """One reduction and one host sync (per device): snapshot when finite; restore and raise if not."""
+        scope = self._scope(optimizer)
+        state = [v for t in scope if t in optimizer.state for v in optimizer.state[t].values()
+                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
         self.since = 0
-        if not bad:
+        if not any(bool(bad) for bad in nonfinite_flag(scope + state).values()):
             self.good_at = self.steps
-            self._take(optimizer)
+            self._take(optimizer, scope)
             return
-        named, total = self._nonfinite_now(optimizer), len(self._scope(optimizer))
+        if self.snapshot is None:  # non-finite at attach: nothing to go back to
+            raise FloatingPointError(
+                f"attach found NaN or Inf in {', '.join(self._named(optimizer, scope)) or 'the optimizer state'} "
+                "before any step; there is no clean state to restore. Fix the initialization or the checkpoint")
+        named = self._named(optimizer, scope)
         self._restore(optimizer)
-        for f in self.flags.values():
-            f.zero_()
         lost = self.steps - self.good_at
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
-        where = (f"{len(named)} tensors (of {total} and their gradients) hold one now: {shown}; the steps after it spread "
-                 "it, so check='step' names where it entered" if named else
-                 "no tensor holds one now (a gradient or a norm was non-finite, or its sum beyond float32's range, "
-                 "at one of these steps)")
+        where = (f"{len(named)} of its {len(scope)} tensors hold one now ({shown}; the steps after it spread it, "
+                 "so check='step' names where it entered)" if named else "it is in the optimizer state")
         raise FloatingPointError(
             f"NaN or Inf entered in the last {lost} step(s) of {type(optimizer).__name__} (steps {self.good_at + 1}–"
-            f"{self.steps} since attach; check='lazy' reads its flag every {self.every} steps): {where}. Every "
-            f"parameter it steps, its state and the attached models' s and V are restored to step {self.good_at}, "
-            "the last clean check. Lower the learning rate or check the loss and inputs")
+            f"{self.steps} since attach; check='lazy' reads every {self.every} steps): {where}. Every parameter it "
+            f"steps, its state and the attached models' s and V are restored to step {self.good_at}, the last clean "
+            "read. Lower the learning rate or check the loss and inputs")
 
     # the snapshot ---------------------------------------------------------------------------------
     def _scope(self, optimizer) -> list[torch.Tensor]:
@@ -120,9 +108,8 @@ class LazyCheck:
         return out
 
     @torch.no_grad()
-    def _take(self, optimizer) -> None:
+    def _take(self, optimizer, scope) -> None:
         self.snapshot = None  # free the old copy first: never two at once
-        scope = self._scope(optimizer)
         self.snapshot = (
             [(t, t.detach().clone()) for t in scope],
             {id(t): _clone_state(optimizer.state[t]) for t in scope if t in optimizer.state},
@@ -140,13 +127,6 @@ class LazyCheck:
                 else:
                     optimizer.state[t] = _clone_state(saved)
 
-    def _nonfinite_now(self, optimizer) -> list[str]:
-        scope = self._scope(optimizer)
+    def _named(self, optimizer, scope) -> list[str]:
         names = self._names(optimizer)
-        grads = [t.grad for t in scope if t.grad is not None]
-        holders = [t for t in scope if t.grad is not None]
-        bad = [names.get(id(scope[i]), f"a tensor of shape {tuple(scope[i].shape)}") for i in nonfinite(scope)]
-        bad += [f"the gradient of {names.get(id(holders[i]), f'a tensor of shape {tuple(holders[i].shape)}')}"
-                for i in nonfinite(grads)]
-        return bad
-
+        return [names.get(id(scope[i]), f"a tensor of shape {tuple(scope[i].shape)}") for i in nonfinite(scope)]

@@ -15,14 +15,14 @@ Two implementations, which tests hold bitwise equal:
   shape, reduced dims, ``eps`` and mode form a group, stacked into one batch: one norm, one clamp,
   one division and one multi-tensor copy back per *group*, so the number of kernel launches grows
   with the number of distinct shapes (a transformer has a handful), not with the number of tensors.
-  Stacking copies ``V`` twice more, so it is used where launches, not memory, are the cost: for
-  tensors up to :data:`STACK_MAX_NUMEL` entries, and never on CPU, which has no launch cost (there
-  the stacked path measured ×1.2 the time of in-place per-tensor kernels, ``benchmarks/renorm.py``).
+  Stacking copies ``V`` twice more, so it is used where launches (or, on CPU, per-op dispatch), not
+  memory, are the cost: for tensors up to :data:`STACK_MAX_NUMEL` entries (on CPU, 256×256 tensors
+  measured ×1.08–1.2 the time stacked, ``benchmarks/renorm.py``).
   Unstacked tensors, FSDP2 shards (DTensors) and lone tensors take in-place per-tensor kernels.
 
-Neither loops over slices. The NaN/Inf check either raises before anything is modified (one host
-sync; :func:`renormalize_`) or, for :func:`polaropt.attach`'s lazy check, only records a flag on the
-device (no sync; the tensors are still renormalized, and the lazy check restores them).
+Neither loops over slices. The NaN/Inf check raises before anything is modified (one host sync;
+:func:`renormalize_`), or is skipped for :func:`polaropt.attach`'s lazy check, which reads the
+parameters themselves later (a NaN in ``s`` or ``V`` stays there: ``V/NaN``, ``s·NaN``).
 """
 
 from __future__ import annotations
@@ -135,11 +135,37 @@ def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
     return norms
 
 
-STACK_MAX_NUMEL = {"cpu": 0, None: 1 << 22}  # per device type (None: any other); 4M entries ≈ launch-bound on a GPU
+# the largest tensor (entries) stacked, per device type (None: any other device): on a GPU a launch
+# costs about as much as moving 4M entries; on CPU an op's dispatch about as much as 16K
+STACK_MAX_NUMEL = {"cpu": 1 << 14, None: 1 << 22}
 
 
 def _stack_limit(device: torch.device) -> int:
     return STACK_MAX_NUMEL.get(device.type, STACK_MAX_NUMEL[None])
+
+
+class Plan:
+    """A model's renormalization targets and their groups, built once and reused while it is valid:
+    nothing polarized, unpolarized or copied since (:data:`polaropt.guard` counts those), and every
+    ``s`` and ``V`` still the same tensor object (``load_state_dict(assign=True)``, ``fully_shard``
+    and hand-replaced leaves all change that). Building one walks the model; checking one does not."""
+
+    def __init__(self, model: nn.Module):
+        self.generation = guard.generation()
+        self.targets = _targets(model)
+        self.leaves = [(t.module.parametrizations[t.name]._parameters, t.scale, t.direction) for t in self.targets]
+        self.groups = _groups(self.targets)
+
+    def valid(self) -> bool:
+        return self.generation == guard.generation() and all(
+            p.get("original0") is s and p.get("original1") is v for p, s, v in self.leaves)
+
+
+def _groups(targets: list[PolarTensor]) -> list[list[int]]:
+    groups: dict = {}
+    for i, t in enumerate(targets):
+        groups.setdefault(_group_key(t), []).append(i)
+    return list(groups.values())
 
 
 def _group_key(t: PolarTensor):
@@ -152,25 +178,25 @@ def _group_key(t: PolarTensor):
 
 
 @torch.no_grad()
-def _renormalize_grouped(targets: list[PolarTensor], on_flag=None, stack_max: int | None = None) -> list[torch.Tensor]:
-    """The batched renormalization; ``on_flag`` (lazy check) receives ``{device: bool tensor}``
-    instead of an immediate check; ``stack_max`` overrides :data:`STACK_MAX_NUMEL` (tests force
-    stacking on CPU with it). Returns ``a`` per target (views into the group's batch)."""
-    groups: dict = {}
-    for i, t in enumerate(targets):
-        groups.setdefault(_group_key(t), []).append(i)
+def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_max: int | None = None,
+                         groups: list[list[int]] | None = None) -> list[torch.Tensor]:
+    """The batched renormalization; ``check=False`` skips the NaN/Inf check (the lazy check reads the
+    parameters later, so nothing syncs here); ``stack_max`` overrides :data:`STACK_MAX_NUMEL` (tests force
+    stacking on CPU with it); ``groups`` is :func:`_groups` of ``targets`` when the caller keeps it
+    (a :class:`Plan`). Returns ``a`` per target (views into the group's batch)."""
     norms: list = [None] * len(targets)
     batches = []  # (indices, stacked V or None, a)
     checked = []  # what the NaN/Inf check reads: each batch's a, and its scales (stacked when grouped)
-    for key, idx in groups.items():
+    for idx in _groups(targets) if groups is None else groups:
         v0 = targets[idx[0]].direction
         limit = _stack_limit(v0.device) if stack_max is None else stack_max
-        if key[0] == "alone" or len(idx) == 1 or v0.numel() > limit:
+        if len(idx) == 1 or hasattr(v0, "placements") or v0.numel() > limit:
             for i in idx:
                 t = targets[i]
                 norms[i] = slice_norm(t.direction, t.polar.dims)
                 batches.append(([i], None, norms[i]))
-                checked += [norms[i], t.scale]
+                if check:
+                    checked += [norms[i], t.scale]
             continue
         t0 = targets[idx[0]]
         stacked = torch.stack([targets[i].direction for i in idx])
@@ -178,12 +204,10 @@ def _renormalize_grouped(targets: list[PolarTensor], on_flag=None, stack_max: in
         for i, n in zip(idx, a.unbind(0)):
             norms[i] = n
         batches.append((idx, stacked, a))
-        checked += [a, torch.stack([targets[i].scale for i in idx])]
-    if on_flag is None:
-        if any(bool(bad) for bad in nonfinite_flag(checked).values()):  # one sync per device
-            _check_now(targets, norms)  # names the tensors; raises before anything is written
-    else:
-        on_flag(nonfinite_flag(checked))
+        if check:
+            checked += [a, torch.stack([targets[i].scale for i in idx])]
+    if check and any(bool(bad) for bad in nonfinite_flag(checked).values()):  # one sync per device
+        _check_now(targets, norms)  # names the tensors; raises before anything is written
     vs, quotients, ss, factors = [], [], [], []
     for idx, stacked, a in batches:
         t0 = targets[idx[0]]
@@ -227,13 +251,13 @@ def renormalize_(model: nn.Module, *, optimizer: torch.optim.Optimizer | None = 
 
 
 def renormalize_targets(targets: list[PolarTensor], *, optimizer=None, state: str = "keep", foreach: bool = True,
-                        on_flag=None) -> None:
-    """:func:`renormalize_` of given targets; with ``on_flag`` the NaN/Inf check is handed to it as a
-    device-side flag (``{device: bool tensor}``, no host sync) instead of raising."""
+                        check: bool = True, groups=None) -> None:
+    """:func:`renormalize_` of given targets (and their :func:`_groups`, if kept); ``check=False``
+    skips the NaN/Inf check (the lazy check's case: no host sync)."""
     if not targets:
         return
     plan = _plan_transport(optimizer, targets, state)
-    norms = _renormalize_grouped(targets, on_flag) if foreach else _renormalize_reference(targets)
+    norms = _renormalize_grouped(targets, check, groups=groups) if foreach else _renormalize_reference(targets)
     with torch.no_grad():
         _transport(optimizer, plan, norms, state)
     for t in targets:

@@ -2,11 +2,11 @@
 
 Before the step (``register_step_pre_hook``):
 
-1. **Gradient guard** (with :func:`attach`): a reduction of every gradient the optimizer is about
-   to use. With ``check="step"``, one host sync; a NaN or Inf refuses the step with
+1. **Gradient guard** (with :func:`attach` and ``check="step"``): a reduction of every gradient the
+   optimizer is about to use and one host sync; a NaN or Inf refuses the step with
    ``FloatingPointError`` naming the tensors, before the optimizer writes anything. With
-   ``check="lazy"`` (the default), no sync: it ORs a flag on the device that
-   :mod:`polaropt.nancheck` reads every ``check_every`` steps, restoring a snapshot if it is set.
+   ``check="lazy"`` (the default) nothing happens here: :mod:`polaropt.nancheck` reads the
+   parameters every ``check_every`` steps, restoring a snapshot if one holds NaN or Inf.
 2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
    each multiplies its groups' *current* lr, whatever other schedulers set it to, for the duration
    of this step.
@@ -20,7 +20,7 @@ After the step (``register_step_post_hook``, in this order):
    deliberately left until later (so :mod:`polaropt.guard` does not raise). The step count lives in
    ``optimizer.param_groups[0]["polar_steps"]``, so it is saved and restored with the optimizer's
    ``state_dict``.
-5. **Lazy check** (``check="lazy"``): every ``check_every``-th step, the flag is read.
+5. **Lazy check** (``check="lazy"``): every ``check_every``-th step, the parameters are read.
 
 Under ``torch.compile`` (the hooks are traced with ``opt.step()``), nothing here reads a value that
 changes from step to step, so the compiled step is neither broken nor recompiled: the Python step
@@ -43,8 +43,8 @@ from torch import nn
 from . import guard
 from .nancheck import LazyCheck, check_mode
 from .polar import _is_fsdp_module, polar_tensors
-from .renorm import _plan_transport, _targets, renormalize_targets
-from .slices import nonfinite, nonfinite_flag, slice_norm
+from .renorm import Plan, _plan_transport, _targets, renormalize_targets
+from .slices import nonfinite, slice_norm
 from .transport import check_state_policy
 
 _controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
@@ -55,8 +55,8 @@ class _Control:
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = weakref.ref(optimizer)
-        self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every"}
-        self.lazy: LazyCheck | None = None  # the device-side NaN/Inf flag, with check="lazy"
+        self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every", "plan"}
+        self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read and its snapshot, with check="lazy"
         self._state_dict_hook = None
         self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
@@ -65,7 +65,7 @@ class _Control:
     def start_lazy(self, optimizer, every: int) -> None:
         # (nothing here may hold the optimizer: _controls maps it weakly to this controller)
         self.lazy = LazyCheck(optimizer, every, self._polar_leaves, lambda opt: _names(self._models(), opt))
-        # a checkpoint of the optimizer never holds a NaN the flag has seen but not reported
+        # a checkpoint of the optimizer never holds a NaN that no read has reported
         self._state_dict_hook = optimizer.register_state_dict_pre_hook(lambda opt: self.lazy.read(opt))
 
     def stop_lazy(self) -> None:
@@ -98,10 +98,8 @@ class _Control:
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
         if self.attached and _scaler_found_inf(optimizer) is None:
-            if self.lazy is None:
+            if self.lazy is None:  # check="step"; the lazy check reads the parameters later instead
                 check_gradients(optimizer, self._models())
-            else:
-                self.lazy.add(nonfinite_flag(_grads(optimizer)[1]))
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
             # at the next step's start (_restore) instead of staying multiplied
@@ -132,15 +130,18 @@ class _Control:
                 for t in _targets(a["model"]):
                     guard.mark_clean(t.polar)
             return
-        on_flag = None if self.lazy is None else self.lazy.add
         # every=1 needs no count; a compiled step must not read one (it changes at every step)
         counted = not torch.compiler.is_compiling() or any(a["every"] > 1 for a in self.attached)
         count = _count_step(optimizer.param_groups[0]) if counted else 0
         for a in self.attached:
+            plan = a["plan"]
+            if plan is None or not plan.valid():
+                plan = a["plan"] = Plan(a["model"])
             if a["every"] == 1 or count % a["every"] == 0:
-                renormalize_targets(_targets(a["model"]), optimizer=optimizer, state=a["state"], on_flag=on_flag)
+                renormalize_targets(plan.targets, optimizer=optimizer, state=a["state"], check=self.lazy is None,
+                                    groups=plan.groups)
             else:
-                for t in _targets(a["model"]):
+                for t in plan.targets:
                     guard.mark_clean(t.polar)
         if self.lazy is not None:
             self.lazy.stepped(optimizer)
@@ -252,9 +253,11 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     - Every gradient the optimizer will use, and every ``s`` and ``V`` the renormalization reads, is
       checked for NaN/Inf. This guards every mode, ``free`` and ``normalize`` included. ``check``:
 
-      - ``"lazy"`` (default): no host sync on the step. The check ORs a flag on the device, read
-        every ``check_every`` steps, at :func:`check_finite` and at ``optimizer.state_dict()``. A NaN
-        or Inf lives at most ``check_every`` steps (the steps after it run on it); then
+      - ``"lazy"`` (default): nothing on the step (no host sync, no pass over the gradients). A NaN
+        or Inf that reaches a parameter or the optimizer state stays there, so those are read (one
+        reduction, one sync) every ``check_every`` steps, at :func:`check_finite` and at
+        ``optimizer.state_dict()``. A bad value lives at most ``check_every`` steps (the steps after
+        it run on it); then
         ``FloatingPointError`` names the tensors holding one, and every parameter the optimizer
         steps, its state, and this model's ``s`` and ``V`` are restored to what they were at the last
         clean read. That costs one copy of the parameters and of the optimizer state (Adam: 3× the
@@ -275,7 +278,7 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
         so; use ``every=k > 1`` (a restart every k steps) or ``"rescale"``.
 
     Under ``torch.compile(train_step)`` the hooks trace into the graph without a graph break or a
-    recompile (``check="lazy"``, ``every=1``): there the lazy flag is read only at
+    recompile (``check="lazy"``, ``every=1``): there the lazy read runs only at
     :func:`check_finite` (call it where you log) and ``state_dict()``. ``every > 1`` costs one graph
     break (the step count is kept eagerly); ``check="step"`` one per read.
 
@@ -322,7 +325,8 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
                 f"this {type(optimizer).__name__} is already attached with check={other['check']!r}, "
                 f"check_every={other['check_every']}; one optimizer has one NaN/Inf check, so attach this model with "
                 f"the same settings (got check={check!r}, check_every={check_every})")
-    entry = {"model": model, "state": state, "every": every, "check": check, "check_every": check_every}
+    entry = {"model": model, "state": state, "every": every, "check": check, "check_every": check_every,
+             "plan": None}  # the renormalization's Plan, built at the first step
     ctl.attached.append(entry)
     if check == "lazy" and ctl.lazy is None:
         ctl.start_lazy(optimizer, check_every)
@@ -330,9 +334,9 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
 
 
 def check_finite(optimizer: torch.optim.Optimizer) -> None:
-    """Read ``optimizer``'s lazy NaN/Inf flag now (one host sync): raise ``FloatingPointError`` and
-    restore the last clean snapshot if a NaN or Inf was seen since the last read, else take a new
-    snapshot. Call it where you already sync (logging a loss) to bound how long a bad value lives,
+    """Run ``optimizer``'s lazy NaN/Inf read now (one reduction, one host sync): if a parameter, its
+    state, or an attached ``s`` or ``V`` holds NaN or Inf, restore the last clean snapshot and raise
+    ``FloatingPointError``; else take a new snapshot. Call it where you already sync (logging a loss) to bound how long a bad value lives,
     and under ``torch.compile``, where the periodic read does not run. A no-op without a lazy
     :func:`attach`."""
     ctl = _controls.get(optimizer)
