@@ -183,8 +183,23 @@ def test_attach_to_a_model_that_already_holds_a_nan_is_refused():
     with torch.no_grad():
         po.direction_of(model.qkv)[0, 0] = float("nan")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    with pytest.raises(FloatingPointError, match=r"qkv\.parametrizations\.weight\.original1 before any step"):
+    with pytest.raises(FloatingPointError, match=r"NaN or Inf at attach, in qkv\.parametrizations\.weight\.original1; "
+                                                 r"there is no clean state to restore"):
         po.attach(opt, model)
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_state_dict_pre_hooks  # nothing left behind
+    with torch.no_grad():
+        po.direction_of(model.qkv)[0, 0] = 1.0
+    po.attach(opt, model)  # fixed: attaches once
+    step(model, opt, 0)
+    n = po.direction_of(model.qkv).norm(dim=1)
+    torch.testing.assert_close(n, torch.ones_like(n))
+
+
+def test_a_huge_finite_value_is_not_a_false_alarm():
+    model, opt, _ = build(check="lazy")
+    with torch.no_grad():
+        model.up.bias.fill_(3e38)  # finite; the sum over the tensor overflows float32
+    po.check_finite(opt)  # confirmed tensor by tensor: nothing non-finite
 
 
 def test_check_settings_are_validated():
@@ -195,6 +210,112 @@ def test_check_settings_are_validated():
         po.attach(opt, model, check_every=0)
     with pytest.raises(ValueError, match=r"already attached with check='lazy', check_every=100.*got check='step'"):
         po.attach(opt, model, check="step")
+
+
+def test_a_load_is_the_new_point_to_go_back_to():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    for t in range(3):
+        step(model, opt, t)
+    saved = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}, opt.state_dict()
+    for t in range(3, 6):
+        step(model, opt, t)
+    po.check_finite(opt)  # a snapshot after step 6
+    model.load_state_dict(saved[0], strict=False)  # resume from step 3 (the polar settings are unchanged)
+    opt.load_state_dict(saved[1])
+    step(model, opt, 6, poison=True)
+    with pytest.raises(FloatingPointError):
+        po.check_finite(opt)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved[0].items())  # step 3, not step 6
+
+
+def test_a_param_group_added_after_attach_is_covered():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    extra = nn.Linear(3, 3)
+    opt.add_param_group({"params": extra.parameters()})
+    step(model, opt, 0)  # the optimizer's groups changed: read (and snapshot) at once
+    before = extra.weight.detach().clone()
+    opt.zero_grad()
+    model(batch(1)).sum().backward()
+    extra.weight.grad = torch.full_like(extra.weight, float("nan"))
+    extra.bias.grad = torch.zeros_like(extra.bias)
+    opt.step()
+    with pytest.raises(FloatingPointError, match="restored to step 1"):
+        po.check_finite(opt)
+    assert torch.equal(extra.weight, before)
+
+
+def test_nested_optimizer_state_is_read_and_restored():
+    class Nested(torch.optim.Optimizer):
+        """Momentum kept in a list inside a dict, as Shampoo/SOAP-style optimizers keep theirs."""
+
+        def __init__(self, params):
+            super().__init__(params, {"lr": 0.01})
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is None:
+                        continue
+                    st = self.state[p].setdefault("bufs", {"m": [torch.zeros_like(p)]})
+                    st["m"][0].mul_(0.9).add_(p.grad)
+                    p.sub_(st["m"][0], alpha=g["lr"])
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    opt = Nested(model.parameters())
+    po.attach(opt, model, check_every=1000)
+    step(model, opt, 0)
+    po.check_finite(opt)
+    saved = {id(p): opt.state[p]["bufs"]["m"][0].clone() for p in opt.state}
+    step(model, opt, 1, poison=True)
+    with pytest.raises(FloatingPointError):
+        po.check_finite(opt)
+    assert all(torch.equal(opt.state[p]["bufs"]["m"][0], saved[id(p)]) for p in opt.state)
+
+
+def test_the_absorb_muon_recipe_is_read_and_restored_through_its_children():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = po.recipe("absorb-muon", model, lr=1e-2, check_every=2)
+    for t in range(4):
+        step(model, opt, t)
+    sizes = [len(o.state) for o in opt.optimizers]
+    opt.state_dict()  # the reads looked the state up without adding entries to a child
+    assert [len(o.state) for o in opt.optimizers] == sizes
+    adamw = opt.optimizers[1]
+    po.check_finite(opt)
+    p = next(iter(adamw.state))
+    m = adamw.state[p]["exp_avg"].clone()
+    with torch.no_grad():
+        adamw.state[p]["exp_avg"][0] = float("nan")  # only in the AdamW child's moments
+    with pytest.raises(FloatingPointError, match=r"the RecipeOptimizer state of"):
+        opt.state_dict()  # RecipeOptimizer.state_dict runs torch's state-dict hooks
+    assert torch.equal(adamw.state[p]["exp_avg"], m)
+
+
+def test_plan_follows_a_module_added_with_its_param_group_and_a_dtype_change():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    po.polarize_model(model, scale="row", mode="absorb")
+    extra = po.polarize(nn.Linear(4, 4), scale="row", mode="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    po.attach(opt, model)
+    x = torch.randn(3, 4)
+    model(x).sum().backward()
+    opt.step()
+    model.append(extra)  # surgery: a new polar module, and its parameters in the optimizer
+    opt.add_param_group({"params": extra.parameters()})
+    model(x).sum().backward()
+    opt.step()
+    n = po.direction_of(extra).norm(dim=1)
+    torch.testing.assert_close(n, torch.ones_like(n))
+    model(x)  # renormalized: no stale direction
+    model[0].double()  # the plan's groups were (float32, ...): rebuilt
+    model[0](x.double()).sum().backward()
+    opt.step()
+    assert po.direction_of(model[0]).dtype == torch.float64
 
 
 def test_the_snapshot_does_not_keep_the_model_alive():

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from .slices import nonfinite, nonfinite_flag
+from .slices import nonfinite
 
 CHECKS = ("lazy", "step")
 
@@ -42,16 +42,80 @@ def check_mode(check: str, check_every) -> None:
                          f"got {check_every!r}")
 
 
-def _clone_state(state: dict) -> dict:
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+def _tensors_in(obj) -> list[torch.Tensor]:
+    """Every floating-point tensor in an optimizer's per-parameter state, nested lists and dicts included."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.is_floating_point() or obj.is_complex() else []
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors_in(v)]
+    return []
+
+
+def _clone(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone(v) for v in obj)
+    return obj
+
+
+def _copy_into(live, saved) -> bool:
+    """Copy ``saved`` into ``live`` in place where they have the same structure (the tensors keep their
+    addresses: a compiled or CUDA-graphed optimizer step keeps working); False if they differ."""
+    if isinstance(saved, torch.Tensor):
+        if (isinstance(live, torch.Tensor) and live.shape == saved.shape and live.dtype == saved.dtype
+                and live.device == saved.device):
+            live.copy_(saved)
+            return True
+        return False
+    if isinstance(saved, dict):
+        if not isinstance(live, dict) or live.keys() != saved.keys():
+            return False
+        ok = all(_copy_into(live[k], v) if isinstance(v, (torch.Tensor, dict, list, tuple)) else True
+                 for k, v in saved.items())
+        for k, v in saved.items():  # plain values (a step count kept as a float) are set back
+            if not isinstance(v, (torch.Tensor, dict, list, tuple)):
+                live[k] = v
+        return ok
+    if isinstance(saved, (list, tuple)):
+        return (isinstance(live, (list, tuple)) and len(live) == len(saved)
+                and all(_copy_into(a, b) for a, b in zip(live, saved)))
+    return live == saved
+
+
+def _state_maps(optimizer) -> list:
+    """The dicts that hold the optimizer's per-parameter state: one, or a ChainMap's maps (a
+    :class:`polaropt.RecipeOptimizer`). They are only looked up with ``in``, never indexed blindly:
+    indexing a ``defaultdict`` (or a ChainMap of them) creates an entry."""
+    return list(getattr(optimizer.state, "maps", [optimizer.state]))
+
+
+def _state_of(maps: list, t) -> tuple[int, dict | None]:
+    for i, m in enumerate(maps):
+        if t in m:
+            return i, m[t]
+    return -1, None
+
+
+def signature(optimizer) -> tuple:
+    """Changes when the optimizer's parameters may have: a group added or grown, a tensor polarized,
+    unpolarized, copied or loaded (:func:`polaropt.guard.generation`)."""
+    from .guard import generation
+
+    return generation(), tuple(len(g["params"]) for g in optimizer.param_groups)
 
 
 class LazyCheck:
     """The periodic NaN/Inf read of one optimizer's parameters and state, and the snapshot it restores.
 
-    ``tensors()`` gives the tensors beyond the optimizer's parameters that are read and restored
-    (the attached models' ``s`` and ``V``); ``names(optimizer)`` maps ``id(tensor)`` to a name for
-    the error.
+    The scope is every parameter the optimizer steps, with its state, plus ``tensors()``: the
+    attached models' ``s`` and ``V`` that no optimizer steps (a fixed scale, which absorb still
+    rescales). A trainable ``s`` or ``V`` in another optimizer is that optimizer's business: its
+    moments cannot be restored from here. ``names(optimizer)`` maps ``id(tensor)`` to a name.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names):
@@ -60,43 +124,58 @@ class LazyCheck:
         self.steps = 0      # eager steps since attach
         self.good_at = 0    # the step of the last clean read (the snapshot's)
         self.snapshot = None
-        self.read(optimizer)
+        self.signature = None
+        self.read(optimizer, when="at attach")
 
     def stepped(self, optimizer) -> None:
-        """After each step: count it (eagerly) and read every ``every`` steps."""
+        """After each step: count it (eagerly) and read every ``every`` steps, or at once when the
+        optimizer's parameters changed (so the snapshot covers the new ones)."""
         if torch.compiler.is_compiling():
             return
         self.steps += 1
         self.since += 1
-        if self.since >= self.every:
+        if self.since >= self.every or signature(optimizer) != self.signature:
             self.read(optimizer)
 
     @torch.no_grad()
-    def read(self, optimizer) -> None:
-        """One reduction and one host sync (per device): snapshot when finite; restore and raise if not."""
+    def read(self, optimizer, when: str | None = None) -> None:
+        """One reduction and one host sync per device (alarms confirmed tensor by tensor): snapshot
+        when everything is finite; otherwise restore the snapshot and raise. ``when`` names a read
+        with nothing to restore ("at attach", "after load_state_dict"): it raises without restoring."""
         scope = self._scope(optimizer)
-        state = [v for t in scope if t in optimizer.state for v in optimizer.state[t].values()
-                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        maps = _state_maps(optimizer)
+        owners, state = [], []
+        for t in scope:
+            for x in _tensors_in(_state_of(maps, t)[1]):
+                owners.append(t)
+                state.append(x)
         self.since = 0
-        if not any(bool(bad) for bad in nonfinite_flag(scope + state).values()):
+        bad = nonfinite(scope + state)
+        if not bad:
             self.good_at = self.steps
-            self._take(optimizer, scope)
+            self._take(optimizer, scope, maps)
             return
-        if self.snapshot is None:  # non-finite at attach: nothing to go back to
-            raise FloatingPointError(
-                f"attach found NaN or Inf in {', '.join(self._named(optimizer, scope)) or 'the optimizer state'} "
-                "before any step; there is no clean state to restore. Fix the initialization or the checkpoint")
-        named = self._named(optimizer, scope)
-        self._restore(optimizer)
-        lost = self.steps - self.good_at
+        names = self._names(optimizer)
+
+        def name(t):
+            return names.get(id(t), f"a tensor of shape {tuple(t.shape)}")
+        named = list(dict.fromkeys(name(scope[i]) if i < len(scope) else f"the {type(optimizer).__name__} state of "
+                                   f"{name(owners[i - len(scope)])}" for i in bad))
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
-        where = (f"{len(named)} of its {len(scope)} tensors hold one now ({shown}; the steps after it spread it, "
-                 "so check='step' names where it entered)" if named else "it is in the optimizer state")
+        if when is not None or self.snapshot is None:
+            self.snapshot = None  # nothing clean to go back to: every later read raises until this is fixed
+            raise FloatingPointError(f"NaN or Inf {when or 'before any clean read'}, in {shown}; there is no clean "
+                                     "state to restore. Fix the initialization or the checkpoint")
+        missing = self._restore(optimizer, scope, maps)
+        lost = self.steps - self.good_at
         raise FloatingPointError(
             f"NaN or Inf entered in the last {lost} step(s) of {type(optimizer).__name__} (steps {self.good_at + 1}–"
-            f"{self.steps} since attach; check='lazy' reads every {self.every} steps): {where}. Every parameter it "
-            f"steps, its state and the attached models' s and V are restored to step {self.good_at}, the last clean "
-            "read. Lower the learning rate or check the loss and inputs")
+            f"{self.steps} since attach; check='lazy' reads every {self.every} steps): {len(named)} tensors hold one "
+            f"now ({shown}; the steps after it spread it, so check='step' names where it entered). Every parameter it "
+            f"steps, its optimizer state and the attached models' fixed scales are restored to step {self.good_at}, "
+            "the last clean read"
+            + (f", except {', '.join(name(t) for t in missing)}, added since (still non-finite)" if missing else "")
+            + "; lr schedules, gradients and step counts are not. Lower the learning rate or check the loss and inputs")
 
     # the snapshot ---------------------------------------------------------------------------------
     def _scope(self, optimizer) -> list[torch.Tensor]:
@@ -108,25 +187,32 @@ class LazyCheck:
         return out
 
     @torch.no_grad()
-    def _take(self, optimizer, scope) -> None:
+    def _take(self, optimizer, scope, maps) -> None:
         self.snapshot = None  # free the old copy first: never two at once
-        self.snapshot = (
-            [(t, t.detach().clone()) for t in scope],
-            {id(t): _clone_state(optimizer.state[t]) for t in scope if t in optimizer.state},
-        )
+        states = {}
+        for t in scope:
+            i, st = _state_of(maps, t)
+            if i >= 0:
+                states[id(t)] = (i, _clone(st))
+        self.snapshot = ([(t, t.detach().clone()) for t in scope], states)
+        self.signature = signature(optimizer)
 
     @torch.no_grad()
-    def _restore(self, optimizer) -> None:
+    def _restore(self, optimizer, scope, maps) -> list[torch.Tensor]:
+        """Copy the snapshot back (in place where the structure is unchanged); return the tensors of
+        ``scope`` the snapshot does not hold."""
         tensors, states = self.snapshot
+        held = set()
         for t, copy in tensors:
+            held.add(id(t))
             t.copy_(copy)
-            if t in optimizer.state or id(t) in states:
-                saved = states.get(id(t))
-                if saved is None:
-                    del optimizer.state[t]
-                else:
-                    optimizer.state[t] = _clone_state(saved)
-
-    def _named(self, optimizer, scope) -> list[str]:
-        names = self._names(optimizer)
-        return [names.get(id(scope[i]), f"a tensor of shape {tuple(scope[i].shape)}") for i in nonfinite(scope)]
+            now, live = _state_of(maps, t)
+            at, saved = states.get(id(t), (-1, None))
+            if saved is None:
+                if now >= 0:
+                    del maps[now][t]
+            elif now != at or not _copy_into(live, saved):
+                if now >= 0 and now != at:
+                    del maps[now][t]
+                maps[at][t] = _clone(saved)
+        return [t for t in scope if id(t) not in held]

@@ -66,9 +66,17 @@ class RecipeOptimizer(torch.optim.Optimizer):
             opt.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self):
-        return {"recipe": self.recipe, "optimizers": [o.state_dict() for o in self.optimizers]}
+        # torch's hook contract (Optimizer.state_dict runs these; polaropt's lazy NaN check is one)
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        sd = {"recipe": self.recipe, "optimizers": [o.state_dict() for o in self.optimizers]}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            sd = hook(self, sd) or sd
+        return sd
 
     def load_state_dict(self, state_dict):
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
         if state_dict.get("recipe") != self.recipe or len(state_dict.get("optimizers", ())) != len(self.optimizers):
             raise ValueError(f"this state_dict is of recipe {state_dict.get('recipe')!r} with "
                              f"{len(state_dict.get('optimizers', ()))} inner optimizers, not {self.recipe!r} with "
@@ -77,6 +85,8 @@ class RecipeOptimizer(torch.optim.Optimizer):
             opt.load_state_dict(sd)
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
         self.state = collections.ChainMap(*(o.state for o in self.optimizers))
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
 
 def hidden_matrices(model: nn.Module, *, include=None, exclude=None) -> list[tuple[str, torch.Tensor]]:

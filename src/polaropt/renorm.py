@@ -146,19 +146,28 @@ def _stack_limit(device: torch.device) -> int:
 
 class Plan:
     """A model's renormalization targets and their groups, built once and reused while it is valid:
-    nothing polarized, unpolarized or copied since (:data:`polaropt.guard` counts those), and every
-    ``s`` and ``V`` still the same tensor object (``load_state_dict(assign=True)``, ``fully_shard``
-    and hand-replaced leaves all change that). Building one walks the model; checking one does not."""
+    nothing polarized, unpolarized, copied or loaded since (:func:`polaropt.guard.generation`), the
+    optimizer's groups the same size (a module added to the model and to the optimizer), and every
+    ``s`` and ``V`` the same tensor object (``load_state_dict(assign=True)``, ``fully_shard``,
+    hand-replaced leaves) with the same dtype and device (a ``.to()`` of part of the model). Building
+    one walks the model; checking one does not."""
 
-    def __init__(self, model: nn.Module):
-        self.generation = guard.generation()
+    def __init__(self, model: nn.Module, optimizer=None):
+        self.signature = _signature(optimizer)
         self.targets = _targets(model)
-        self.leaves = [(t.module.parametrizations[t.name]._parameters, t.scale, t.direction) for t in self.targets]
+        self.leaves = [(t.module.parametrizations[t.name]._parameters, t.scale, t.direction, t.direction.dtype,
+                        t.direction.device) for t in self.targets]
         self.groups = _groups(self.targets)
 
-    def valid(self) -> bool:
-        return self.generation == guard.generation() and all(
-            p.get("original0") is s and p.get("original1") is v for p, s, v in self.leaves)
+    def valid(self, optimizer=None) -> bool:
+        return self.signature == _signature(optimizer) and all(
+            p.get("original0") is s and p.get("original1") is v and v.dtype == dtype and v.device == device
+            for p, s, v, dtype, device in self.leaves)
+
+
+def _signature(optimizer) -> tuple:
+    sizes = () if optimizer is None else tuple(len(g["params"]) for g in optimizer.param_groups)
+    return guard.generation(), sizes
 
 
 def _groups(targets: list[PolarTensor]) -> list[list[int]]:

@@ -57,21 +57,33 @@ class _Control:
         self.optimizer = weakref.ref(optimizer)
         self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every", "plan"}
         self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read and its snapshot, with check="lazy"
-        self._state_dict_hook = None
+        self._lazy_hooks: list = []  # state_dict / load_state_dict hooks of the lazy check
         self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
         self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
 
     def start_lazy(self, optimizer, every: int) -> None:
         # (nothing here may hold the optimizer: _controls maps it weakly to this controller)
-        self.lazy = LazyCheck(optimizer, every, self._polar_leaves, lambda opt: _names(self._models(), opt))
-        # a checkpoint of the optimizer never holds a NaN that no read has reported
-        self._state_dict_hook = optimizer.register_state_dict_pre_hook(lambda opt: self.lazy.read(opt))
+        self.lazy = LazyCheck(optimizer, every, self._fixed_leaves, lambda opt: _names(self._models(), opt))
+        # a checkpoint of the optimizer never holds a NaN that no read has reported; a loaded state
+        # is the new point to go back to (not the snapshot from before the load)
+        self._lazy_hooks = [optimizer.register_state_dict_pre_hook(lambda opt: self.lazy.read(opt)),
+                            optimizer.register_load_state_dict_post_hook(self._loaded)]
+
+    def _loaded(self, *args) -> None:
+        opt = self.optimizer()
+        if self.lazy is not None and opt is not None:
+            self.lazy.read(opt, when="in the state just loaded")
+
+    def watch_loads(self, entry: dict) -> None:
+        entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(lambda module, keys: self._loaded())
 
     def stop_lazy(self) -> None:
         """Drop the lazy check (and its snapshot's memory); a last read first, so nothing is missed."""
         lazy, self.lazy = self.lazy, None
-        self._state_dict_hook.remove()
+        for h in self._lazy_hooks:
+            h.remove()
+        self._lazy_hooks = []
         opt = self.optimizer()
         if opt is not None:
             lazy.read(opt)
@@ -79,8 +91,10 @@ class _Control:
     def _models(self):
         return [a["model"] for a in self.attached]
 
-    def _polar_leaves(self):
-        return [x for m in self._models() for t in polar_tensors(m) for x in (t.scale, t.direction)]
+    def _fixed_leaves(self):
+        """The attached models' s and V that no optimizer steps (a fixed scale absorb rescales)."""
+        return [x for m in self._models() for t in polar_tensors(m) for x in (t.scale, t.direction)
+                if not x.requires_grad]
 
     def release_if_unused(self) -> None:
         if not self.attached and not self.multipliers:
@@ -135,8 +149,8 @@ class _Control:
         count = _count_step(optimizer.param_groups[0]) if counted else 0
         for a in self.attached:
             plan = a["plan"]
-            if plan is None or not plan.valid():
-                plan = a["plan"] = Plan(a["model"])
+            if plan is None or not plan.valid(optimizer):
+                plan = a["plan"] = Plan(a["model"], optimizer)
             if a["every"] == 1 or count % a["every"] == 0:
                 renormalize_targets(plan.targets, optimizer=optimizer, state=a["state"], check=self.lazy is None,
                                     groups=plan.groups)
@@ -226,6 +240,8 @@ class AttachHandle:
     def remove(self) -> None:
         if self._entry in self._ctl.attached:
             self._ctl.attached.remove(self._entry)
+            if "load_hook" in self._entry:
+                self._entry.pop("load_hook").remove()
             if self._ctl.lazy is not None:  # the snapshot now covers fewer tensors
                 opt = self._ctl.optimizer()
                 if self._ctl.attached and opt is not None:
@@ -328,17 +344,28 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     entry = {"model": model, "state": state, "every": every, "check": check, "check_every": check_every,
              "plan": None}  # the renormalization's Plan, built at the first step
     ctl.attached.append(entry)
-    if check == "lazy" and ctl.lazy is None:
-        ctl.start_lazy(optimizer, check_every)
+    if check == "lazy":
+        try:
+            if ctl.lazy is None:
+                ctl.start_lazy(optimizer, check_every)
+            else:
+                ctl.lazy.read(optimizer)  # a clean read: the snapshot now covers this model too
+        except BaseException:  # e.g. a NaN already there: attach leaves nothing behind
+            ctl.attached.remove(entry)
+            ctl.lazy = None if not ctl.attached else ctl.lazy
+            ctl.release_if_unused()
+            raise
+        ctl.watch_loads(entry)
     return AttachHandle(ctl, entry)
 
 
 def check_finite(optimizer: torch.optim.Optimizer) -> None:
     """Run ``optimizer``'s lazy NaN/Inf read now (one reduction, one host sync): if a parameter, its
     state, or an attached ``s`` or ``V`` holds NaN or Inf, restore the last clean snapshot and raise
-    ``FloatingPointError``; else take a new snapshot. Call it where you already sync (logging a loss) to bound how long a bad value lives,
-    and under ``torch.compile``, where the periodic read does not run. A no-op without a lazy
-    :func:`attach`."""
+        ``FloatingPointError``; else take a new snapshot. Call it where you already sync (logging a loss)
+    to bound how long a bad value lives, and under ``torch.compile``, where the periodic read does
+    not run. Under FSDP2 the read is a collective: call it (and ``optimizer.state_dict()``) on every
+    rank. A no-op without a lazy :func:`attach`."""
     ctl = _controls.get(optimizer)
     if ctl is not None and ctl.lazy is not None:
         ctl.lazy.read(optimizer)
