@@ -15,6 +15,9 @@ host sync per step) instead of the default lazy one.
 Variants are interleaved in one process (round-robin over repeats), so machine noise hits them
 alike; we report the median over repeats and the ratio to plain Adam.
 
+``--compile`` times ``torch.compile(train_step)`` over forward, backward and ``opt.step()`` (the
+hooks traced with it) instead of the eager step; the warm-up steps compile.
+
 ``--renorm`` adds a line for the absorb model: one renormalization as ``po.attach`` runs it after
 each step (batched; with the default lazy check it has no NaN/Inf check and no host sync) against one bare
 AdamW/Adam ``step()`` over the same tensors (gradients present, interleaved): the renormalization's
@@ -138,6 +141,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--compile", action="store_true",
+                   help="time torch.compile(train_step) (forward, backward and opt.step() with its hooks) instead")
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
     p.add_argument("--device", default="cpu")
@@ -149,6 +154,10 @@ def main(argv=None) -> dict:
         x, y = batch_of(args.model, batch, args.seq, args.device)
         steps = {v: train_step(*build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq), x, y)
                  for v in args.variants}
+        if args.compile:
+            for v, step in steps.items():
+                step()  # eager first: the optimizer state and polaropt's watch lists exist
+                steps[v] = torch.compile(step)
         for step in steps.values():
             for _ in range(args.warmup):
                 step()

@@ -31,7 +31,7 @@ from .steepest import NORMS, SteepestDescent, steepest_step
 from .steps import attach, check_finite
 from .transport import STATES
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "INITS",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .guard import generation
 from .slices import nonfinite
 
 CHECKS = ("lazy", "step")
@@ -104,8 +105,6 @@ def _state_of(maps: list, t) -> tuple[int, dict | None]:
 def signature(optimizer) -> tuple:
     """Changes when the optimizer's parameters may have: a group added or grown, a tensor polarized,
     unpolarized, copied or loaded (:func:`polaropt.guard.generation`)."""
-    from .guard import generation
-
     return generation(), tuple(len(g["params"]) for g in optimizer.param_groups)
 
 
