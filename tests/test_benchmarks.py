@@ -28,3 +28,18 @@ def test_overhead_runs_end_to_end():
                             "--steps", "1", "--warmup", "1", "--renorm", "--variants", "plain", "absorb"])
     assert set(record["results"]) == {"2", "renorm"} and record["results"]["renorm"]["ratio"] > 0
     torch.testing.assert_close(torch.tensor(record["results"]["2"]["plain"]["ratio_to_plain"]), torch.tensor(1.0))
+
+
+def test_the_gpu_smoke_check_passes_on_cpu(capsys):
+    """The script a GPU session runs by hand: its checks hold on CPU (compile is tested in test_nancheck)."""
+    import gpu_smoke
+    gpu_smoke.main(["--device", "cpu", "--no-compile"])
+    out = capsys.readouterr().out
+    assert out.count("ok torch.") == 2 * len(po.MODES) and "largest difference 0" in out
+
+
+def test_renorm_benchmark_counts_fewer_ops_stacked():
+    import renorm as renorm_bench
+    record = renorm_bench.main(["--layers", "8", "--width", "8", "--repeats", "1", "--calls", "1"])
+    r = record["results"]
+    assert r["stacked"]["ops"] < r["loop"]["ops"] and r["lazy"]["ops"] <= r["grouped"]["ops"]

@@ -17,7 +17,10 @@
   state is as it was after the last clean read: a failure never leaves a corrupted parameter
   behind. The snapshot costs memory: one copy of the parameters and of the optimizer's state (for
   Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
-  ``torch.amp.GradScaler`` skipped) is no failure and is not reported.
+  ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
+  turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
+  (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
+  Under FSDP2 a read is a collective: every rank must make it (``check_finite``, ``state_dict()``).
 
 Under ``torch.compile`` the lazy check adds nothing to the graph. Its periodic read is a Python
 decision on a step count, which a compiled step cannot make without recompiling, so it does not run

@@ -8,7 +8,9 @@ per slice (norm in float32 or better):
 
 then the optimizer state is handled by the policy of :mod:`polaropt.transport`.
 
-Two implementations, which tests hold bitwise equal:
+Two implementations, which tests hold bitwise equal on CPU (on CUDA a stacked norm may split its
+sum over threads differently from a lone one, so the last bit may differ; ``benchmarks/gpu_smoke.py``
+prints the difference):
 
 - ``_renormalize_reference``: a plain loop over tensors, the ground truth.
 - ``_renormalize_grouped`` (the default): on an accelerator, tensors that share device, dtype,
