@@ -2,6 +2,7 @@
 failed read restores; and the compiled training step (no graph break and no recompile over plain
 weights, equal to eager)."""
 
+import copy
 import shutil
 
 import pytest
@@ -184,7 +185,7 @@ def test_attach_to_a_model_that_already_holds_a_nan_is_refused():
         po.direction_of(model.qkv)[0, 0] = float("nan")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     with pytest.raises(FloatingPointError, match=r"NaN or Inf at attach, in qkv\.parametrizations\.weight\.original1; "
-                                                 r"there is no clean state to restore"):
+                                                 r"nothing was restored"):
         po.attach(opt, model)
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_state_dict_pre_hooks  # nothing left behind
     with torch.no_grad():
@@ -226,6 +227,62 @@ def test_a_load_is_the_new_point_to_go_back_to():
     with pytest.raises(FloatingPointError):
         po.check_finite(opt)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved[0].items())  # step 3, not step 6
+
+
+def test_recovering_from_an_unnoticed_nan_by_loading_a_checkpoint():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    saved = ({k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)},
+             copy.deepcopy(opt.state_dict()))  # torch's state_dict shares the live moments
+    step(model, opt, 1, poison=True)  # the loss shows NaN before any read
+    model.load_state_dict(saved[0], strict=False)  # the optimizer half still holds the NaN: no error yet
+    opt.load_state_dict(saved[1])
+    step(model, opt, 2)  # the loaded state is read before this step, and is the new snapshot
+    step(model, opt, 3, poison=True)
+    with pytest.raises(FloatingPointError, match="restored to step 2"):
+        po.check_finite(opt)
+
+
+def test_a_bad_checkpoint_is_named_and_nothing_is_restored():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    bad = {k: v.clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    bad["up.bias"][0] = float("nan")
+    model.load_state_dict(bad, strict=False)
+    with pytest.raises(FloatingPointError, match=r"in the state loaded since the last step, in up\.bias; nothing was restored"):
+        step(model, opt, 1)
+
+
+def test_a_copy_of_the_model_and_a_dropped_optimizer_leave_the_check_alone():
+    import copy
+    import gc
+    import weakref
+    model, opt, handle = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    ema = copy.deepcopy(model)  # carries the model's hooks
+    ema.load_state_dict(model.state_dict())
+    ctl = po.steps._controls[opt]
+    assert not ctl.lazy.reload  # loading the copy is not loading the attached model
+    ref = weakref.ref(ctl)
+    del opt, handle, ctl
+    gc.disable()
+    try:
+        assert ref() is None  # no cycle: the snapshot goes with the optimizer, while the model lives
+    finally:
+        gc.enable()
+
+
+def test_a_failed_second_attach_does_not_roll_the_first_model_back():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    other = po.polarize(nn.Linear(3, 3), scale="row", mode="absorb", trainable_scale=False)
+    with torch.no_grad():
+        po.scale_of(other)[0] = float("nan")
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="in the model being attached.*nothing was restored"):
+        po.attach(opt, other, check_every=1000)
+    assert same({k: v for k, v in model.named_parameters()}, before)
+    step(model, opt, 1)  # the first attachment goes on
 
 
 def test_a_param_group_added_after_attach_is_covered():
@@ -293,6 +350,18 @@ def test_the_absorb_muon_recipe_is_read_and_restored_through_its_children():
     with pytest.raises(FloatingPointError, match=r"the RecipeOptimizer state of"):
         opt.state_dict()  # RecipeOptimizer.state_dict runs torch's state-dict hooks
     assert torch.equal(adamw.state[p]["exp_avg"], m)
+
+
+def test_recipe_state_lookups_create_nothing_and_reset_reaches_the_child():
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = po.recipe("absorb-muon", model, lr=1e-2)
+    step(model, opt, 0)
+    adamw = opt.optimizers[1]
+    p = next(iter(adamw.state))
+    assert opt.state[p] is adamw.state[p] and p not in opt.optimizers[0].state  # looked up, not created
+    opt.state_dict()
+    po.renormalize_(model, optimizer=opt, state="reset")  # deletes from the child that holds it
 
 
 def test_plan_follows_a_module_added_with_its_param_group_and_a_dtype_change():

@@ -8,8 +8,9 @@
   parameter or the optimizer's state stays there (every update, renormalization and moment
   propagates it: ``p − lr·NaN``, ``β·m + (1−β)·NaN``, ``V/NaN``), so the parameters themselves are
   the flag. They are read every ``check_every`` steps, whenever :func:`polaropt.check_finite` is
-  called, and when the optimizer's ``state_dict()`` is taken (a checkpoint never holds an
-  unnoticed NaN): one reduction over the parameters, their optimizer state and the attached models'
+  called, before the first step after a ``load_state_dict``, and when the optimizer's
+  ``state_dict()`` is taken (an optimizer checkpoint never holds an unnoticed NaN; a model's
+  ``state_dict()`` is not read): one reduction over the parameters, their optimizer state and the attached models'
   ``s`` and ``V``, and one host sync. A read that finds them finite takes a *snapshot* (a copy of
   all of those); a read that finds a NaN or Inf copies the snapshot back and raises
   ``FloatingPointError``. So a bad value lives at most ``check_every`` steps (the steps after it
@@ -127,6 +128,7 @@ class LazyCheck:
         self.good_at = 0    # the step of the last clean read (the snapshot's)
         self.snapshot = None
         self.signature = None
+        self.reload = False  # a load_state_dict since the last read: the next read is its first
         self.read(optimizer, when="at attach")
 
     def stepped(self, optimizer) -> None:
@@ -140,10 +142,14 @@ class LazyCheck:
             self.read(optimizer)
 
     @torch.no_grad()
-    def read(self, optimizer, when: str | None = None) -> None:
+    def read(self, optimizer, when: str | None = None, forget: bool = True) -> None:
         """One reduction and one host sync per device (alarms confirmed tensor by tensor): snapshot
         when everything is finite; otherwise restore the snapshot and raise. ``when`` names a read
-        with nothing to restore ("at attach", "after load_state_dict"): it raises without restoring."""
+        that must not restore ("at attach", "in the model being attached"; the first read after a
+        load is one too): it raises without restoring, and with ``forget`` drops the snapshot (a
+        bad load leaves no clean state to go back to)."""
+        if self.reload:
+            self.reload, when = False, when or "in the state loaded since the last step"
         scope = self._scope(optimizer)
         maps = _state_maps(optimizer)
         owners, state = [], []
@@ -165,9 +171,10 @@ class LazyCheck:
                                    f"{name(owners[i - len(scope)])}" for i in bad))
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
         if when is not None or self.snapshot is None:
-            self.snapshot = None  # nothing clean to go back to: every later read raises until this is fixed
-            raise FloatingPointError(f"NaN or Inf {when or 'before any clean read'}, in {shown}; there is no clean "
-                                     "state to restore. Fix the initialization or the checkpoint")
+            if forget:
+                self.snapshot = None  # nothing clean to go back to: every later read raises until this is fixed
+            raise FloatingPointError(f"NaN or Inf {when or 'with no clean read to go back to'}, in {shown}; "
+                                     f"nothing was restored. Fix the initialization or the checkpoint")
         missing = self._restore(optimizer, scope, maps)
         lost = self.steps - self.good_at
         raise FloatingPointError(
@@ -177,7 +184,8 @@ class LazyCheck:
             f"steps, its optimizer state and the attached models' fixed scales are restored to step {self.good_at}, "
             "the last clean read"
             + (f", except {', '.join(name(t) for t in missing)}, added since (still non-finite)" if missing else "")
-            + "; lr schedules, gradients and step counts are not. Lower the learning rate or check the loss and inputs")
+            + "; lr schedules, gradients and polaropt's own step count are not. Lower the learning rate or check the "
+            "loss and inputs")
 
     # the snapshot ---------------------------------------------------------------------------------
     def _scope(self, optimizer) -> list[torch.Tensor]:

@@ -29,6 +29,28 @@ RECIPES = ("adamw", "adamw-weight-norm", "polar-normalize", "polar-project", "po
            "muon", "hyperball-adamw", "hyperball-muon", "multipliers", "absorb-muon")
 
 
+class _ChildStates(collections.ChainMap):
+    """The children's per-parameter state seen as one mapping. Unlike a plain ChainMap of their
+    ``defaultdict``s, a lookup never creates an entry in a child that does not hold the parameter
+    (a missing one reads as an empty dict), and ``del`` removes it from the child that holds it."""
+
+    def __getitem__(self, key):
+        for m in self.maps:
+            if key in m:
+                return m[key]
+        return {}
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __delitem__(self, key):
+        for m in self.maps:
+            if key in m:
+                del m[key]
+                return
+        raise KeyError(key)
+
+
 class RecipeOptimizer(torch.optim.Optimizer):
     """Several torch optimizers stepped as one (e.g. Muon on hidden matrices, AdamW on the rest).
 
@@ -43,7 +65,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
         super().__init__([{"params": g["params"]} for g in groups], {})
         self.param_groups = groups  # the children's dicts, shared: schedulers reach them
         self.optimizers, self.recipe = list(optimizers), recipe
-        self.state = collections.ChainMap(*(o.state for o in self.optimizers))  # read: the children's state
+        self.state = _ChildStates(*(o.state for o in self.optimizers))  # read: the children's state
 
     def add_param_group(self, param_group):
         if hasattr(self, "optimizers"):  # after construction: which child would step it is not defined
@@ -84,7 +106,7 @@ class RecipeOptimizer(torch.optim.Optimizer):
         for opt, sd in zip(self.optimizers, state_dict["optimizers"]):
             opt.load_state_dict(sd)
         self.param_groups = [g for o in self.optimizers for g in o.param_groups]
-        self.state = collections.ChainMap(*(o.state for o in self.optimizers))
+        self.state = _ChildStates(*(o.state for o in self.optimizers))
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 

@@ -13,7 +13,7 @@ sum over threads differently from a lone one, so the last bit may differ; ``benc
 prints the difference):
 
 - ``_renormalize_reference``: a plain loop over tensors, the ground truth.
-- ``_renormalize_grouped`` (the default): on an accelerator, tensors that share device, dtype,
+- ``_renormalize_grouped`` (the default): tensors that share device, dtype,
   shape, reduced dims, ``eps`` and mode form a group, stacked into one batch: one norm, one clamp,
   one division and one multi-tensor copy back per *group*, so the number of kernel launches grows
   with the number of distinct shapes (a transformer has a handful), not with the number of tensors.

@@ -63,20 +63,27 @@ class _Control:
         self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
 
     def start_lazy(self, optimizer, every: int) -> None:
-        # (nothing here may hold the optimizer: _controls maps it weakly to this controller)
-        self.lazy = LazyCheck(optimizer, every, self._fixed_leaves, lambda opt: _names(self._models(), opt))
-        # a checkpoint of the optimizer never holds a NaN that no read has reported; a loaded state
-        # is the new point to go back to (not the snapshot from before the load)
-        self._lazy_hooks = [optimizer.register_state_dict_pre_hook(lambda opt: self.lazy.read(opt)),
-                            optimizer.register_load_state_dict_post_hook(self._loaded)]
-
-    def _loaded(self, *args) -> None:
-        opt = self.optimizer()
-        if self.lazy is not None and opt is not None:
-            self.lazy.read(opt, when="in the state just loaded")
+        # Nothing here may hold the optimizer (_controls maps it weakly to this controller), and the
+        # check and the hooks hold this controller weakly: no cycle, so dropping the optimizer frees
+        # the snapshot at once, and a model that outlives the optimizer does not keep it.
+        me = weakref.ref(self)
+        self.lazy = LazyCheck(optimizer, every, lambda: me()._fixed_leaves() if me() else [],
+                              lambda opt: _names(me()._models(), opt) if me() else {})
+        # an optimizer checkpoint never holds a NaN that no read has reported; a loaded state is the
+        # new point to go back to (read before the next step: a model and its optimizer load one
+        # after the other, and the half not yet loaded may still hold the NaN being recovered from)
+        self._lazy_hooks = [optimizer.register_state_dict_pre_hook(lambda opt: _read(me, opt)),
+                            optimizer.register_load_state_dict_post_hook(lambda opt: _loaded(me, opt))]
 
     def watch_loads(self, entry: dict) -> None:
-        entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(lambda module, keys: self._loaded())
+        me, model = weakref.ref(self), weakref.ref(entry["model"])
+
+        def loaded(module, keys):  # a copy of the model (deepcopy copies hooks) is not this model
+            ctl = me()
+            if ctl is not None and module is model():
+                _loaded(me, ctl.optimizer())
+
+        entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(loaded)
 
     def stop_lazy(self) -> None:
         """Drop the lazy check (and its snapshot's memory); a last read first, so nothing is missed."""
@@ -108,6 +115,8 @@ class _Control:
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
+        if self.lazy is not None and self.lazy.reload:
+            self.lazy.read(optimizer)  # a load since the last step: read it (a new snapshot) before it moves
         # under torch.amp.GradScaler, an optimizer that unscales inside its (fused) step gets the
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
@@ -159,6 +168,18 @@ class _Control:
                     guard.mark_clean(t.polar)
         if self.lazy is not None:
             self.lazy.stepped(optimizer)
+
+
+def _read(me, optimizer) -> None:
+    ctl = me()
+    if ctl is not None and ctl.lazy is not None and optimizer is not None:
+        ctl.lazy.read(optimizer)
+
+
+def _loaded(me, optimizer) -> None:
+    ctl = me()
+    if ctl is not None and ctl.lazy is not None:
+        ctl.lazy.reload = True
 
 
 @torch._dynamo.disable  # under torch.compile: one graph break, where every > 1 needs the count
@@ -239,14 +260,15 @@ class AttachHandle:
 
     def remove(self) -> None:
         if self._entry in self._ctl.attached:
-            self._ctl.attached.remove(self._entry)
-            if "load_hook" in self._entry:
-                self._entry.pop("load_hook").remove()
-            if self._ctl.lazy is not None:  # the snapshot now covers fewer tensors
-                opt = self._ctl.optimizer()
-                if self._ctl.attached and opt is not None:
-                    self._ctl.lazy.read(opt)
-            self._ctl.release_if_unused()
+            ctl, opt = self._ctl, self._ctl.optimizer()
+            try:  # a last read while this model is still covered (it raises after restoring)
+                if ctl.lazy is not None and len(ctl.attached) > 1 and opt is not None:
+                    ctl.lazy.read(opt)
+            finally:
+                ctl.attached.remove(self._entry)
+                if "load_hook" in self._entry:
+                    self._entry.pop("load_hook").remove()
+                ctl.release_if_unused()  # the last model: its final read happens here
 
     def __enter__(self):
         return self
@@ -266,18 +288,18 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
            check: str = "lazy", check_every: int = 100) -> AttachHandle:
     """Guard and renormalize ``model`` around every ``optimizer.step()``; return a removable handle.
 
-    - Every gradient the optimizer will use, and every ``s`` and ``V`` the renormalization reads, is
-      checked for NaN/Inf. This guards every mode, ``free`` and ``normalize`` included. ``check``:
+    - NaN/Inf is guarded against in every mode, ``free`` and ``normalize`` included. ``check``:
 
       - ``"lazy"`` (default): nothing on the step (no host sync, no pass over the gradients). A NaN
         or Inf that reaches a parameter or the optimizer state stays there, so those are read (one
-        reduction, one sync) every ``check_every`` steps, at :func:`check_finite` and at
-        ``optimizer.state_dict()``. A bad value lives at most ``check_every`` steps (the steps after
-        it run on it); then
-        ``FloatingPointError`` names the tensors holding one, and every parameter the optimizer
-        steps, its state, and this model's ``s`` and ``V`` are restored to what they were at the last
-        clean read. That costs one copy of the parameters and of the optimizer state (Adam: 3× the
-        parameters), refreshed at each clean read (:mod:`polaropt.nancheck`).
+        reduction, one sync) every ``check_every`` steps, at :func:`check_finite`, at
+        ``optimizer.state_dict()`` and before the first step after a load. A bad value lives at most
+        ``check_every`` steps (the steps after it run on it); then ``FloatingPointError`` names the
+        tensors holding one, and every parameter the optimizer steps, its state, and this model's
+        fixed scales are restored to what they were at the last clean read (a trainable ``s`` or
+        ``V`` in another optimizer is that optimizer's to check). That costs one copy of the
+        parameters and of the optimizer state (Adam: 3× the parameters), refreshed at each clean
+        read (:mod:`polaropt.nancheck`).
       - ``"step"``: one host sync per step; a bad gradient raises before the optimizer writes
         anything, a bad ``s`` or ``V`` before the renormalization writes. No snapshot.
 
@@ -348,8 +370,8 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
         try:
             if ctl.lazy is None:
                 ctl.start_lazy(optimizer, check_every)
-            else:
-                ctl.lazy.read(optimizer)  # a clean read: the snapshot now covers this model too
+            else:  # a clean read: the snapshot now covers this model too (a bad one restores nothing)
+                ctl.lazy.read(optimizer, when="in the model being attached", forget=False)
         except BaseException:  # e.g. a NaN already there: attach leaves nothing behind
             ctl.attached.remove(entry)
             ctl.lazy = None if not ctl.attached else ctl.lazy
