@@ -123,14 +123,17 @@ def orphans(model: torch.nn.Module) -> list[tuple[str, str]]:
     return found
 
 
-def _signature(optimizer) -> tuple:
-    return (_generation, tuple(len(g["params"]) for g in optimizer.param_groups))
+def signature(optimizer) -> tuple:
+    """Changes when the parameters an optimizer steps may have: a tensor polarized, unpolarized,
+    copied or loaded (:func:`generation`), or a param group added or grown. Keys every cache built
+    from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`, the lazy check's snapshot)."""
+    return (_generation, () if optimizer is None else tuple(len(g["params"]) for g in optimizer.param_groups))
 
 
 def _pre_step(optimizer, args, kwargs) -> None:
     entry = optimizer.__dict__.get(WATCH)
-    signature = _signature(optimizer)
-    if entry is None or entry[0] != signature:
+    sig = signature(optimizer)
+    if entry is None or entry[0] != sig:
         held = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -147,7 +150,7 @@ def _pre_step(optimizer, args, kwargs) -> None:
                 held[id(p)] = p
         watched = [polar for polar in list(_polars)
                    if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
-        optimizer.__dict__[WATCH] = entry = (signature, watched)
+        optimizer.__dict__[WATCH] = entry = (sig, watched)
     for polar in entry[1]:
         object.__setattr__(polar, "_pending", True)  # armed: a renormalization in this step clears it (mark_clean)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .guard import generation
+from .guard import signature
 from .slices import nonfinite
 
 CHECKS = ("lazy", "step")
@@ -80,12 +80,12 @@ def _copy_into(live, saved) -> bool:
     if isinstance(saved, dict):
         if not isinstance(live, dict) or live.keys() != saved.keys():
             return False
-        ok = all(_copy_into(live[k], v) if isinstance(v, (torch.Tensor, dict, list, tuple)) else True
-                 for k, v in saved.items())
-        for k, v in saved.items():  # plain values (a step count kept as a float) are set back
+        for k, v in saved.items():
             if not isinstance(v, (torch.Tensor, dict, list, tuple)):
-                live[k] = v
-        return ok
+                live[k] = v  # a plain value (a step count kept as a float) is set back
+            elif not _copy_into(live[k], v):
+                return False  # the caller replaces the whole entry
+        return True
     if isinstance(saved, (list, tuple)):
         return (isinstance(live, (list, tuple)) and len(live) == len(saved)
                 and all(_copy_into(a, b) for a, b in zip(live, saved)))
@@ -104,12 +104,6 @@ def _state_of(maps: list, t) -> tuple[int, dict | None]:
         if t in m:
             return i, m[t]
     return -1, None
-
-
-def signature(optimizer) -> tuple:
-    """Changes when the optimizer's parameters may have: a group added or grown, a tensor polarized,
-    unpolarized, copied or loaded (:func:`polaropt.guard.generation`)."""
-    return generation(), tuple(len(g["params"]) for g in optimizer.param_groups)
 
 
 class LazyCheck:

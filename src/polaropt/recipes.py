@@ -40,9 +40,6 @@ class _ChildStates(collections.ChainMap):
                 return m[key]
         return {}
 
-    def get(self, key, default=None):
-        return self[key] if key in self else default
-
     def __delitem__(self, key):
         for m in self.maps:
             if key in m:

@@ -35,7 +35,7 @@ from torch import nn
 from . import guard
 from .guard import RENORMALIZED
 from .polar import PolarTensor, polar_tensors
-from .slices import nonfinite, nonfinite_flag, slice_norm
+from .slices import any_nonfinite, nonfinite, slice_norm
 from .transport import check_state_policy, moment_orders
 
 
@@ -155,21 +155,16 @@ class Plan:
     one walks the model; checking one does not."""
 
     def __init__(self, model: nn.Module, optimizer=None):
-        self.signature = _signature(optimizer)
+        self.signature = guard.signature(optimizer)
         self.targets = _targets(model)
         self.leaves = [(t.module.parametrizations[t.name]._parameters, t.scale, t.direction, t.direction.dtype,
                         t.direction.device) for t in self.targets]
         self.groups = _groups(self.targets)
 
     def valid(self, optimizer=None) -> bool:
-        return self.signature == _signature(optimizer) and all(
+        return self.signature == guard.signature(optimizer) and all(
             p.get("original0") is s and p.get("original1") is v and v.dtype == dtype and v.device == device
             for p, s, v, dtype, device in self.leaves)
-
-
-def _signature(optimizer) -> tuple:
-    sizes = () if optimizer is None else tuple(len(g["params"]) for g in optimizer.param_groups)
-    return guard.generation(), sizes
 
 
 def _groups(targets: list[PolarTensor]) -> list[list[int]]:
@@ -217,7 +212,7 @@ def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_m
         batches.append((idx, stacked, a))
         if check:
             checked += [a, torch.stack([targets[i].scale for i in idx])]
-    if check and any(bool(bad) for bad in nonfinite_flag(checked).values()):  # one sync per device
+    if check and any_nonfinite(checked):  # one sync per (device, dtype)
         _check_now(targets, norms)  # names the tensors; raises before anything is written
     vs, quotients, ss, factors = [], [], [], []
     for idx, stacked, a in batches:

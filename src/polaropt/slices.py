@@ -89,56 +89,45 @@ def has_nonfinite(x: torch.Tensor) -> bool:
     return bool(count > 0)
 
 
-def _sums(tensors: list[torch.Tensor]) -> dict:
-    """``{(device, dtype): (indices, stacked per-tensor reductions)}``, every reduction in float32 or
-    better (a float16 sum of finite values overflows at 65504; a float32 one only past 3.4e38).
+def any_nonfinite(tensors: list[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` may hold a NaN or Inf: one reduction per tensor, summed per
+    (device, dtype), one host sync per such group. Every reduction is in float32 or better (a
+    float16 sum of finite values overflows at 65504; a float32 one only past 3.4e38).
 
     The reduction is a plain sum on CPU (a C++ loop has no launch cost, and a sum is the cheapest full
     reduction: 4× cheaper than ``_foreach_norm`` there) and for DTensors (a sum is defined on the empty
-    shard FSDP2 gives a small tensor); on an accelerator it is ``torch._foreach_norm(·, 1)``, a few
-    multi-tensor kernels whatever the number of tensors. NaN reaches both; Inf does too (a sum of
-    Inf and −Inf is NaN). Their only false alarm is a finite tensor whose sum (of magnitudes) passes
-    float32's range.
+    shard FSDP2 gives a small tensor; the total is all-reduced, so every rank gets the same answer);
+    on an accelerator it is ``torch._foreach_norm(·, 1)``, a few multi-tensor kernels whatever the
+    number of tensors. NaN reaches both; Inf does too (a sum of Inf and −Inf is NaN). Their only
+    false alarm is a finite tensor whose sum (of magnitudes) passes float32's range, so a True is
+    to be confirmed (:func:`nonfinite`).
     """
     groups: dict = {}
-    for i, x in enumerate(tensors):
-        idx, xs = groups.setdefault((x.device, x.dtype), ([], []))
-        idx.append(i)
-        xs.append(x)
-    out = {}
-    for (device, dtype), (idx, xs) in groups.items():
+    for x in tensors:
+        groups.setdefault((x.device, x.dtype), []).append(x)
+    for (device, dtype), xs in groups.items():
         acc = norm_dtype(dtype)
         if device.type == "cpu" or hasattr(xs[0], "placements"):
             reduced = [x.sum(dtype=acc) for x in xs]
         else:
             reduced = torch._foreach_norm(xs, 1, dtype=acc)
-        out[(device, dtype)] = (idx, torch.stack(reduced))
-    return out
-
-
-def nonfinite_flag(tensors: list[torch.Tensor]) -> dict[torch.device, torch.Tensor]:
-    """``{device: 0-d bool tensor}``: whether any of ``tensors`` on that device holds a NaN or Inf,
-    computed on the device with **no host sync** (for a lazy check). On DTensors the decision is
-    global (one all-reduce), so every rank holds the same flag. See :func:`_sums` for its one false
-    alarm (a sum of magnitudes beyond float32's range)."""
-    out: dict = {}
-    for (device, _), (_, sums) in _sums(tensors).items():
-        total = sums.sum()
+        total = torch.stack(reduced).sum()
         if hasattr(total, "full_tensor"):
             total = total.full_tensor()
-        bad = ~torch.isfinite(total)
-        out[device] = bad if device not in out else out[device] | bad
-    return out
+        if not bool(torch.isfinite(total)):
+            return True
+    return False
 
 
 def nonfinite(tensors: list[torch.Tensor]) -> list[int]:
-    """The indices of the tensors that hold a NaN or Inf; one host sync (per device) when there are none.
+    """The indices of the tensors that hold a NaN or Inf; one host sync per (device, dtype) when
+    there are none.
 
-    The fast test is :func:`nonfinite_flag` (one reduction per tensor, stacked and summed per device
-    and dtype). An alarm is confirmed tensor by tensor (:func:`has_nonfinite`), so a finite tensor is
-    never named. On DTensors every decision is global, so every rank gets the same answer.
+    The fast test is :func:`any_nonfinite`. An alarm is confirmed tensor by tensor
+    (:func:`has_nonfinite`), so a finite tensor is never named. On DTensors every decision is
+    global, so every rank gets the same answer.
     """
-    if not any(bool(bad) for bad in nonfinite_flag(tensors).values()):
+    if not any_nonfinite(tensors):
         return []
     return [i for i, x in enumerate(tensors) if has_nonfinite(x)]
 

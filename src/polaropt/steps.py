@@ -225,12 +225,6 @@ def _zero_slices(models) -> list[str]:
     return out
 
 
-def _grads(optimizer) -> tuple[list, list]:
-    """The parameters that have a gradient, and those gradients (a sparse one's values)."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return params, [p.grad._values() if p.grad.is_sparse else p.grad for p in params]
-
-
 @torch.no_grad()
 def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
@@ -238,8 +232,8 @@ def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     The test is :func:`polaropt.slices.nonfinite` (a sum per gradient, one host sync, alarms
     confirmed per tensor, global under FSDP2). Nothing is modified.
     """
-    params, grads = _grads(optimizer)
-    bad_at = nonfinite(grads)
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    bad_at = nonfinite([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
     if not bad_at:
         return
     names = _names(models, optimizer)
