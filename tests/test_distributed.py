@@ -1,59 +1,43 @@
 """DistributedDataParallel: 2 gloo processes on CPU train a polarized model and stay bitwise equal."""
 
-import os
-import socket
 import sys
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import polaropt as po
+import spawned
 
 STEPS = 50
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results = {}
-        for direction in po.MODES:
-            torch.manual_seed(1234 + rank)  # different init per rank: DDP must broadcast rank 0's
-            model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
-            po.polarize(model[0], scale="row", mode=direction)
-            po.polarize(model[2], scale="tensor", mode=direction)
-            ddp = nn.parallel.DistributedDataParallel(model)
-            opt = torch.optim.Adam(po.param_groups(ddp.module, scale={"lr": 1e-3}), lr=1e-2)
-            state = "rescale" if direction == "absorb" else "keep"
-            po.attach(opt, ddp, state=state)
-            g = torch.Generator().manual_seed(rank)  # different data per rank
-            for _ in range(STEPS):
-                x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
-                opt.zero_grad()
-                nn.functional.mse_loss(ddp(x), y).backward()
-                opt.step()
-            results[direction] = {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _train_every_mode(rank, out_dir):
+    results = {}
+    for direction in po.MODES:
+        torch.manual_seed(1234 + rank)  # different init per rank: DDP must broadcast rank 0's
+        model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+        po.polarize(model[0], scale="row", mode=direction)
+        po.polarize(model[2], scale="tensor", mode=direction)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.Adam(po.param_groups(ddp.module, scale={"lr": 1e-3}), lr=1e-2)
+        state = "rescale" if direction == "absorb" else "keep"
+        po.attach(opt, ddp, state=state)
+        g = torch.Generator().manual_seed(rank)  # different data per rank
+        for _ in range(STEPS):
+            x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
+            opt.zero_grad()
+            nn.functional.mse_loss(ddp(x), y).backward()
+            opt.step()
+        results[direction] = {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    return results
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
 @pytest.mark.skipif(sys.platform == "win32", reason="spawned gloo workers are not tested on Windows")
 def test_ddp_ranks_stay_bitwise_equal(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = spawned.spawn(_train_every_mode, tmp_path, world=2)
     assert set(r0) == set(po.MODES)
     for direction in po.MODES:
         for key, a in r0[direction].items():

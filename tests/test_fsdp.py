@@ -3,18 +3,16 @@ as one process does with the full batch, resume from a distributed checkpoint, a
 
 import functools
 import os
-import socket
 import sys
-import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 import polaropt as po
+import spawned
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 if not hasattr(fsdp, "fully_shard") or not dist.is_available() or not dist.is_gloo_available():
@@ -93,30 +91,9 @@ def plain(model):
     return {k: v.detach().clone() for k, v in po.plain_state_dict(model, full=True).items()}
 
 
-def _run(rank, port, job, out_dir, world):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        result = job(rank, out_dir)
-        if rank == 0:
-            torch.save(result, os.path.join(out_dir, "result.pt"))
-        dist.barrier()  # no rank tears gloo down while another is still talking to it
-    finally:
-        dist.destroy_process_group()
-    # A finished worker leaves at once: under load, gloo's threads racing the interpreter's teardown
-    # once aborted a worker ("terminate called without an active exception") after its job had passed.
-    # A worker whose job raised does not get here, so mp.spawn still reports its error.
-    os._exit(0)
-
-
 def spawn(job, tmp_path, world=WORLD):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_run, args=(port, job, str(tmp_path), world), nprocs=world, join=True)
-    return torch.load(tmp_path / "result.pt", weights_only=False)
+    """``job(rank, out_dir)`` on ``world`` gloo ranks; rank 0's result."""
+    return spawned.spawn(job, tmp_path, world)[0]
 
 
 def _train_every_case(rank, out_dir):
