@@ -31,13 +31,13 @@ def _run(rank, world, port, job, out_dir, timeout):
     try:
         result = job(rank, out_dir)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()  # no rank tears gloo down while another is still talking to it
-    finally:
+        dist.barrier()  # past this no rank talks to another
+    except BaseException:
         dist.destroy_process_group()
-    # A finished rank leaves at once: under load, gloo's threads racing the interpreter's teardown once
-    # aborted a rank ("terminate called without an active exception") after its job had passed. A rank
-    # whose job raised does not get here, so mp.spawn still reports its error.
-    faulthandler.cancel_dump_traceback_later()
+        raise  # mp.spawn reports it
+    # Leave at once, without gloo's teardown: under load its threads racing the interpreter's exit once
+    # aborted a rank ("terminate called without an active exception") after its job had passed, and a
+    # teardown that waits on a peer is how a passed test could hang.
     os._exit(0)
 
 
