@@ -1,6 +1,7 @@
 """FSDP2 (``fully_shard``, dim-0 shards as DTensors): 2 gloo processes on CPU train a polarized model exactly
 as one process does with the full batch, resume from a distributed checkpoint, and agree on a NaN."""
 
+import copy
 import functools
 import os
 import sys
@@ -91,9 +92,9 @@ def plain(model):
     return {k: v.detach().clone() for k, v in po.plain_state_dict(model, full=True).items()}
 
 
-def spawn(job, tmp_path, world=WORLD):
+def spawn(job, tmp_path, world=WORLD, timeout=spawned.TIMEOUT):
     """``job(rank, out_dir)`` on ``world`` gloo ranks; rank 0's result."""
-    return spawned.spawn(job, tmp_path, world)[0]
+    return spawned.spawn(job, tmp_path, world, timeout)[0]
 
 
 def _train_every_case(rank, out_dir):
@@ -227,6 +228,28 @@ def test_polarize_after_fully_shard_is_refused(tmp_path):
     assert "already sharded with FSDP2's fully_shard: polarize (polarize_model) first" in messages["model"]
     assert "already sharded with FSDP2's fully_shard: polarize first" in messages["root"]
     assert "were polarized after fully_shard" in messages["unsharded leaf"]
+
+
+def _rank_zero_alone_copies(rank, out_dir):
+    model, opt = build("mlp", "absorb", "tensor", shard=True)  # lazy check: a read is a collective
+    train(model, opt, "mlp", 0, 3, rank)
+    if rank == 0:  # what one rank alone does (a model to evaluate, built and loaded): no read may start
+        other = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+        po.polarize_model(other)
+        other.load_state_dict(copy.deepcopy(other.state_dict()))
+    train(model, opt, "mlp", 3, 6, rank)
+    po.check_finite(opt)  # every rank reads here, together
+    return plain(model)
+
+
+def test_what_one_rank_alone_polarizes_or_loads_starts_no_collective(tmp_path):
+    # 0.3.0 read at rank 0's next step (a collective rank 1 never joined): the ranks hung
+    got = spawn(_rank_zero_alone_copies, tmp_path, timeout=120)
+    model, opt = build("mlp", "absorb", "tensor", shard=False)
+    train(model, opt, "mlp", 0, 6)
+    ref = po.plain_state_dict(model)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
 
 
 def _nan_in_one_shard(rank, out_dir):

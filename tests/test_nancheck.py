@@ -272,6 +272,26 @@ def test_a_copy_of_the_model_and_a_dropped_optimizer_leave_the_check_alone():
         gc.enable()
 
 
+def test_a_polarize_or_copy_elsewhere_starts_no_read_but_a_new_leaf_here_does(monkeypatch):
+    # a read under FSDP2 is a collective: one started by what one rank alone did would hang the others
+    model, opt, _ = build(check="lazy", check_every=1000)
+    step(model, opt, 0)
+    reads = []
+    lazy = po.steps._controls[opt].lazy
+    read = lazy.read
+    monkeypatch.setattr(lazy, "read", lambda *a, **k: (reads.append(1), read(*a, **k)))
+    copy.deepcopy(model)  # e.g. rank 0 copying the model to evaluate or save it
+    po.polarize(nn.Linear(3, 3))
+    step(model, opt, 1)
+    assert reads == []
+    model.extra = po.polarize(nn.Linear(3, 3), mode="absorb", trainable_scale=False)  # the scope grows here
+    step(model, opt, 2)
+    assert reads == [1]
+    step(model, opt, 3)
+    assert reads == [1]  # the snapshot covers it now
+    assert any(t is po.scale_of(model.extra) for t, _ in lazy.snapshot[0])
+
+
 def test_a_failed_second_attach_does_not_roll_the_first_model_back():
     model, opt, _ = build(check="lazy", check_every=1000)
     step(model, opt, 0)

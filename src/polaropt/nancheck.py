@@ -21,7 +21,9 @@
   ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
   turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
   (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
-  Under FSDP2 a read is a collective: every rank must make it (``check_finite``, ``state_dict()``).
+  Under FSDP2 a read is a collective: every rank must make it (``check_finite``, ``state_dict()``);
+  the reads the check starts itself are the same on every rank of a program that steps the same
+  optimizer everywhere (a model polarized, copied or loaded on one rank alone starts none).
 
 Under ``torch.compile`` the lazy check adds nothing to the graph. Its periodic read is a Python
 decision on a step count, which a compiled step cannot make without recompiling, so it does not run
@@ -132,8 +134,23 @@ class LazyCheck:
             return
         self.steps += 1
         self.since += 1
-        if self.since >= self.every or signature(optimizer) != self.signature:
+        if self.since >= self.every or self._scope_changed(optimizer):
             self.read(optimizer)
+
+    def _scope_changed(self, optimizer) -> bool:
+        """Whether the tensors the snapshot covers are no longer the scope. Looked at only when
+        :func:`polaropt.guard.signature` moved, which a polarize, copy or load *anywhere* in the process
+        does: a copy of the model taken on one rank alone must not start a read there, which under
+        FSDP2 is a collective the other ranks would not join."""
+        sig = signature(optimizer)
+        if sig == self.signature:
+            return False
+        self.signature = sig
+        if self.snapshot is None:
+            return True
+        held = [t for t, _ in self.snapshot[0]]
+        scope = self._scope(optimizer)
+        return len(held) != len(scope) or any(a is not b for a, b in zip(held, scope))
 
     @torch.no_grad()
     def read(self, optimizer, when: str | None = None, forget: bool = True) -> None:
