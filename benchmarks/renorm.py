@@ -4,7 +4,8 @@ Variants, interleaved: ``grouped`` is ``po.renormalize_`` (on a GPU, same-shaped
 one set of kernels per group; on CPU in-place per-tensor kernels; its NaN/Inf check syncs once),
 ``stacked`` forces the stacked path (what a GPU runs for tensors of this size) on any device, ``lazy`` is
 ``grouped`` without the NaN/Inf check (what ``po.attach(check="lazy")`` runs after each step: no host sync), ``loop`` is
-the per-tensor reference. ``ops`` counts the aten operations one call dispatches (a
+the per-tensor reference, ``floor`` one read and one write of every ``V`` (a multi-tensor multiply by 1:
+the least any renormalization must move). ``ops`` counts the aten operations one call dispatches (a
 device-independent count of kernel launches; a foreach op counts once).
 
     python benchmarks/renorm.py --layers 64 --width 256 --repeats 9 --out benchmarks/results/renorm.json
@@ -39,6 +40,12 @@ def count_ops(fn) -> int:
     return Count.n
 
 
+@torch.no_grad()
+def floor(targets) -> None:
+    """The memory floor of a renormalization: one read and one write of every ``V`` (times 1: unchanged)."""
+    torch._foreach_mul_([t.direction for t in targets], 1.0)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=64)
@@ -57,7 +64,8 @@ def main(argv=None) -> dict:
     variants = {"grouped": lambda: po.renormalize_(model),
                 "stacked": lambda: _renormalize_grouped(_targets(model), stack_max=1 << 30),
                 "lazy": lambda: renormalize_targets(_targets(model), check=False),
-                "loop": lambda: po.renormalize_(model, foreach=False)}
+                "loop": lambda: po.renormalize_(model, foreach=False),
+                "floor": lambda: floor(_targets(model))}
     ops = {v: count_ops(f) for v, f in variants.items()}
     times = time_interleaved(variants, repeats=args.repeats, calls=args.calls, sync=sync)
     med = {v: statistics.median(t) for v, t in times.items()}
