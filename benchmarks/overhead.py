@@ -118,14 +118,27 @@ def renorm_vs_step(args) -> dict:
                                                                            times["optimizer step"]))}
 
 
-def train_step(model, opt, x, y):
-    """One training step of ``model`` as a zero-argument callable (what ``time_interleaved`` times)."""
+def paired_ratio_ci(times: list, reference: list) -> dict:
+    """Median over rounds of ``time / reference time`` (same round), with a 95% bootstrap interval."""
+    from scipy.stats import bootstrap
+    ratios = [t / r for t, r in zip(times, reference)]
+    if len(set(ratios)) < 2:
+        return {"median": statistics.median(ratios), "low": min(ratios), "high": max(ratios)}
+    ci = bootstrap((ratios,), statistics.median, vectorized=False, n_resamples=2000, method="percentile",
+                   random_state=0).confidence_interval
+    return {"median": statistics.median(ratios), "low": float(ci.low), "high": float(ci.high)}
+
+
+def train_step(model, opt, x, y, optimizer_step: bool = True):
+    """One training step of ``model`` as a zero-argument callable (what ``time_interleaved`` times);
+    without ``optimizer_step``, the forward and backward alone."""
     loss_fn = nn.CrossEntropyLoss()  # the GPT returns (batch·seq, vocab) logits
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
-        opt.step()
+        if optimizer_step:
+            opt.step()
 
     return step
 
@@ -143,6 +156,8 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile(train_step) (forward, backward and opt.step() with its hooks) instead")
+    p.add_argument("--no-step", action="store_true",
+                   help="time the forward and backward alone (no opt.step(), so no hook runs)")
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
     p.add_argument("--device", default="cpu")
@@ -152,7 +167,8 @@ def main(argv=None) -> dict:
     record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
         x, y = batch_of(args.model, batch, args.seq, args.device)
-        steps = {v: train_step(*build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq), x, y)
+        steps = {v: train_step(*build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq), x, y,
+                               optimizer_step=not args.no_step)
                  for v in args.variants}
         if args.compile:
             for v, step in steps.items():
@@ -162,7 +178,7 @@ def main(argv=None) -> dict:
             for _ in range(args.warmup):
                 step()
         sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-        times = time_interleaved(steps, repeats=args.repeats, calls=args.steps, sync=sync)
+        times = time_interleaved(steps, repeats=args.repeats, calls=args.steps, sync=sync, rotate=True)
         med = {v: statistics.median(ts) for v, ts in times.items()}
         base = med.get("plain")
         # paired ratio: each repeat's time over plain's time in the same round, then the median;
@@ -173,6 +189,10 @@ def main(argv=None) -> dict:
             v: {"median_ms": 1e3 * med[v], "ratio_to_plain": (med[v] / base) if base else None,
                 "paired_ratio_to_plain": paired[v], "times_ms": [1e3 * t for t in times[v]]}
             for v in args.variants}
+        if "weight_norm" in times:  # the issue's target: no slower than torch's weight_norm
+            for v in args.variants:
+                record["results"][str(batch)][v]["paired_vs_weight_norm"] = paired_ratio_ci(
+                    times[v], times["weight_norm"])
     print("| variant | " + " | ".join(f"batch {b}: median ms | ×plain | paired ×plain" for b in args.batches) + " |")
     print("|---|" + "---|---|---|" * len(args.batches))
     for v in args.variants:
@@ -181,6 +201,12 @@ def main(argv=None) -> dict:
             r = record["results"][str(b)][v]
             cells.append(f"{r['median_ms']:.2f} | ×{r['ratio_to_plain']:.3f} | ×{r['paired_ratio_to_plain']:.3f}")
         print(f"| {v} | " + " | ".join(cells) + " |")
+    if "weight_norm" in args.variants:
+        print("paired ×weight_norm, median [95% bootstrap interval]: " + "; ".join(
+            f"batch {b} " + ", ".join(f"{v} ×{c['median']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+                                      for v in args.variants if v != "weight_norm"
+                                      for c in [record["results"][str(b)][v]["paired_vs_weight_norm"]])
+            for b in args.batches))
     if args.renorm:
         r = record["results"]["renorm"] = renorm_vs_step(args)
         print(f"renorm: renormalize_ {r['renorm_ms']:.3f} ms / optimizer step {r['step_ms']:.3f} ms = "

@@ -43,3 +43,14 @@ def test_renorm_benchmark_counts_fewer_ops_stacked():
     record = renorm_bench.main(["--layers", "8", "--width", "8", "--repeats", "1", "--calls", "1"])
     r = record["results"]
     assert r["stacked"]["ops"] < r["loop"]["ops"] and r["lazy"]["ops"] <= r["grouped"]["ops"]
+
+
+def test_overhead_compares_with_weight_norm_and_times_forward_backward_alone(monkeypatch):
+    steps = []
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1))
+    record = overhead.main(["--model", "gpt", "--width", "16", "--seq", "4", "--batches", "1", "--repeats", "4",
+                            "--steps", "1", "--warmup", "0", "--no-step", "--variants", "plain", "weight_norm"])
+    assert steps == []  # --no-step: the optimizer never steps
+    ci = record["results"]["1"]["plain"]["paired_vs_weight_norm"]
+    assert ci["low"] <= ci["median"] <= ci["high"]
+    assert record["results"]["1"]["weight_norm"]["paired_vs_weight_norm"] == {"median": 1.0, "low": 1.0, "high": 1.0}
