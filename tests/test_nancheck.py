@@ -272,7 +272,7 @@ def test_a_copy_of_the_model_and_a_dropped_optimizer_leave_the_check_alone():
         gc.enable()
 
 
-def test_a_polarize_or_copy_elsewhere_starts_no_read_but_a_new_leaf_here_does(monkeypatch):
+def test_only_a_new_param_group_starts_a_read_between_the_periodic_ones(monkeypatch):
     # a read under FSDP2 is a collective: one started by what one rank alone did would hang the others
     model, opt, _ = build(check="lazy", check_every=1000)
     step(model, opt, 0)
@@ -284,11 +284,12 @@ def test_a_polarize_or_copy_elsewhere_starts_no_read_but_a_new_leaf_here_does(mo
     po.polarize(nn.Linear(3, 3))
     step(model, opt, 1)
     assert reads == []
-    model.extra = po.polarize(nn.Linear(3, 3), mode="absorb", trainable_scale=False)  # the scope grows here
+    model.extra = po.polarize(nn.Linear(3, 3), mode="absorb", trainable_scale=False)  # a fixed scale joins
     step(model, opt, 2)
-    assert reads == [1]
+    assert reads == []  # covered from the next periodic read on (what all ranks do together)
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))]})  # the same on every rank of a program
     step(model, opt, 3)
-    assert reads == [1]  # the snapshot covers it now
+    assert reads == [1]
     assert any(t is po.scale_of(model.extra) for t, _ in lazy.snapshot[0])
 
 

@@ -125,8 +125,9 @@ def orphans(model: torch.nn.Module) -> list[tuple[str, str]]:
 
 def signature(optimizer) -> tuple:
     """Changes when the parameters an optimizer steps may have: a tensor polarized, unpolarized,
-    copied or loaded (:func:`generation`), or a param group added or grown. Keys every cache built
-    from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`, the lazy check's snapshot)."""
+    copied or loaded (:func:`generation`), or a param group added or grown. Keys the caches built
+    from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`). It is rank-local, so
+    nothing that starts a collective may depend on it."""
     return (_generation, () if optimizer is None else tuple(len(g["params"]) for g in optimizer.param_groups))
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import torch
 
-from .guard import signature
 from .slices import nonfinite
 
 CHECKS = ("lazy", "step")
@@ -94,6 +93,15 @@ def _copy_into(live, saved) -> bool:
     return live == saved
 
 
+def _group_sizes(optimizer) -> tuple:
+    """What starts a read between the periodic ones: a param group added or grown. Not
+    :func:`polaropt.guard.signature`, which also moves when anything is polarized, copied or loaded
+    anywhere in the process: under FSDP2 a read is a collective, and a model built or loaded on one
+    rank alone (to evaluate or export) must not start one there. A tensor that joins the scope without
+    a new param group (a fixed scale polarized after attach) is covered from the next read on."""
+    return tuple(len(g["params"]) for g in optimizer.param_groups)
+
+
 def _state_maps(optimizer) -> list:
     """The dicts that hold the optimizer's per-parameter state: one, or a ChainMap's maps (a
     :class:`polaropt.RecipeOptimizer`). They are only looked up with ``in``, never indexed blindly:
@@ -123,7 +131,7 @@ class LazyCheck:
         self.steps = 0      # eager steps since attach
         self.good_at = 0    # the step of the last clean read (the snapshot's)
         self.snapshot = None
-        self.signature = None
+        self.groups = None  # the optimizer's param group sizes when the snapshot was taken
         self.reload = False  # a load_state_dict since the last read: the next read is its first
         self.read(optimizer, when="at attach")
 
@@ -134,23 +142,8 @@ class LazyCheck:
             return
         self.steps += 1
         self.since += 1
-        if self.since >= self.every or self._scope_changed(optimizer):
-            self.read(optimizer)
-
-    def _scope_changed(self, optimizer) -> bool:
-        """Whether the tensors the snapshot covers are no longer the scope. Looked at only when
-        :func:`polaropt.guard.signature` moved, which a polarize, copy or load *anywhere* in the process
-        does: a copy of the model taken on one rank alone must not start a read there, which under
-        FSDP2 is a collective the other ranks would not join."""
-        sig = signature(optimizer)
-        if sig == self.signature:
-            return False
-        self.signature = sig
-        if self.snapshot is None:
-            return True
-        held = [t for t, _ in self.snapshot[0]]
-        scope = self._scope(optimizer)
-        return len(held) != len(scope) or any(a is not b for a, b in zip(held, scope))
+        if self.since >= self.every or _group_sizes(optimizer) != self.groups:
+            self.read(optimizer)  # a param group added or grown: the snapshot must cover it
 
     @torch.no_grad()
     def read(self, optimizer, when: str | None = None, forget: bool = True) -> None:
@@ -216,7 +209,7 @@ class LazyCheck:
             if i >= 0:
                 states[id(t)] = (i, _clone(st))
         self.snapshot = ([(t, t.detach().clone()) for t in scope], states)
-        self.signature = signature(optimizer)
+        self.groups = _group_sizes(optimizer)
 
     @torch.no_grad()
     def _restore(self, optimizer, scope, maps) -> list[torch.Tensor]:
