@@ -61,8 +61,9 @@ def plain_state_dict(model: nn.Module, *, full: bool = False) -> dict[str, torch
     Loads with ``strict=True`` into the same architecture without polaropt. Key order follows
     ``model.state_dict()``, each baked weight where its ``original0`` was.
 
-    Under FSDP2 the values are DTensor shards; ``full=True`` gathers every DTensor into a plain
-    tensor (``full_tensor()``: a collective, so call it on every rank; save on rank 0).
+    Under FSDP2 it is a collective either way, so call it on every rank: each polar weight is
+    gathered to be composed. With ``full=False`` the values are DTensor shards again; ``full=True``
+    returns plain tensors (every DTensor gathered with ``full_tensor()``; save on rank 0).
 
     Example:
         >>> import torch, polaropt as po
