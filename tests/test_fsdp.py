@@ -252,6 +252,25 @@ def test_what_one_rank_alone_polarizes_or_loads_starts_no_collective(tmp_path):
         torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
 
 
+def _error_on_one_rank_in_a_with_block(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    po.polarize_model(model, mode="absorb", scale="tensor")
+    fsdp.fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with po.attach(opt, model):
+        train(model, opt, "mlp", 0, 2, rank)
+        if rank == 1:
+            raise KeyError("a bad batch on rank 1")
+        train(model, opt, "mlp", 2, 4, rank)  # rank 0 goes on, and waits in FSDP2's next all-gather
+
+
+def test_an_error_on_one_rank_in_a_with_block_is_raised_not_hung(tmp_path):
+    # 0.3.0 read (a collective) on the way out of the with block, on rank 1 alone: its error became a hang
+    with pytest.raises(Exception, match="a bad batch on rank 1"):
+        spawned.spawn(_error_on_one_rank_in_a_with_block, tmp_path, timeout=60)
+
+
 def _nan_in_one_shard(rank, out_dir):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4)).double()

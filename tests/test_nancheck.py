@@ -121,6 +121,27 @@ def test_removing_the_handle_reads_the_flag_one_last_time():
     step(model, opt, 1)
 
 
+def test_leaving_a_with_block_by_an_exception_detaches_without_the_last_read(monkeypatch):
+    # the read is a collective under FSDP2: a rank leaving by its own error must not start one alone
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with po.attach(opt, model, check_every=1000) as handle:
+        lazy = po.steps._controls[opt].lazy
+        step(model, opt, 0)
+    assert not opt._optimizer_step_pre_hooks
+    reads = []
+    with pytest.raises(KeyError, match="the data loader"):
+        with po.attach(opt, model, check_every=1000) as handle:
+            lazy = po.steps._controls[opt].lazy
+            monkeypatch.setattr(lazy, "read", lambda *a, **k: reads.append(1))
+            step(model, opt, 1)
+            raise KeyError("the data loader failed")
+    assert reads == [] and not opt._optimizer_step_pre_hooks  # the error, unchanged; detached all the same
+    handle.remove()  # a second remove is a no-op
+
+
 def test_a_nan_written_into_v_is_caught_at_the_read():
     model, opt, _ = build(check="lazy", check_every=2)
     step(model, opt, 0)

@@ -85,14 +85,14 @@ class _Control:
 
         entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(loaded)
 
-    def stop_lazy(self) -> None:
+    def stop_lazy(self, read: bool = True) -> None:
         """Drop the lazy check (and its snapshot's memory); a last read first, so nothing is missed."""
         lazy, self.lazy = self.lazy, None
         for h in self._lazy_hooks:
             h.remove()
         self._lazy_hooks = []
         opt = self.optimizer()
-        if opt is not None:
+        if opt is not None and read:
             lazy.read(opt)
 
     def _models(self):
@@ -103,7 +103,7 @@ class _Control:
         return [x for m in self._models() for t in polar_tensors(m) for x in (t.scale, t.direction)
                 if not x.requires_grad]
 
-    def release_if_unused(self) -> None:
+    def release_if_unused(self, read: bool = True) -> None:
         if not self.attached and not self.multipliers:
             for h in self.handles:
                 h.remove()
@@ -111,7 +111,7 @@ class _Control:
             if opt is not None:
                 _controls.pop(opt, None)
         if self.lazy is not None and not self.attached:  # last: its final read may raise
-            self.stop_lazy()
+            self.stop_lazy(read)
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
@@ -252,23 +252,26 @@ class AttachHandle:
     def __init__(self, ctl: _Control, entry: dict):
         self._ctl, self._entry = ctl, entry
 
-    def remove(self) -> None:
+    def remove(self, read: bool = True) -> None:
+        """Detach; with the lazy check, after a last read of the flag (``read=False`` skips it: leaving a
+        ``with`` block by an exception does, since under FSDP2 a read is a collective that the other
+        ranks, which did not fail, would not join)."""
         if self._entry in self._ctl.attached:
             ctl, opt = self._ctl, self._ctl.optimizer()
             try:  # a last read while this model is still covered (it raises after restoring)
-                if ctl.lazy is not None and len(ctl.attached) > 1 and opt is not None:
+                if read and ctl.lazy is not None and len(ctl.attached) > 1 and opt is not None:
                     ctl.lazy.read(opt)
             finally:
                 ctl.attached.remove(self._entry)
                 if "load_hook" in self._entry:
                     self._entry.pop("load_hook").remove()
-                ctl.release_if_unused()  # the last model: its final read happens here
+                ctl.release_if_unused(read)  # the last model: its final read happens here
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.remove()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.remove(read=exc_type is None)
 
 
 def _stateless(optimizer) -> bool:
