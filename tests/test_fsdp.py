@@ -271,6 +271,34 @@ def test_an_error_on_one_rank_in_a_with_block_is_raised_not_hung(tmp_path):
         spawned.spawn(_error_on_one_rank_in_a_with_block, tmp_path, timeout=60)
 
 
+def _restore_after_an_eval_forward(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    po.polarize_model(model, mode="absorb", scale="row", trainable_scale=False)
+    fsdp.fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    po.attach(opt, model)
+    x, y = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    opt.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    opt.step()
+    with torch.no_grad():
+        model(x)  # the root now holds its weights unsharded
+    po.check_finite(opt)  # where one logs: the snapshot
+    before = plain(model)
+    opt.zero_grad()
+    F.mse_loss(model(x), y * float("nan")).backward()
+    opt.step()
+    return step_on_every_rank(model, opt, before, call=lambda: po.check_finite(opt))
+
+
+def test_a_restore_after_an_eval_forward_writes_into_the_shards(tmp_path):
+    # 0.3.0 snapshotted the unsharded fixed scales, whose storage FSDP2 frees after the next backward:
+    # the restore wrote into freed memory (a segfault)
+    result = spawn(_restore_after_an_eval_forward, tmp_path, timeout=60)
+    assert result["raised"] == [True] * WORLD and result["unchanged"]
+
+
 def _nan_in_one_shard(rank, out_dir):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4)).double()

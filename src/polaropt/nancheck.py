@@ -193,8 +193,15 @@ class LazyCheck:
 
     # the snapshot ---------------------------------------------------------------------------------
     def _scope(self, optimizer) -> list[torch.Tensor]:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        fixed = list(self._tensors())
+        if any(hasattr(p, "placements") for p in params):
+            # FSDP2: after a forward the root holds its weights unsharded, as plain tensors whose storage
+            # the next backward frees; restoring into one would write into freed memory. Only the shards
+            # (what the module holds again after a step) are snapshotted and restored.
+            fixed = [t for t in fixed if hasattr(t, "placements")]
         seen, out = set(), []
-        for t in [p for g in optimizer.param_groups for p in g["params"]] + list(self._tensors()):
+        for t in params + fixed:
             if id(t) not in seen:
                 seen.add(id(t))
                 out.append(t)
