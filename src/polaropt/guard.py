@@ -123,12 +123,18 @@ def orphans(model: torch.nn.Module) -> list[tuple[str, str]]:
     return found
 
 
+def group_sizes(optimizer) -> tuple:
+    """The length of each of ``optimizer``'s param groups: what a group added or grown changes. The
+    same on every rank of a distributed job, unlike :func:`signature`."""
+    return tuple(len(g["params"]) for g in optimizer.param_groups)
+
+
 def signature(optimizer) -> tuple:
     """Changes when the parameters an optimizer steps may have: a tensor polarized, unpolarized,
     copied or loaded (:func:`generation`), or a param group added or grown. Keys the caches built
     from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`). It is rank-local, so
     nothing that starts a collective may depend on it."""
-    return (_generation, () if optimizer is None else tuple(len(g["params"]) for g in optimizer.param_groups))
+    return (_generation, () if optimizer is None else group_sizes(optimizer))
 
 
 def _pre_step(optimizer, args, kwargs) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from . import guard
 from .slices import nonfinite
 
 CHECKS = ("lazy", "step")
@@ -93,15 +94,6 @@ def _copy_into(live, saved) -> bool:
     return live == saved
 
 
-def _group_sizes(optimizer) -> tuple:
-    """What starts a read between the periodic ones: a param group added or grown. Not
-    :func:`polaropt.guard.signature`, which also moves when anything is polarized, copied or loaded
-    anywhere in the process: under FSDP2 a read is a collective, and a model built or loaded on one
-    rank alone (to evaluate or export) must not start one there. A tensor that joins the scope without
-    a new param group (a fixed scale polarized after attach) is covered from the next read on."""
-    return tuple(len(g["params"]) for g in optimizer.param_groups)
-
-
 def _state_maps(optimizer) -> list:
     """The dicts that hold the optimizer's per-parameter state: one, or a ChainMap's maps (a
     :class:`polaropt.RecipeOptimizer`). They are only looked up with ``in``, never indexed blindly:
@@ -136,13 +128,19 @@ class LazyCheck:
         self.read(optimizer, when="at attach")
 
     def stepped(self, optimizer) -> None:
-        """After each step: count it (eagerly) and read every ``every`` steps, or at once when the
-        optimizer's parameters changed (so the snapshot covers the new ones)."""
+        """After each step: count it (eagerly) and read every ``every`` steps, or at once when a
+        param group was added or grown (so the snapshot covers the new parameters).
+
+        Not on :func:`polaropt.guard.signature`, which also moves when anything is polarized, copied
+        or loaded anywhere in the process: under FSDP2 a read is a collective, and a model built or
+        loaded on one rank alone (to evaluate or export) must not start one there. A tensor that
+        joins the scope without a new param group (a fixed scale polarized after attach) is covered
+        from the next periodic read on."""
         if torch.compiler.is_compiling():
             return
         self.steps += 1
         self.since += 1
-        if self.since >= self.every or _group_sizes(optimizer) != self.groups:
+        if self.since >= self.every or guard.group_sizes(optimizer) != self.groups:
             self.read(optimizer)  # a param group added or grown: the snapshot must cover it
 
     @torch.no_grad()
@@ -216,7 +214,7 @@ class LazyCheck:
             if i >= 0:
                 states[id(t)] = (i, _clone(st))
         self.snapshot = ([(t, t.detach().clone()) for t in scope], states)
-        self.groups = _group_sizes(optimizer)
+        self.groups = guard.group_sizes(optimizer)
 
     @torch.no_grad()
     def _restore(self, optimizer, scope, maps) -> list[torch.Tensor]:

@@ -86,7 +86,9 @@ class _Control:
         entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(loaded)
 
     def stop_lazy(self, read: bool = True) -> None:
-        """Drop the lazy check (and its snapshot's memory); a last read first, so nothing is missed."""
+        """Drop the lazy check (and its snapshot's memory). With ``read``, a last read first, so
+        nothing is missed; without (leaving a ``with`` block by an exception) none, since under
+        FSDP2 a read is a collective that a rank raising alone would wait in forever."""
         lazy, self.lazy = self.lazy, None
         for h in self._lazy_hooks:
             h.remove()
