@@ -3,7 +3,8 @@
 Variants, interleaved: ``grouped`` is ``po.renormalize_`` (on a GPU, same-shaped tensors stacked,
 one set of kernels per group; on CPU in-place per-tensor kernels; its NaN/Inf check syncs once),
 ``stacked`` forces the stacked path (what a GPU runs for tensors of this size) on any device, ``lazy`` is
-``grouped`` without the NaN/Inf check (what ``po.attach(check="lazy")`` runs after each step: no host sync), ``loop`` is
+``grouped`` without the NaN/Inf check (what ``po.attach(check="lazy")`` runs after each step: no host sync),
+``unstacked`` is ``lazy`` with stacking off (every tensor divided by one multi-tensor op), ``loop`` is
 the per-tensor reference, ``floor`` one read and one write of every ``V`` (a multi-tensor multiply by 1:
 the least any renormalization must move). ``ops`` counts the aten operations one call dispatches (a
 device-independent count of kernel launches; a foreach op counts once).
@@ -64,6 +65,7 @@ def main(argv=None) -> dict:
     variants = {"grouped": lambda: po.renormalize_(model),
                 "stacked": lambda: _renormalize_grouped(_targets(model), stack_max=1 << 30),
                 "lazy": lambda: renormalize_targets(_targets(model), check=False),
+                "unstacked": lambda: _renormalize_grouped(_targets(model), check=False, stack_max=0),
                 "loop": lambda: po.renormalize_(model, foreach=False),
                 "floor": lambda: floor(_targets(model))}
     ops = {v: count_ops(f) for v, f in variants.items()}

@@ -51,7 +51,7 @@ class GPT(nn.Module):
         return self.head(x)
 
 
-def build(kind, mode, scale, shard, check="lazy"):
+def build(kind, mode, scale, shard, check="lazy", check_every=100):
     torch.manual_seed(0)
     model = (GPT() if kind == "gpt" else nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))).double()
     po.polarize_model(model, mode=mode, scale=scale)  # polarize first, then shard
@@ -60,7 +60,7 @@ def build(kind, mode, scale, shard, check="lazy"):
             fsdp.fully_shard(m)
         fsdp.fully_shard(model)
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
-    po.attach(opt, model, state="rescale", check=check)
+    po.attach(opt, model, state="rescale", check=check, check_every=check_every)
     return model, opt
 
 
@@ -247,6 +247,36 @@ def test_what_one_rank_alone_polarizes_or_loads_starts_no_collective(tmp_path):
     got = spawn(_rank_zero_alone_copies, tmp_path, timeout=120)
     model, opt = build("mlp", "absorb", "tensor", shard=False)
     train(model, opt, "mlp", 0, 6)
+    ref = po.plain_state_dict(model)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
+
+
+def _rank_zero_alone_copies_compiled(rank, out_dir):
+    model, opt = build("mlp", "absorb", "row", shard=True, check_every=3)
+
+    def step(x, y):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+
+    step(*batch("mlp", 0, rank))  # eager: the optimizer state and polaropt's caches exist
+    compiled = torch.compile(step, backend="eager")
+    for k in range(8):  # dynamo's recompile limit is 8
+        if rank == 0:  # an eval model, on one rank alone, between compiled steps
+            po.polarize_model(nn.Sequential(nn.Linear(4, 4)))
+        for t in range(3):
+            compiled(*batch("mlp", 1 + 3 * k + t, rank))
+    po.check_finite(opt)
+    return plain(model)
+
+
+def test_what_one_rank_alone_polarizes_recompiles_nothing_under_torch_compile(tmp_path):
+    # 0.3.0 recompiled rank 0's hooks at every such event (they read a process-wide counter); past the
+    # recompile limit they ran eagerly there alone, and the periodic read (a collective) hung
+    got = spawn(_rank_zero_alone_copies_compiled, tmp_path, timeout=150)
+    model, opt = build("mlp", "absorb", "row", shard=False)
+    train(model, opt, "mlp", 0, 25)
     ref = po.plain_state_dict(model)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)

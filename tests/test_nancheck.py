@@ -505,6 +505,31 @@ def test_compiled_step_adds_no_graph_break_no_recompile_and_matches_eager(mode):
 
 
 @pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
+def test_another_model_polarized_copied_loaded_or_unpolarized_recompiles_no_step():
+    """An eval or export model handled between compiled steps (on one FSDP2 rank alone, every
+    such event recompiled the hooks there; past dynamo's recompile limit they ran eagerly on that
+    rank only, and its periodic read, a collective, hung)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    model, opt, _ = build()
+    step(model, opt, 0)
+    compiled = torch.compile(lambda t: step(model, opt, t))
+    compiled(1)
+    counters.clear()
+    for t in range(2, 12):
+        other = TinyLM()
+        po.polarize_model(other, scale="row", mode="absorb")
+        copy.deepcopy(other).load_state_dict(other.state_dict(), assign=True)
+        po.unpolarize_model(other)
+        compiled(t)
+    assert counters["stats"].get("unique_graphs", 0) == 0
+    n = po.direction_of(model.up).norm(dim=1)
+    torch.testing.assert_close(n, torch.ones_like(n))
+
+
+@pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
 def test_compiled_lazy_flag_is_read_at_check_finite():
     torch._dynamo.reset()
     model, opt, _ = build(check="lazy", check_every=1)

@@ -215,6 +215,57 @@ def test_optimizer_built_before_polarize_is_refused():
     assert all(torch.equal(v, before[k]) for k, v in tensors(model).items())
 
 
+def test_polarizing_a_weight_an_optimizer_already_stepped_is_refused():
+    """The watch list built at the first step is rebuilt when a tensor it holds is replaced."""
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    step(model, opt)
+    po.polarize(model[2], mode="free")
+    model(torch.randn(2, 6, dtype=torch.float64)).sum().backward()
+    with pytest.raises(RuntimeError, match=r"Parameter of shape \(3, 5\) that polaropt.polarize replaced"):
+        opt.step()
+
+
+def test_what_concerns_another_optimizer_leaves_this_ones_key_alone():
+    """guard.signature keys an optimizer's cached watch list and renormalization plan: it moves when
+    a tensor that optimizer holds is polarized, unpolarized or loaded, not when another model's is
+    (an eval copy polarized, copied, loaded or unpolarized on one rank alone must not recompile,
+    or desynchronize, the training step there)."""
+    import copy
+
+    from polaropt import guard
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    step(model, opt)
+    key = guard.signature(opt)
+    other = mlp(1)
+    po.polarize_model(other, mode="absorb")
+    copy.deepcopy(other).load_state_dict(other.state_dict(), assign=True)
+    other.load_state_dict(other.state_dict())
+    po.unpolarize_model(other)
+    copy.deepcopy(model)
+    assert guard.signature(opt) == key
+    model.load_state_dict(model.state_dict())  # this optimizer's own tensors: its caches rebuild
+    assert guard.signature(opt) != key
+    key = guard.signature(opt)
+    po.unpolarize(model[0])
+    assert guard.signature(opt) != key
+
+
+def test_a_copied_optimizer_builds_its_own_watch_list():
+    import copy
+    model = polar_mlp(scale="row", mode="absorb")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    po.attach(opt, model)
+    step(model, opt)
+    twin_model, twin_opt = copy.deepcopy((model, opt))  # one deepcopy: the optimizer holds the copy's leaves
+    assert "_polar_watch" not in twin_opt.__dict__ or twin_opt.__dict__["_polar_watch"] is None
+    step(twin_model, twin_opt)  # nothing renormalizes the copy: the copied watch list must see it
+    with pytest.raises(RuntimeError, match="mode='absorb'.*po.attach"):
+        twin_model(torch.randn(2, 6, dtype=torch.float64))
+
+
 def test_a_deepcopy_is_guarded_like_the_original():
     import copy
     model = copy.deepcopy(polar_mlp(scale="row", mode="absorb"))

@@ -19,6 +19,12 @@ Two silent failures cannot be seen from the polarized module alone:
    holds such a Parameter (before anything is written), and the whole-model functions check every
    module (:func:`orphans`).
 
+The caches built from an optimizer (its watch list here, :class:`polaropt.renorm.Plan`) are keyed
+on :func:`signature`: the optimizer's own version, which a polarize, unpolarize or load bumps only
+when it concerns a tensor that optimizer holds or watches, and the sizes of its param groups. A
+model polarized or loaded elsewhere (an eval or export copy, on one rank of a distributed job
+alone) leaves every other optimizer's key as it was, so a compiled step is not recompiled by it.
+
 Nothing here holds a weak reference to a live parameter of the model (``torch.utils.swap_tensors``,
 used by ``module.to()`` under ``torch.__future__.set_swap_module_params_on_conversion(True)``,
 refuses tensors that have one): polarizations are found through a ``WeakSet`` of their ``Polar``
@@ -45,10 +51,26 @@ RENORMALIZED = ("project", "absorb")  # the modes that act after the optimizer s
 
 _polars = weakref.WeakSet()          # every live Polar; each keeps its ParametrizationList in ._plist
 _replaced = WeakIdKeyDictionary()    # the Parameter polarize replaced -> weakref to the ParametrizationList
-WATCH = "_polar_watch"  # optimizer attribute: (signature, [Polar whose V it holds]); on the optimizer itself,
-# not in a global weak dict, so a compiled step's guards do not depend on other optimizers being alive
-_generation = 0  # bumped whenever a tensor is polarized, unpolarized, copied or loaded: invalidates every WATCH
+WATCH = "_polar_watch"  # optimizer attribute: its _Watch; on the optimizer itself, not in a global weak
+# dict, so a compiled step's guards do not depend on other optimizers being alive
+VERSION = "_polar_version"  # optimizer attribute: bumped by a change that concerns a tensor it holds or watches
+_optimizers = weakref.WeakSet()  # the optimizers with a watch list: those a change may concern
 _hooks = None
+
+
+class _Watch:
+    """An optimizer's watch list: the :func:`signature` it was built at, the Polars whose ``V`` the
+    optimizer holds, and the ids of every tensor it holds (a polarize replacing one of them, or an
+    unpolarize removing one, concerns it). A copy of the optimizer (``copy.deepcopy``, pickling)
+    gets none, and builds its own at its first step: the ids belong to the original's tensors."""
+
+    __slots__ = ("signature", "watched", "held")
+
+    def __init__(self, signature: tuple, watched: list, held: frozenset):
+        self.signature, self.watched, self.held = signature, watched, held
+
+    def __reduce__(self):
+        return (type(None), ())
 
 
 def _install() -> None:
@@ -57,41 +79,45 @@ def _install() -> None:
         _hooks = (register_optimizer_step_pre_hook(_pre_step), register_optimizer_step_post_hook(_post_step))
 
 
+def _bump(concerns) -> None:
+    """Bump the version of every optimizer whose watch list ``concerns``: its caches rebuild at its
+    next step, and no other optimizer's do."""
+    for optimizer in list(_optimizers):
+        watch = optimizer.__dict__.get(WATCH)
+        if isinstance(watch, _Watch) and concerns(watch):
+            optimizer.__dict__[VERSION] = optimizer.__dict__.get(VERSION, 0) + 1
+
+
 def register(source: torch.Tensor, plist, polar) -> None:
     """Record a new polarization: ``source`` was replaced by ``plist`` (holding ``s``, ``V`` and ``polar``)."""
     _replaced[source] = weakref.ref(plist)
     track(plist, polar)
     mark_clean(polar)
+    _bump(lambda watch: id(source) in watch.held)  # an optimizer still holding source must be refused
 
 
 def track(plist, polar) -> None:
-    """Watch ``polar`` (whose leaves live in ``plist``). ``Polar.__setstate__`` calls this for a deepcopy."""
-    global _generation
+    """Watch ``polar`` (whose leaves live in ``plist``). ``Polar.__setstate__`` calls this for a deepcopy
+    (whose new leaves no existing optimizer holds, so no version moves)."""
     _install()
     polar.__dict__["_plist"] = plist  # a plain attribute, not a submodule: deepcopy maps it to the copy
     _polars.add(polar)
-    _generation += 1
 
 
 def forget(plist) -> None:
     """Drop a polarization that ``unpolarize`` removed."""
-    global _generation
     for key in [k for k, ref in _replaced.items() if ref() is plist]:
         del _replaced[key]
-    _polars.discard(plist[0])
-    _generation += 1
+    polar = plist[0]
+    _polars.discard(polar)
+    _bump(lambda watch: polar in watch.watched or id(plist.original0) in watch.held)
 
 
-def generation() -> int:
-    """Bumped whenever a tensor is polarized, unpolarized, copied or loaded: caches keyed on it
-    (the watch lists here, :class:`polaropt.renorm.Plan`) are rebuilt."""
-    return _generation
-
-
-def touch() -> None:
-    """Invalidate every cache keyed on :func:`generation` (a load may have replaced the leaves)."""
-    global _generation
-    _generation += 1
+def touch(polar) -> None:
+    """``polar``'s leaves were loaded (``load_state_dict(assign=True)`` replaces them): the caches of the
+    optimizers that watch it rebuild."""
+    _bump(lambda watch: polar in watch.watched or id(polar._plist.original1) in watch.held
+          or id(polar._plist.original0) in watch.held)
 
 
 def replaced_by(tensor: torch.Tensor):
@@ -130,17 +156,20 @@ def group_sizes(optimizer) -> tuple:
 
 
 def signature(optimizer) -> tuple:
-    """Changes when the parameters an optimizer steps may have: a tensor polarized, unpolarized,
-    copied or loaded (:func:`generation`), or a param group added or grown. Keys the caches built
-    from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`). It is rank-local, so
-    nothing that starts a collective may depend on it."""
-    return (_generation, () if optimizer is None else group_sizes(optimizer))
+    """Changes when the parameters an optimizer steps may have changed: a tensor it holds or watches
+    polarized, unpolarized or loaded (its version), or a param group added or grown. Keys the caches
+    built from an optimizer (the watch lists here, :class:`polaropt.renorm.Plan`). Only what
+    concerns this optimizer moves it, so it moves alike on every rank of a job whose ranks run the
+    same code; a rank that changes its optimizer's tensors alone moves it alone."""
+    if optimizer is None:
+        return (0, ())
+    return (optimizer.__dict__.get(VERSION, 0), group_sizes(optimizer))
 
 
 def _pre_step(optimizer, args, kwargs) -> None:
     entry = optimizer.__dict__.get(WATCH)
     sig = signature(optimizer)
-    if entry is None or entry[0] != sig:
+    if entry is None or entry.signature != sig:
         held = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -157,8 +186,9 @@ def _pre_step(optimizer, args, kwargs) -> None:
                 held[id(p)] = p
         watched = [polar for polar in list(_polars)
                    if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
-        optimizer.__dict__[WATCH] = entry = (sig, watched)
-    for polar in entry[1]:
+        optimizer.__dict__[WATCH] = entry = _Watch(sig, watched, frozenset(held))
+        _optimizers.add(optimizer)
+    for polar in entry.watched:
         object.__setattr__(polar, "_pending", True)  # armed: a renormalization in this step clears it (mark_clean)
 
 
@@ -166,7 +196,7 @@ def _post_step(optimizer, args, kwargs) -> None:
     entry = optimizer.__dict__.get(WATCH)
     if entry is None:
         return
-    for polar in entry[1]:
+    for polar in entry.watched:
         # updated by this step (it has a gradient) and not renormalized since the step began
         if polar._pending and polar._plist.original1.grad is not None:
             polar._stale = True

@@ -179,7 +179,7 @@ class Polar(nn.Module):
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         finally:
             self._loading = None
-            guard.touch()  # load_state_dict(assign=True) replaces the leaves: cached plans rebuild
+            guard.touch(self)  # load_state_dict(assign=True) replaces the leaves: cached plans rebuild
 
     def _stale_message(self) -> str:
         return (f"{self._label} is polarized with mode={self.mode!r}, which renormalizes V after every optimizer "

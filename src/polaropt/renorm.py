@@ -20,7 +20,8 @@ prints the difference):
   Stacking copies ``V`` twice more, so it is used where launches (or, on CPU, per-op dispatch), not
   memory, are the cost: for tensors up to :data:`STACK_MAX_NUMEL` entries (on CPU, 256×256 tensors
   measured ×1.08–1.2 the time stacked, ``benchmarks/renorm.py``).
-  Unstacked tensors, FSDP2 shards (DTensors) and lone tensors take in-place per-tensor kernels.
+  Unstacked and lone tensors are divided in place by one multi-tensor op (``torch._foreach_div_``: on
+  CPU a C++ loop, so no Python dispatch per tensor), FSDP2 shards (DTensors) one by one.
 
 Neither loops over slices. The NaN/Inf check raises before anything is modified (one host sync;
 :func:`renormalize_`), or is skipped for :func:`polaropt.attach`'s lazy check, which reads the
@@ -148,7 +149,7 @@ def _stack_limit(device: torch.device) -> int:
 
 class Plan:
     """A model's renormalization targets and their groups, built once and reused while it is valid:
-    nothing polarized, unpolarized, copied or loaded since (:func:`polaropt.guard.generation`), the
+    nothing the optimizer holds polarized, unpolarized or loaded since (:func:`polaropt.guard.signature`), the
     optimizer's groups the same size (a module added to the model and to the optimizer), and every
     ``s`` and ``V`` the same tensor object (``load_state_dict(assign=True)``, ``fully_shard``,
     hand-replaced leaves) with the same dtype and device (a ``.to()`` of part of the model). Building
@@ -214,20 +215,31 @@ def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_m
             checked += [a, torch.stack([targets[i].scale for i in idx])]
     if check and any_nonfinite(checked):  # one sync per (device, dtype)
         _check_now(targets, norms)  # names the tensors; raises before anything is written
-    vs, quotients, ss, factors = [], [], [], []
+    # every ``a`` clamped at once, then one division per stacked group and one multi-tensor division for
+    # the tensors alone; the scales of every absorb tensor multiplied at once (a C++ loop, not Python's)
+    torch._foreach_clamp_min_([a for _, _, a in batches], [targets[idx[0]].polar.eps for idx, _, _ in batches])
+    vs, quotients, alone, alone_a, ss, factors = [], [], [], [], [], []
     for idx, stacked, a in batches:
         t0 = targets[idx[0]]
-        a.clamp_min_(t0.polar.eps)
         if stacked is None:  # one tensor: in place, exactly as the reference loop
-            t0.direction.div_(a)
+            if hasattr(t0.direction, "placements"):  # an FSDP2 shard: DTensor's own in-place rules
+                t0.direction.div_(a)
+                if t0.polar.mode == "absorb":
+                    _mul_(t0.scale, a)
+                continue
+            alone.append(t0.direction)
+            alone_a.append(a)
             if t0.polar.mode == "absorb":
-                _mul_(t0.scale, a)
+                ss.append(t0.scale)
+                factors.append(a)
             continue
         vs += [targets[i].direction for i in idx]
         quotients += stacked.div_(a).unbind(0)  # V's dtype, divided in a's: as the reference's V.div_(a)
         if t0.polar.mode == "absorb":
             ss += [targets[i].scale for i in idx]
             factors += a.unbind(0)
+    if alone:
+        torch._foreach_div_(alone, alone_a)
     if vs:
         torch._foreach_copy_(vs, quotients)
     if ss:
