@@ -46,3 +46,41 @@ def test_ddp_ranks_stay_bitwise_equal(tmp_path):
         v = r0[direction]["0.parametrizations.weight.original1"]
         if direction in ("project", "absorb"):
             torch.testing.assert_close(v.norm(dim=1), torch.ones(16))
+
+
+def _rank_zero_saves_then_a_nan(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+    po.polarize_model(model, mode="absorb", scale="row")
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    po.attach(opt, ddp, check_every=5)
+    g = torch.Generator().manual_seed(rank)
+    raised_at, message = None, None
+    for t in range(30):
+        x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
+        if t == 12 and rank == 1:
+            x[0, 0] = float("nan")  # one rank's bad batch: DDP's all-reduce spreads it to both
+        opt.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        try:
+            opt.step()
+        except FloatingPointError as e:
+            raised_at, message = t, str(e)
+            break
+        if rank == 0 and t in (3, 8):
+            torch.save(opt.state_dict(), f"{out_dir}/opt.pt")  # the usual checkpoint: rank 0 alone
+    return {"raised_at": raised_at, "message": message,
+            "params": {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}}
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
+@pytest.mark.skipif(sys.platform == "win32", reason="spawned gloo workers are not tested on Windows")
+def test_a_checkpoint_saved_on_rank_zero_alone_keeps_the_ranks_reads_together(tmp_path):
+    # 0.3.0: rank 0's opt.state_dict() restarted its periodic schedule and took its own snapshot, so the
+    # ranks found the NaN at different steps and restored different states (or hung in DDP's all-reduce)
+    r0, r1 = spawned.spawn(_rank_zero_saves_then_a_nan, tmp_path, world=2, timeout=60)
+    assert r0["raised_at"] == r1["raised_at"] == 14, (r0["raised_at"], r1["raised_at"])  # the read after step 15
+    assert "restored to step 10" in r0["message"]
+    for key, a in r0["params"].items():
+        assert torch.isfinite(a).all() and torch.equal(a, r1["params"][key]), key

@@ -87,13 +87,39 @@ def test_a_nan_lives_at_most_check_every_steps_then_everything_is_restored(mode)
     assert not torch.isfinite(model.down.bias).all()  # the bad value lives (AdamW wrote it)
     step(model, opt, 6)
     with pytest.raises(FloatingPointError, match=r"last 4 step\(s\) of AdamW \(steps 5–8.*tensors hold one now "
-                                                 r"\(.*restored to step 4, the last clean read"):
+                                                 r"\(.*restored to step 4, the last snapshot"):
         step(model, opt, 7)
     after_params, after_state = snapshot(model, opt)
     assert same(after_params, params) and same(after_state, state)
     assert po.direction_of(model.head) is po.direction_of(model.tok)  # the tie holds
     step(model, opt, 8)  # training goes on from the restored state
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_clean_state_dict_read_moves_neither_the_snapshot_nor_the_schedule():
+    """opt.state_dict() only checks: a DDP job saving on rank 0 alone keeps its ranks' periodic reads
+    and snapshots the same (0.3.0 restarted rank 0's schedule there and took its own snapshot, so the
+    ranks raised at different steps and restored different states)."""
+    model, opt, handle = build(check="lazy", check_every=4)
+    lazy = po.steps._controls[opt].lazy
+    for t in range(4):
+        step(model, opt, t)
+    taken = lazy.snapshot
+    step(model, opt, 4)
+    opt.state_dict()
+    assert lazy.snapshot is taken and lazy.good_at == 4
+    for t in range(5, 8):
+        step(model, opt, t)
+    assert lazy.good_at == 8  # four steps after the last periodic read, as without the state_dict()
+    step(model, opt, 8)
+    step(model, opt, 9, poison=True)
+    with pytest.raises(FloatingPointError, match=r"last 2 step\(s\).*restored to step 8"):
+        opt.state_dict()  # a bad one still restores and raises
+    step(model, opt, 10)
+    step(model, opt, 11)
+    assert lazy.good_at == 8 and lazy.since == 2  # the failed read restarted the schedule at the restore
+    po.check_finite(opt)  # check_finite takes a snapshot (under torch.compile it is the only read)
+    assert lazy.good_at == lazy.steps
 
 
 def test_state_dict_and_check_finite_read_the_flag():

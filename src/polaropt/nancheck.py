@@ -12,16 +12,18 @@
   ``state_dict()`` is taken (an optimizer checkpoint never holds an unnoticed NaN; a model's
   ``state_dict()`` is not read): one reduction over the parameters, their optimizer state and the attached models'
   ``s`` and ``V``, and one host sync. A read that finds them finite takes a *snapshot* (a copy of
-  all of those); a read that finds a NaN or Inf copies the snapshot back and raises
-  ``FloatingPointError``. So a bad value lives at most ``check_every`` steps (the steps after it
-  run on it, and their losses show it), and when the error fires every parameter and optimizer
-  state is as it was after the last clean read: a failure never leaves a corrupted parameter
-  behind. The snapshot costs memory: one copy of the parameters and of the optimizer's state (for
+  all of those), except the one at ``state_dict()``, which only checks (so saving a checkpoint on one
+  DDP rank alone moves neither that rank's schedule nor its snapshot); a read that finds a NaN or
+  Inf copies the snapshot back and raises ``FloatingPointError``. So a bad value lives at most
+  ``check_every`` steps (the steps after it run on it, and their losses show it), and when the
+  error fires every parameter and optimizer state is as it was at the last snapshot: a failure
+  never leaves a corrupted parameter behind. The snapshot costs memory: one copy of the parameters and of the optimizer's state (for
   Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
   ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
   turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
   (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
   Under FSDP2 a read is a collective: every rank must make it (``check_finite``, ``state_dict()``);
+  under DDP ``check_finite`` belongs on every rank too (it snapshots), ``state_dict()`` may be taken on one;
   the reads the check starts itself are the same on every rank of a program that steps the same
   optimizer everywhere (a model polarized, copied or loaded on one rank alone starts none).
 
@@ -121,7 +123,8 @@ class LazyCheck:
         self.every, self._tensors, self._names = every, tensors, names
         self.since = 0      # eager steps since the last read
         self.steps = 0      # eager steps since attach
-        self.good_at = 0    # the step of the last clean read (the snapshot's)
+        self.good_at = 0    # the step of the snapshot
+        self.clean_at = 0   # the step of the last clean read (a check without a snapshot counts)
         self.snapshot = None
         self.groups = None  # the optimizer's param group sizes when the snapshot was taken
         self.reload = False  # a load_state_dict since the last read: the next read is its first
@@ -144,14 +147,16 @@ class LazyCheck:
             self.read(optimizer)  # a param group added or grown: the snapshot must cover it
 
     @torch.no_grad()
-    def read(self, optimizer, when: str | None = None, forget: bool = True) -> None:
+    def read(self, optimizer, when: str | None = None, forget: bool = True, snapshot: bool = True) -> None:
         """One reduction and one host sync per device (alarms confirmed tensor by tensor): snapshot
         when everything is finite; otherwise restore the snapshot and raise. ``when`` names a read
         that must not restore ("at attach", "in the model being attached"; the first read after a
         load is one too): it raises without restoring, and with ``forget`` drops the snapshot (a
-        bad load leaves no clean state to go back to)."""
-        if self.reload:
-            self.reload, when = False, when or "in the state loaded since the last step"
+        bad load leaves no clean state to go back to). ``snapshot=False`` only checks: a clean read
+        changes nothing, neither the snapshot nor the periodic schedule (the read at
+        ``state_dict()``, which a DDP job may take on one rank alone)."""
+        if self.reload:  # the loaded state becomes the snapshot, whoever reads it
+            self.reload, when, snapshot = False, when or "in the state loaded since the last step", True
         scope = self._scope(optimizer)
         maps = _state_maps(optimizer)
         owners, state = [], []
@@ -159,11 +164,14 @@ class LazyCheck:
             for x in _tensors_in(_state_of(maps, t)[1]):
                 owners.append(t)
                 state.append(x)
-        self.since = 0
+        if snapshot:
+            self.since = 0
         bad = nonfinite(scope + state)
         if not bad:
-            self.good_at = self.steps
-            self._take(optimizer, scope, maps)
+            self.clean_at = self.steps
+            if snapshot:
+                self.good_at = self.steps
+                self._take(optimizer, scope, maps)
             return
         names = self._names(optimizer)
 
@@ -178,13 +186,14 @@ class LazyCheck:
             raise FloatingPointError(f"NaN or Inf {when or 'with no clean read to go back to'}, in {shown}; "
                                      f"nothing was restored. Fix the initialization or the checkpoint")
         missing = self._restore(optimizer, scope, maps)
-        lost = self.steps - self.good_at
+        clean_at, self.clean_at, self.since = self.clean_at, self.steps, 0  # restored: clean again from here
         raise FloatingPointError(
-            f"NaN or Inf entered in the last {lost} step(s) of {type(optimizer).__name__} (steps {self.good_at + 1}–"
+            f"NaN or Inf entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
+            f"{clean_at + 1}–"
             f"{self.steps} since attach; check='lazy' reads every {self.every} steps): {len(named)} tensors hold one "
             f"now ({shown}; the steps after it spread it, so check='step' names where it entered). Every parameter it "
             f"steps, its optimizer state and the attached models' fixed scales are restored to step {self.good_at}, "
-            "the last clean read"
+            "the last snapshot"
             + (f", except {', '.join(name(t) for t in missing)}, added since (still non-finite)" if missing else "")
             + "; lr schedules, gradients and polaropt's own step count are not. Lower the learning rate or check the "
             "loss and inputs")

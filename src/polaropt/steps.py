@@ -175,7 +175,7 @@ class _Control:
 def _read(me, optimizer) -> None:
     ctl = me()
     if ctl is not None and ctl.lazy is not None and optimizer is not None:
-        ctl.lazy.read(optimizer)
+        ctl.lazy.read(optimizer, snapshot=False)  # a check: a checkpoint saved on one DDP rank moves nothing
 
 
 def _loaded(me, optimizer) -> None:
@@ -295,10 +295,10 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
         ``optimizer.state_dict()`` and before the first step after a load. A bad value lives at most
         ``check_every`` steps (the steps after it run on it); then ``FloatingPointError`` names the
         tensors holding one, and every parameter the optimizer steps, its state, and this model's
-        fixed scales are restored to what they were at the last clean read (a trainable ``s`` or
+        fixed scales are restored to what they were at the last snapshot (a trainable ``s`` or
         ``V`` in another optimizer is that optimizer's to check). That costs one copy of the
         parameters and of the optimizer state (Adam: 3× the parameters), refreshed at each clean
-        read (:mod:`polaropt.nancheck`).
+        read except ``state_dict()``'s, which only checks (:mod:`polaropt.nancheck`).
       - ``"step"``: one host sync per step; a bad gradient raises before the optimizer writes
         anything, a bad ``s`` or ``V`` before the renormalization writes. No snapshot.
 
@@ -382,11 +382,12 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
 
 def check_finite(optimizer: torch.optim.Optimizer) -> None:
     """Run ``optimizer``'s lazy NaN/Inf read now (one reduction, one host sync): if a parameter, its
-    state, or an attached ``s`` or ``V`` holds NaN or Inf, restore the last clean snapshot and raise
-        ``FloatingPointError``; else take a new snapshot. Call it where you already sync (logging a loss)
-    to bound how long a bad value lives, and under ``torch.compile``, where the periodic read does
-    not run. Under FSDP2 the read is a collective: call it (and ``optimizer.state_dict()``) on every
-    rank. A no-op without a lazy :func:`attach`."""
+    state, or an attached ``s`` or ``V`` holds NaN or Inf, restore the last snapshot and raise
+    ``FloatingPointError``; else take a new snapshot and restart the periodic schedule. Call it where
+    you already sync (logging a loss) to bound how long a bad value lives, and under
+    ``torch.compile``, where the periodic read does not run. Call it on every rank of a distributed
+    job: under FSDP2 the read is a collective, and under DDP a read on one rank alone would give
+    that rank its own snapshot and schedule. A no-op without a lazy :func:`attach`."""
     ctl = _controls.get(optimizer)
     if ctl is not None and ctl.lazy is not None:
         ctl.lazy.read(optimizer)
