@@ -276,6 +276,43 @@ def test_a_load_is_the_new_point_to_go_back_to():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved[0].items())  # step 3, not step 6
 
 
+class Wrapper(nn.Module):
+    """What DistributedDataParallel looks like from here: the model as ``.module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+@pytest.mark.parametrize("through", ["a wrapper's module", "a part"])
+def test_a_load_past_the_attached_module_is_noticed_too(through):
+    """0.3.0 noticed only a load of the attached module itself: after ``ddp.module.load_state_dict``
+    (or ``model.up.load_state_dict``) a later NaN restored the weights from before the load."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    attached = Wrapper(model) if through == "a wrapper's module" else model
+    opt = torch.optim.AdamW(attached.parameters(), lr=1e-2)
+    po.attach(opt, attached, check_every=1000)
+    for t in range(3):
+        step(model, opt, t)
+    loads_into = model if through == "a wrapper's module" else model.up
+    saved = copy.deepcopy(loads_into.state_dict())
+    for t in range(3, 6):
+        step(model, opt, t)
+    po.check_finite(opt)  # a snapshot after step 6
+    loads_into.load_state_dict(saved)
+    step(model, opt, 6)  # the loaded state is read before this step, and is the new snapshot
+    step(model, opt, 7, poison=True)
+    with pytest.raises(FloatingPointError, match="restored to step 6"):
+        po.check_finite(opt)
+    now = loads_into.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in saved.items() if torch.is_tensor(v))
+
+
 def test_recovering_from_an_unnoticed_nan_by_loading_a_checkpoint():
     model, opt, _ = build(check="lazy", check_every=1000)
     step(model, opt, 0)

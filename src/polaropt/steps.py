@@ -76,14 +76,18 @@ class _Control:
                             optimizer.register_load_state_dict_post_hook(lambda opt: _loaded(me, opt))]
 
     def watch_loads(self, entry: dict) -> None:
-        me, model = weakref.ref(self), weakref.ref(entry["model"])
+        """Notice a ``load_state_dict`` of the attached model or of any of its modules: through a wrapper
+        (``ddp.module.load_state_dict``) or a part (``model.blocks[0]``) as well as the whole. Torch
+        runs a module's load post-hooks whenever a load passes through it, so one hook per module
+        sees every load that reaches it."""
+        me, ours = weakref.ref(self), weakref.WeakSet(entry["model"].modules())
 
         def loaded(module, keys):  # a copy of the model (deepcopy copies hooks) is not this model
             ctl = me()
-            if ctl is not None and module is model():
+            if ctl is not None and module in ours:
                 _loaded(me, ctl.optimizer())
 
-        entry["load_hook"] = entry["model"].register_load_state_dict_post_hook(loaded)
+        entry["load_hooks"] = [m.register_load_state_dict_post_hook(loaded) for m in ours]
 
     def stop_lazy(self, read: bool = True) -> None:
         """Drop the lazy check (and its snapshot's memory). With ``read``, a last read first, so
@@ -265,8 +269,8 @@ class AttachHandle:
                     ctl.lazy.read(opt)
             finally:
                 ctl.attached.remove(self._entry)
-                if "load_hook" in self._entry:
-                    self._entry.pop("load_hook").remove()
+                for h in self._entry.pop("load_hooks", []):
+                    h.remove()
                 ctl.release_if_unused(read)  # the last model: its final read happens here
 
     def __enter__(self):
