@@ -84,3 +84,44 @@ def test_a_checkpoint_saved_on_rank_zero_alone_keeps_the_ranks_reads_together(tm
     assert "restored to step 10" in r0["message"]
     for key, a in r0["params"].items():
         assert torch.isfinite(a).all() and torch.equal(a, r1["params"][key]), key
+
+
+def _rank_zero_saves_over_a_nan_and_the_job_goes_on(rank, out_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
+    po.polarize_model(model, mode="absorb", scale="row")
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
+    po.attach(opt, ddp, check_every=5)
+    g = torch.Generator().manual_seed(rank)
+    raised = []
+    for t in range(30):
+        x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
+        if t == 12 and rank == 1:
+            x[0, 0] = float("nan")
+        opt.zero_grad()
+        nn.functional.mse_loss(ddp(x), y).backward()
+        try:
+            opt.step()
+        except FloatingPointError:
+            raised.append(["step", t])  # the snapshot was restored: go on, as the error invites
+            continue
+        if rank == 0 and t == 13:
+            try:
+                torch.save(opt.state_dict(), f"{out_dir}/opt.pt")  # finds the NaN on rank 0 alone
+            except FloatingPointError:
+                raised.append(["state_dict", t])
+    return {"raised": raised,
+            "params": {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}}
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
+@pytest.mark.skipif(sys.platform == "win32", reason="spawned gloo workers are not tested on Windows")
+def test_a_nan_found_by_rank_zeros_checkpoint_alone_leaves_the_ranks_reading_together(tmp_path):
+    # f53e9e7: the failed read at rank 0's opt.state_dict() restarted rank 0's schedule, so from then on
+    # each rank restored at its own steps and DDP's all-reduce gave the NaN back: every read raised
+    r0, r1 = spawned.spawn(_rank_zero_saves_over_a_nan_and_the_job_goes_on, tmp_path, world=2, timeout=60)
+    assert r0["raised"] == [["state_dict", 13], ["step", 14]], r0["raised"]
+    assert r1["raised"] == [["step", 14]], r1["raised"]
+    for key, a in r0["params"].items():
+        assert torch.isfinite(a).all() and torch.equal(a, r1["params"][key]), key

@@ -134,9 +134,10 @@ class LazyCheck:
         """After each step: count it (eagerly) and read every ``every`` steps, or at once when a
         param group was added or grown (so the snapshot covers the new parameters).
 
-        Not on :func:`polaropt.guard.signature`, which also moves when anything is polarized, copied
-        or loaded anywhere in the process: under FSDP2 a read is a collective, and a model built or
-        loaded on one rank alone (to evaluate or export) must not start one there. A tensor that
+        Not on :func:`polaropt.guard.signature`, whose version also moves when a tensor this
+        optimizer watches is polarized, unpolarized or replaced by a load: under FSDP2 a read is a
+        collective, and a model handled on one rank alone (to evaluate or export) must not start one
+        there. A tensor that
         joins the scope without a new param group (a fixed scale polarized after attach) is covered
         from the next periodic read on."""
         if torch.compiler.is_compiling():
@@ -152,9 +153,10 @@ class LazyCheck:
         when everything is finite; otherwise restore the snapshot and raise. ``when`` names a read
         that must not restore ("at attach", "in the model being attached"; the first read after a
         load is one too): it raises without restoring, and with ``forget`` drops the snapshot (a
-        bad load leaves no clean state to go back to). ``snapshot=False`` only checks: a clean read
-        changes nothing, neither the snapshot nor the periodic schedule (the read at
-        ``state_dict()``, which a DDP job may take on one rank alone)."""
+        bad load leaves no clean state to go back to). ``snapshot=False`` (the read at
+        ``state_dict()``, which a DDP job may take on one rank alone) never moves the periodic
+        schedule: a clean read changes nothing, and a failed one restores and raises but leaves the
+        next periodic read where it was, so the ranks still read, raise and restore together."""
         if self.reload:  # the loaded state becomes the snapshot, whoever reads it
             self.reload, when, snapshot = False, when or "in the state loaded since the last step", True
         scope = self._scope(optimizer)
@@ -186,7 +188,9 @@ class LazyCheck:
             raise FloatingPointError(f"NaN or Inf {when or 'with no clean read to go back to'}, in {shown}; "
                                      f"nothing was restored. Fix the initialization or the checkpoint")
         missing = self._restore(optimizer, scope, maps)
-        clean_at, self.clean_at, self.since = self.clean_at, self.steps, 0  # restored: clean again from here
+        clean_at, self.clean_at = self.clean_at, self.steps  # restored: clean again from here
+        if snapshot:
+            self.since = 0
         raise FloatingPointError(
             f"NaN or Inf entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
             f"{clean_at + 1}–"
