@@ -3,6 +3,7 @@ failed read restores; and the compiled training step (no graph break and no reco
 weights, equal to eager)."""
 
 import copy
+import gc
 import shutil
 
 import pytest
@@ -311,6 +312,52 @@ def test_a_load_past_the_attached_module_is_noticed_too(through):
         po.check_finite(opt)
     now = loads_into.state_dict()
     assert all(torch.equal(now[k], v) for k, v in saved.items() if torch.is_tensor(v))
+
+
+def test_a_load_into_a_module_added_after_attach_is_noticed():
+    """The model grows after attach (a new part, in a new param group): a load into that part is the new
+    point to go back to, like a load into a part that was there at attach (f302bf9 hooked only those)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    po.attach(opt, model, check_every=1000)
+    model.extra = nn.Linear(8, 8)  # used by no forward: only its load matters here
+    po.polarize_model(model.extra, scale="row", mode="absorb")
+    opt.add_param_group({"params": list(model.extra.parameters())})
+    step(model, opt, 0)  # the grown group starts a read
+    saved = copy.deepcopy(model.extra.state_dict())
+    with torch.no_grad():
+        model.extra.parametrizations.weight.original1.mul_(-1)  # a state that is not the saved one
+    for t in range(1, 3):
+        step(model, opt, t)
+    po.check_finite(opt)  # a snapshot after step 3, with the sign flipped
+    model.extra.load_state_dict(saved)
+    step(model, opt, 3)
+    step(model, opt, 4, poison=True)
+    with pytest.raises(FloatingPointError, match="restored to step 3"):
+        po.check_finite(opt)
+    now = model.extra.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in saved.items() if torch.is_tensor(v))
+
+
+def test_an_optimizer_dropped_without_remove_takes_its_load_hooks_along():
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+
+    def hooks():
+        return sum(len(m._load_state_dict_post_hooks) for m in model.modules())
+    before = hooks()
+    for _ in range(5):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        po.attach(opt, model)
+        assert hooks() > before
+        del opt
+        gc.collect()
+        assert hooks() == before
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    po.attach(opt, model).remove()
+    assert hooks() == before
 
 
 def test_recovering_from_an_unnoticed_nan_by_loading_a_checkpoint():

@@ -116,11 +116,12 @@ class LazyCheck:
     The scope is every parameter the optimizer steps, with its state, plus ``tensors()``: the
     attached models' ``s`` and ``V`` that no optimizer steps (a fixed scale, which absorb still
     rescales). A trainable ``s`` or ``V`` in another optimizer is that optimizer's business: its
-    moments cannot be restored from here. ``names(optimizer)`` maps ``id(tensor)`` to a name.
+    moments cannot be restored from here. ``names(optimizer)`` maps ``id(tensor)`` to a name;
+    ``before_read()``, if given, runs at the start of every read.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names):
-        self.every, self._tensors, self._names = every, tensors, names
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names, before_read=None):
+        self.every, self._tensors, self._names, self._before_read = every, tensors, names, before_read
         self.since = 0      # eager steps since the last read
         self.steps = 0      # eager steps since attach
         self.good_at = 0    # the step of the snapshot
@@ -157,6 +158,8 @@ class LazyCheck:
         ``state_dict()``, which a DDP job may take on one rank alone) never moves the periodic
         schedule: a clean read changes nothing, and a failed one restores and raises but leaves the
         next periodic read where it was, so the ranks still read, raise and restore together."""
+        if self._before_read is not None:
+            self._before_read()
         if self.reload:  # the loaded state becomes the snapshot, whoever reads it
             self.reload, when, snapshot = False, when or "in the state loaded since the last step", True
         scope = self._scope(optimizer)

@@ -68,7 +68,8 @@ class _Control:
         # the snapshot at once, and a model that outlives the optimizer does not keep it.
         me = weakref.ref(self)
         self.lazy = LazyCheck(optimizer, every, lambda: me()._fixed_leaves() if me() else [],
-                              lambda opt: _names(me()._models(), opt) if me() else {})
+                              lambda opt: _names(me()._models(), opt) if me() else {},
+                              lambda: me()._watch_new_modules() if me() else None)
         # an optimizer checkpoint never holds a NaN that no read has reported; a loaded state is the
         # new point to go back to (read before the next step: a model and its optimizer load one
         # after the other, and the half not yet loaded may still hold the NaN being recovered from)
@@ -79,15 +80,32 @@ class _Control:
         """Notice a ``load_state_dict`` of the attached model or of any of its modules: through a wrapper
         (``ddp.module.load_state_dict``) or a part (``model.blocks[0]``) as well as the whole. Torch
         runs a module's load post-hooks whenever a load passes through it, so one hook per module
-        sees every load that reaches it."""
-        me, ours = weakref.ref(self), weakref.WeakSet(entry["model"].modules())
+        sees every load that reaches it. A module added to the model later is hooked at the next
+        read (a param group added or grown for it starts one before the next step moves anything).
+        The hooks go with ``AttachHandle.remove()``, or with this controller when the optimizer is
+        dropped."""
+        entry["load_watched"], entry["load_hooks"] = weakref.WeakSet(), []
+        weakref.finalize(self, _remove_hooks, entry["load_hooks"])
+        self._watch_new_modules(entry)
 
-        def loaded(module, keys):  # a copy of the model (deepcopy copies hooks) is not this model
-            ctl = me()
-            if ctl is not None and module in ours:
-                _loaded(me, ctl.optimizer())
+    def _watch_new_modules(self, *entries: dict) -> None:
+        me = weakref.ref(self)
+        for entry in entries or self.attached:
+            ours = entry.get("load_watched")
+            if ours is None:  # not watched (check="step"), or not yet (the read at attach)
+                continue
+            new = [m for m in entry["model"].modules() if m not in ours]
+            if not new:
+                continue
 
-        entry["load_hooks"] = [m.register_load_state_dict_post_hook(loaded) for m in ours]
+            def loaded(module, keys, ours=ours):  # a copy of the model (deepcopy copies hooks) is not this model
+                ctl = me()
+                if ctl is not None and module in ours:
+                    _loaded(me, ctl.optimizer())
+
+            for m in new:
+                ours.add(m)
+                entry["load_hooks"].append(m.register_load_state_dict_post_hook(loaded))
 
     def stop_lazy(self, read: bool = True) -> None:
         """Drop the lazy check (and its snapshot's memory). With ``read``, a last read first, so
@@ -182,6 +200,12 @@ def _read(me, optimizer) -> None:
         ctl.lazy.read(optimizer, snapshot=False)  # a check: a checkpoint saved on one DDP rank moves nothing
 
 
+def _remove_hooks(handles: list) -> None:
+    for h in handles:
+        h.remove()
+    handles.clear()
+
+
 def _loaded(me, optimizer) -> None:
     ctl = me()
     if ctl is not None and ctl.lazy is not None:
@@ -269,8 +293,8 @@ class AttachHandle:
                     ctl.lazy.read(opt)
             finally:
                 ctl.attached.remove(self._entry)
-                for h in self._entry.pop("load_hooks", []):
-                    h.remove()
+                _remove_hooks(self._entry.get("load_hooks", []))
+                self._entry.pop("load_watched", None)
                 ctl.release_if_unused(read)  # the last model: its final read happens here
 
     def __enter__(self):
