@@ -640,6 +640,32 @@ def test_another_model_polarized_copied_loaded_or_unpolarized_recompiles_no_step
 
 
 @pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
+def test_weights_swapped_in_place_between_compiled_steps_recompile_nothing():
+    """An EMA evaluation loads other weights into the trained model and the trained ones back, in
+    place (f302bf9 bumped the optimizer's version at every such load: each recompiled the hooks)."""
+    import copy
+
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    model, opt, _ = build()
+    step(model, opt, 0)
+    compiled = torch.compile(lambda t: step(model, opt, t))
+    ema = copy.deepcopy(model.state_dict())
+
+    def evaluate_then_step(t):
+        trained = copy.deepcopy(model.state_dict())
+        model.load_state_dict(ema)
+        model.load_state_dict(trained)  # the lazy check reads it before the step: one branch compiled once
+        compiled(t)
+    compiled(1)
+    evaluate_then_step(2)
+    counters.clear()
+    for t in range(3, 13):
+        evaluate_then_step(t)
+    assert counters["stats"].get("unique_graphs", 0) == 0
+
+
+@pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
 def test_compiled_lazy_flag_is_read_at_check_finite():
     torch._dynamo.reset()
     model, opt, _ = build(check="lazy", check_every=1)

@@ -228,7 +228,7 @@ def test_polarizing_a_weight_an_optimizer_already_stepped_is_refused():
 
 def test_what_concerns_another_optimizer_leaves_this_ones_key_alone():
     """guard.signature keys an optimizer's cached watch list and renormalization plan: it moves when
-    a tensor that optimizer holds is polarized, unpolarized or loaded, not when another model's is
+    a tensor that optimizer holds is polarized, unpolarized or replaced by a load, not when another model's is
     (an eval copy polarized, copied, loaded or unpolarized on one rank alone must not recompile,
     or desynchronize, the training step there)."""
     import copy
@@ -246,7 +246,9 @@ def test_what_concerns_another_optimizer_leaves_this_ones_key_alone():
     po.unpolarize_model(other)
     copy.deepcopy(model)
     assert guard.signature(opt) == key
-    model.load_state_dict(model.state_dict())  # this optimizer's own tensors: its caches rebuild
+    model.load_state_dict(model.state_dict())  # in place: the same tensors, nothing to rebuild
+    assert guard.signature(opt) == key
+    model.load_state_dict(model.state_dict(), assign=True)  # this optimizer's own leaves replaced: rebuild
     assert guard.signature(opt) != key
     key = guard.signature(opt)
     po.unpolarize(model[0])

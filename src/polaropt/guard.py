@@ -20,8 +20,8 @@ Two silent failures cannot be seen from the polarized module alone:
    module (:func:`orphans`).
 
 The caches built from an optimizer (its watch list here, :class:`polaropt.renorm.Plan`) are keyed
-on :func:`signature`: the optimizer's own version, which a polarize, unpolarize or load bumps only
-when it concerns a tensor that optimizer holds or watches, and the sizes of its param groups. A
+on :func:`signature`: the optimizer's own version, which a polarize, an unpolarize or a load that
+replaces leaves (``assign=True``) bumps only when it concerns a tensor that optimizer holds or watches, and the sizes of its param groups. A
 model polarized or loaded elsewhere (an eval or export copy, on one rank of a distributed job
 alone) leaves every other optimizer's key as it was, so a compiled step is not recompiled by it.
 
@@ -31,7 +31,8 @@ refuses tensors that have one): polarizations are found through a ``WeakSet`` of
 modules, each of which keeps its ParametrizationList (so ``copy.deepcopy`` gives a copy its own).
 Only the *replaced* Parameters are weak keys, and a model never holds those once all owners are
 polarized. Nothing here keeps a model alive. The per-optimizer lists are rebuilt only when the
-optimizer's groups or the set of polarizations change, so a step costs a few attribute reads per
+optimizer's groups change or a tensor it holds or watches is polarized, unpolarized or replaced by a
+load (``assign=True``; a load in place changes nothing), so a step costs a few attribute reads per
 watched tensor.
 
 Under ``torch.compile`` these hooks are traced with the step. Every value they read is the same at
@@ -101,7 +102,14 @@ def track(plist, polar) -> None:
     (whose new leaves no existing optimizer holds, so no version moves)."""
     _install()
     polar.__dict__["_plist"] = plist  # a plain attribute, not a submodule: deepcopy maps it to the copy
+    polar.__dict__["_leaves"] = _leaf_ids(plist)
     _polars.add(polar)
+
+
+def _leaf_ids(plist) -> tuple[int, ...] | None:
+    """The ids of ``plist``'s leaves ``s`` and ``V``; None while a deepcopy is still filling it in."""
+    leaves = getattr(plist, "_parameters", {})
+    return (id(leaves["original0"]), id(leaves["original1"])) if "original1" in leaves else None
 
 
 def forget(plist) -> None:
@@ -114,10 +122,15 @@ def forget(plist) -> None:
 
 
 def touch(polar) -> None:
-    """``polar``'s leaves were loaded (``load_state_dict(assign=True)`` replaces them): the caches of the
-    optimizers that watch it rebuild."""
-    _bump(lambda watch: polar in watch.watched or id(polar._plist.original1) in watch.held
-          or id(polar._plist.original0) in watch.held)
+    """``polar``'s module was loaded. ``load_state_dict(assign=True)`` replaces its leaves: the caches of
+    the optimizers that held the old ones or watch it rebuild. A load in place (the default) keeps
+    them and moves no version, so swapping weights in and out (an EMA evaluation, on one rank alone)
+    does not recompile a compiled step."""
+    was, now = polar.__dict__.get("_leaves"), _leaf_ids(polar._plist)
+    if now == was:
+        return
+    polar.__dict__["_leaves"] = now
+    _bump(lambda watch: polar in watch.watched or any(i in watch.held for i in (was or ()) + (now or ())))
 
 
 def replaced_by(tensor: torch.Tensor):
