@@ -341,6 +341,67 @@ def test_a_load_into_a_module_added_after_attach_is_noticed():
     assert all(torch.equal(now[k], v) for k, v in saved.items() if torch.is_tensor(v))
 
 
+@pytest.mark.parametrize("loaded", ["clean", "with a NaN"])
+def test_a_part_loaded_then_added_is_read_before_it_moves(loaded):
+    """Fine-tuning: a head loaded from a checkpoint, then given to the optimizer. Its new param group
+    is read before the step (d47f687 read it after, and a NaN loaded there was stepped on, then
+    reported as one that entered in training, with the rest of the model rolled back)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    po.attach(opt, model, check_every=1000)
+    for t in range(3):
+        step(model, opt, t)
+    before, _ = snapshot(model, opt)
+    model.extra = nn.Linear(8, 8)
+    po.polarize_model(model.extra, scale="row", mode="absorb")
+    saved = copy.deepcopy(model.extra.state_dict())
+    if loaded == "with a NaN":
+        saved["bias"][0] = float("nan")
+    model.extra.load_state_dict(saved)  # before the optimizer knows it
+    opt.add_param_group({"params": list(model.extra.parameters())})
+    if loaded == "clean":
+        step(model, opt, 3)
+        assert po.steps._controls[opt].lazy.good_at == 3  # the snapshot holds the loaded head
+        return
+    with pytest.raises(FloatingPointError, match=r"in parameters added since the last snapshot, in extra\.bias; "
+                                                 "nothing was restored"):
+        step(model, opt, 3)
+    now = snapshot(model, opt)[0]
+    assert all(torch.equal(now[k], v) for k, v in before.items())  # the rest of the model was not rolled back
+    with torch.no_grad():
+        model.extra.bias.zero_()  # fixed: the next step reads it, snapshots, and goes on
+    step(model, opt, 3)
+    assert po.steps._controls[opt].lazy.good_at == 3
+
+
+def test_a_kept_handle_keeps_nothing_of_a_dropped_optimizer():
+    import weakref
+    model = TinyLM()
+    po.polarize_model(model, scale="row", mode="absorb")
+
+    def hooks():
+        return sum(len(m._load_state_dict_post_hooks) for m in model.modules())
+    before, handles, gone = hooks(), [], []
+    for _ in range(3):  # a new optimizer per phase; the handles kept on a trainer
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        handles.append(po.attach(opt, model))
+        step(model, opt, 0)
+        gone.append(weakref.ref(po.steps._controls[opt].lazy))
+        del opt
+    gc.collect()
+    assert hooks() == before and all(ref() is None for ref in gone)  # no hook, no snapshot left
+    for h in handles:
+        h.remove()  # a no-op now
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    finalizers = len(weakref.finalize._registry)
+    for _ in range(20):  # attach and remove again and again on a live optimizer: nothing piles up
+        with po.attach(opt, model):
+            pass
+    assert hooks() == before and len(weakref.finalize._registry) <= finalizers
+
+
 def test_an_optimizer_dropped_without_remove_takes_its_load_hooks_along():
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
@@ -441,14 +502,14 @@ def test_a_param_group_added_after_attach_is_covered():
     model, opt, _ = build(check="lazy", check_every=1000)
     extra = nn.Linear(3, 3)
     opt.add_param_group({"params": extra.parameters()})
-    step(model, opt, 0)  # the optimizer's groups changed: read (and snapshot) at once
+    step(model, opt, 0)  # the optimizer's groups changed: read (and snapshot) before this step moves anything
     before = extra.weight.detach().clone()
     opt.zero_grad()
     model(batch(1)).sum().backward()
     extra.weight.grad = torch.full_like(extra.weight, float("nan"))
     extra.bias.grad = torch.zeros_like(extra.bias)
     opt.step()
-    with pytest.raises(FloatingPointError, match="restored to step 1"):
+    with pytest.raises(FloatingPointError, match="restored to step 0"):
         po.check_finite(opt)
     assert torch.equal(extra.weight, before)
 

@@ -255,6 +255,21 @@ def test_what_concerns_another_optimizer_leaves_this_ones_key_alone():
     assert guard.signature(opt) != key
 
 
+def test_an_in_place_load_into_a_copied_model_moves_no_version():
+    """A deepcopy fills its ParametrizationList after the Polar, so its leaves are recorded when an
+    optimizer first steps them; a load in place then changes nothing (b2256a7 bumped at the first)."""
+    import copy
+
+    from polaropt import guard
+    model = copy.deepcopy(polar_mlp(scale="row", mode="absorb"))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    po.attach(opt, model)
+    step(model, opt)
+    key = guard.signature(opt)
+    model.load_state_dict(model.state_dict())
+    assert guard.signature(opt) == key
+
+
 def test_a_copied_optimizer_builds_its_own_watch_list():
     import copy
     model = polar_mlp(scale="row", mode="absorb")

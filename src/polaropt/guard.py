@@ -21,7 +21,8 @@ Two silent failures cannot be seen from the polarized module alone:
 
 The caches built from an optimizer (its watch list here, :class:`polaropt.renorm.Plan`) are keyed
 on :func:`signature`: the optimizer's own version, which a polarize, an unpolarize or a load that
-replaces leaves (``assign=True``) bumps only when it concerns a tensor that optimizer holds or watches, and the sizes of its param groups. A
+replaces leaves (``assign=True``) bumps only when it concerns a tensor that optimizer holds or
+watches, and the sizes of its param groups. A
 model polarized or loaded elsewhere (an eval or export copy, on one rank of a distributed job
 alone) leaves every other optimizer's key as it was, so a compiled step is not recompiled by it.
 
@@ -197,8 +198,11 @@ def _pre_step(optimizer, args, kwargs) -> None:
                         "(po.polarize_model does). Nothing was stepped."
                     )
                 held[id(p)] = p
-        watched = [polar for polar in list(_polars)
-                   if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
+        mine = [polar for polar in list(_polars)
+                if id(polar._plist.original1) in held or id(polar._plist.original0) in held]
+        for polar in mine:  # leaves swapped without a load (a deepcopy, fully_shard): recorded as they are now
+            polar.__dict__["_leaves"] = _leaf_ids(polar._plist)
+        watched = [polar for polar in mine if polar.mode in RENORMALIZED and id(polar._plist.original1) in held]
         optimizer.__dict__[WATCH] = entry = _Watch(sig, watched, frozenset(held))
         _optimizers.add(optimizer)
     for polar in entry.watched:

@@ -8,17 +8,19 @@
   parameter or the optimizer's state stays there (every update, renormalization and moment
   propagates it: ``p − lr·NaN``, ``β·m + (1−β)·NaN``, ``V/NaN``), so the parameters themselves are
   the flag. They are read every ``check_every`` steps, whenever :func:`polaropt.check_finite` is
-  called, before the first step after a ``load_state_dict``, and when the optimizer's
+  called, before the first step after a ``load_state_dict`` or after a param group was added or
+  grown, and when the optimizer's
   ``state_dict()`` is taken (an optimizer checkpoint never holds an unnoticed NaN; a model's
   ``state_dict()`` is not read): one reduction over the parameters, their optimizer state and the attached models'
   ``s`` and ``V``, and one host sync. A read that finds them finite takes a *snapshot* (a copy of
   all of those), except the one at ``state_dict()``, which only checks (so saving a checkpoint on one
   DDP rank alone moves neither that rank's schedule nor its snapshot); a read that finds a NaN or
-  Inf copies the snapshot back and raises ``FloatingPointError``. So a bad value lives at most
+  Inf copies the snapshot back and raises ``FloatingPointError`` (or only raises, naming them, when
+  the bad values are all in parameters the snapshot does not hold). So a bad value lives at most
   ``check_every`` steps (the steps after it run on it, and their losses show it), and when the
   error fires every parameter and optimizer state is as it was at the last snapshot: a failure
-  never leaves a corrupted parameter behind. The snapshot costs memory: one copy of the parameters and of the optimizer's state (for
-  Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
+  never leaves a corrupted parameter behind. The snapshot costs memory: one copy of the parameters
+  and of the optimizer's state (for Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
   ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
   turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
   (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
@@ -131,22 +133,27 @@ class LazyCheck:
         self.reload = False  # a load_state_dict since the last read: the next read is its first
         self.read(optimizer, when="at attach")
 
-    def stepped(self, optimizer) -> None:
-        """After each step: count it (eagerly) and read every ``every`` steps, or at once when a
-        param group was added or grown (so the snapshot covers the new parameters).
+    def before_step(self, optimizer) -> None:
+        """Before each step: read now if a load happened since the last read, or a param group was
+        added or grown since the snapshot (it must hold the new parameters, loaded or not, before
+        they move).
 
         Not on :func:`polaropt.guard.signature`, whose version also moves when a tensor this
         optimizer watches is polarized, unpolarized or replaced by a load: under FSDP2 a read is a
         collective, and a model handled on one rank alone (to evaluate or export) must not start one
-        there. A tensor that
-        joins the scope without a new param group (a fixed scale polarized after attach) is covered
-        from the next periodic read on."""
+        there. A tensor that joins the scope without a new param group (a fixed scale polarized
+        after attach) is covered from the next periodic read on."""
+        if self.reload or guard.group_sizes(optimizer) != self.groups:
+            self.read(optimizer)
+
+    def stepped(self, optimizer) -> None:
+        """After each step: count it (eagerly) and read every ``every`` steps."""
         if torch.compiler.is_compiling():
             return
         self.steps += 1
         self.since += 1
-        if self.since >= self.every or guard.group_sizes(optimizer) != self.groups:
-            self.read(optimizer)  # a param group added or grown: the snapshot must cover it
+        if self.since >= self.every:
+            self.read(optimizer)
 
     @torch.no_grad()
     def read(self, optimizer, when: str | None = None, forget: bool = True, snapshot: bool = True) -> None:
@@ -178,6 +185,12 @@ class LazyCheck:
                 self.good_at = self.steps
                 self._take(optimizer, scope, maps)
             return
+        if when is None and self.snapshot is not None:
+            held = {id(t) for t, _ in self.snapshot[0]}
+            if all(id(scope[i] if i < len(scope) else owners[i - len(scope)]) not in held for i in bad):
+                # only in what the snapshot does not hold (added since): restoring would roll the rest
+                # back and fix nothing
+                when, forget = "in parameters added since the last snapshot", False
         names = self._names(optimizer)
 
         def name(t):

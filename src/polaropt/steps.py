@@ -81,11 +81,11 @@ class _Control:
         (``ddp.module.load_state_dict``) or a part (``model.blocks[0]``) as well as the whole. Torch
         runs a module's load post-hooks whenever a load passes through it, so one hook per module
         sees every load that reaches it. A module added to the model later is hooked at the next
-        read (a param group added or grown for it starts one before the next step moves anything).
-        The hooks go with ``AttachHandle.remove()``, or with this controller when the optimizer is
-        dropped."""
+        read; a param group added or grown for it starts one before the next step, and that read
+        covers a load into it made before (its snapshot holds what was loaded). The hooks go with
+        ``AttachHandle.remove()``, or with this controller when the optimizer is dropped."""
         entry["load_watched"], entry["load_hooks"] = weakref.WeakSet(), []
-        weakref.finalize(self, _remove_hooks, entry["load_hooks"])
+        entry["unhook"] = weakref.finalize(self, _remove_hooks, entry["load_hooks"])
         self._watch_new_modules(entry)
 
     def _watch_new_modules(self, *entries: dict) -> None:
@@ -139,8 +139,8 @@ class _Control:
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
-        if self.lazy is not None and self.lazy.reload:
-            self.lazy.read(optimizer)  # a load since the last step: read it (a new snapshot) before it moves
+        if self.lazy is not None:  # a load or new parameters since the last read: read them before they move
+            self.lazy.before_step(optimizer)
         # under torch.amp.GradScaler, an optimizer that unscales inside its (fused) step gets the
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
@@ -280,20 +280,23 @@ class AttachHandle:
     """What :func:`attach` returns: ``remove()`` detaches (like torch's ``RemovableHandle``)."""
 
     def __init__(self, ctl: _Control, entry: dict):
-        self._ctl, self._entry = ctl, entry
+        # the controller weakly: a handle kept after its optimizer is dropped keeps no snapshot or hook
+        self._ctl, self._entry = weakref.ref(ctl), entry
 
     def remove(self, read: bool = True) -> None:
         """Detach; with the lazy check, after a last read of the flag (``read=False`` skips it: leaving a
         ``with`` block by an exception does, since under FSDP2 a read is a collective that the other
         ranks, which did not fail, would not join)."""
-        if self._entry in self._ctl.attached:
-            ctl, opt = self._ctl, self._ctl.optimizer()
+        ctl = self._ctl()
+        if ctl is not None and self._entry in ctl.attached:
+            opt = ctl.optimizer()
             try:  # a last read while this model is still covered (it raises after restoring)
                 if read and ctl.lazy is not None and len(ctl.attached) > 1 and opt is not None:
                     ctl.lazy.read(opt)
             finally:
                 ctl.attached.remove(self._entry)
-                _remove_hooks(self._entry.get("load_hooks", []))
+                if "unhook" in self._entry:  # runs once, and unregisters
+                    self._entry.pop("unhook")()
                 self._entry.pop("load_watched", None)
                 ctl.release_if_unused(read)  # the last model: its final read happens here
 
@@ -320,7 +323,8 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
       - ``"lazy"`` (default): nothing on the step (no host sync, no pass over the gradients). A NaN
         or Inf that reaches a parameter or the optimizer state stays there, so those are read (one
         reduction, one sync) every ``check_every`` steps, at :func:`check_finite`, at
-        ``optimizer.state_dict()`` and before the first step after a load. A bad value lives at most
+        ``optimizer.state_dict()``, and before the first step after a load or after parameters
+        were added to the optimizer (a NaN only in those restores nothing). A bad value lives at most
         ``check_every`` steps (the steps after it run on it); then ``FloatingPointError`` names the
         tensors holding one, and every parameter the optimizer steps, its state, and this model's
         fixed scales are restored to what they were at the last snapshot (a trainable ``s`` or
