@@ -48,14 +48,23 @@ def test_ddp_ranks_stay_bitwise_equal(tmp_path):
             torch.testing.assert_close(v.norm(dim=1), torch.ones(16))
 
 
-def _rank_zero_saves_then_a_nan(rank, out_dir):
+def _absorb_ddp(rank):
+    """A row-scaled absorb MLP under DDP, attached with a read every 5 steps, and this rank's data."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
     po.polarize_model(model, mode="absorb", scale="row")
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
     po.attach(opt, ddp, check_every=5)
-    g = torch.Generator().manual_seed(rank)
+    return model, ddp, opt, torch.Generator().manual_seed(rank)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
+
+
+def _rank_zero_saves_then_a_nan(rank, out_dir):
+    model, ddp, opt, g = _absorb_ddp(rank)
     raised_at, message = None, None
     for t in range(30):
         x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
@@ -71,7 +80,7 @@ def _rank_zero_saves_then_a_nan(rank, out_dir):
         if rank == 0 and t in (3, 8):
             torch.save(opt.state_dict(), f"{out_dir}/opt.pt")  # the usual checkpoint: rank 0 alone
     return {"raised_at": raised_at, "message": message,
-            "params": {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}}
+            "params": _params(model)}
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
@@ -87,13 +96,7 @@ def test_a_checkpoint_saved_on_rank_zero_alone_keeps_the_ranks_reads_together(tm
 
 
 def _rank_zero_saves_over_a_nan_and_the_job_goes_on(rank, out_dir):
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 4))
-    po.polarize_model(model, mode="absorb", scale="row")
-    ddp = nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
-    po.attach(opt, ddp, check_every=5)
-    g = torch.Generator().manual_seed(rank)
+    model, ddp, opt, g = _absorb_ddp(rank)
     raised = []
     for t in range(30):
         x, y = torch.randn(8, 10, generator=g), torch.randn(8, 4, generator=g)
@@ -112,7 +115,7 @@ def _rank_zero_saves_over_a_nan_and_the_job_goes_on(rank, out_dir):
             except FloatingPointError:
                 raised.append(["state_dict", t])
     return {"raised": raised,
-            "params": {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}}
+            "params": _params(model)}
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")

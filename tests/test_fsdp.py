@@ -242,14 +242,19 @@ def _rank_zero_alone_copies(rank, out_dir):
     return plain(model)
 
 
-def test_what_one_rank_alone_polarizes_or_loads_starts_no_collective(tmp_path):
-    # 0.3.0 read at rank 0's next step (a collective rank 1 never joined): the ranks hung
-    got = spawn(_rank_zero_alone_copies, tmp_path, timeout=120)
-    model, opt = build("mlp", "absorb", "tensor", shard=False)
-    train(model, opt, "mlp", 0, 6)
+def assert_as_one_process(got, scale, steps):
+    """``got`` (a sharded absorb MLP's plain weights) is what one process trains unsharded."""
+    model, opt = build("mlp", "absorb", scale, shard=False)
+    train(model, opt, "mlp", 0, steps)
     ref = po.plain_state_dict(model)
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
+
+
+def test_what_one_rank_alone_polarizes_or_loads_starts_no_collective(tmp_path):
+    # 0.3.0 read at rank 0's next step (a collective rank 1 never joined): the ranks hung
+    got = spawn(_rank_zero_alone_copies, tmp_path, timeout=120)
+    assert_as_one_process(got, "tensor", steps=6)
 
 
 def _rank_zero_alone_copies_compiled(rank, out_dir):
@@ -275,11 +280,7 @@ def test_what_one_rank_alone_polarizes_recompiles_nothing_under_torch_compile(tm
     # 0.3.0 recompiled rank 0's hooks at every such event (they read a process-wide counter); past the
     # recompile limit they ran eagerly there alone, and the periodic read (a collective) hung
     got = spawn(_rank_zero_alone_copies_compiled, tmp_path, timeout=150)
-    model, opt = build("mlp", "absorb", "row", shard=False)
-    train(model, opt, "mlp", 0, 25)
-    ref = po.plain_state_dict(model)
-    for key in ref:
-        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-5)
+    assert_as_one_process(got, "row", steps=25)
 
 
 def _error_on_one_rank_in_a_with_block(rank, out_dir):
