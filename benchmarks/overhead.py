@@ -25,12 +25,18 @@ cost in units of the optimizer step it follows.
 
     python benchmarks/overhead.py --repeats 7 --out benchmarks/results/overhead.json
     python benchmarks/overhead.py --model gpt --width 128 --batches 8 --renorm --out benchmarks/results/overhead_gpt128.json
+
+``--pool RECORD...`` reads several runs' records and reports their rounds as one sample (paired ratios
+to plain and weight_norm, 95% bootstrap intervals), timing nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -143,7 +149,30 @@ def train_step(model, opt, x, y, optimizer_step: bool = True):
     return step
 
 
+def pooled(paths: list[str], batch: str | None = None) -> dict:
+    """The rounds of several runs' records (same variants) as one sample: for each variant, the paired
+    ratio to ``plain`` and to ``weight_norm`` (where recorded) with 95% bootstrap intervals."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    batch = batch or next(iter(runs[0]["results"]))
+    rows = [run["results"][batch] for run in runs]
+    variants = [v for v in rows[0] if all(v in r for r in rows)]
+
+    def rounds(v):
+        return [t for r in rows for t in r[v]["times_ms"]]
+    out = {v: {ref: paired_ratio_ci(rounds(v), rounds(ref)) for ref in ("plain", "weight_norm") if ref in variants}
+           for v in variants}
+    print(f"{len(rounds(variants[0]))} rounds from {len(paths)} runs, batch {batch}")
+    for v, refs in out.items():
+        print(f"{v:<12} " + "   ".join(f"×{ref} {c['median']:.3f} [{c['low']:.3f}, {c['high']:.3f}]"
+                                        for ref, c in refs.items()))
+    return out
+
+
 def main(argv=None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--pool"]:
+        return pooled(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
     p.add_argument("--width", type=int, default=128, help="GPT width d")

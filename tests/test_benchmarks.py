@@ -1,5 +1,6 @@
 """The benchmark scripts build what their docs say they measure (a wrong build would time plain models)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,18 @@ def test_overhead_compares_with_weight_norm_and_times_forward_backward_alone(mon
     ci = record["results"]["1"]["plain"]["paired_vs_weight_norm"]
     assert ci["low"] <= ci["median"] <= ci["high"]
     assert record["results"]["1"]["weight_norm"]["paired_vs_weight_norm"] == {"median": 1.0, "low": 1.0, "high": 1.0}
+
+
+def test_overhead_pools_the_rounds_of_several_records(tmp_path):
+    def record(plain, wn, absorb):
+        return {"results": {"8": {"plain": {"times_ms": plain}, "absorb": {"times_ms": absorb},
+                                  "weight_norm": {"times_ms": wn}}}}
+    paths = []
+    for i, rec in enumerate([record([10, 20], [11, 22], [12, 24]), record([10, 10, 10], [10, 10, 10], [12, 12, 12])]):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        (tmp_path / f"run{i}.json").write_text(json.dumps(rec))
+    out = overhead.main(["--pool", *paths])
+    assert out["absorb"]["plain"]["median"] == pytest.approx(1.2)  # five rounds, each ×1.2
+    # against weight_norm the rounds read 12/11, 12/11, 1.2, 1.2, 1.2: pooled, the median is 1.2
+    assert out["absorb"]["weight_norm"]["median"] == pytest.approx(1.2)
+    assert out["absorb"]["weight_norm"]["low"] == pytest.approx(12 / 11)
