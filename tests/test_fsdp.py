@@ -123,6 +123,33 @@ def test_fsdp2_trains_every_mode_and_scale_as_one_process_does(tmp_path):
                                            msg=lambda m: f"{kind} {mode} {scale} {key}: {m}")
 
 
+def _grouped_against_reference(rank, out_dir):
+    from polaropt.renorm import _renormalize_grouped, _renormalize_reference, _targets
+    out = {}
+    for scale in ("tensor", "column", "row"):
+        models = []
+        for _ in range(2):
+            model, _opt = build("gpt", "absorb", scale, shard=True)
+            g = torch.Generator().manual_seed(7 + rank)  # each rank perturbs its own shard, the same in both
+            with torch.no_grad():
+                for t in _targets(model):
+                    v = t.direction.to_local()
+                    v.add_(torch.randn(v.shape, generator=g, dtype=v.dtype))
+            models.append(model)
+        a, b = (_targets(m) for m in models)
+        na, nb = _renormalize_grouped(a, check=True), _renormalize_reference(b)
+        out[scale] = all(torch.equal(x.to_local(), y.to_local()) for x, y in zip(na, nb)) and all(
+            torch.equal(x.direction.to_local(), y.direction.to_local())
+            and torch.equal(x.scale.to_local(), y.scale.to_local()) for x, y in zip(a, b))
+    return out
+
+
+def test_the_shards_norms_finished_together_equal_the_reference_bitwise(tmp_path):
+    # tensor and column norms span the shards: the batched path finishes them with one all-reduce for
+    # every tensor, the reference with one each (DTensor's own); the arithmetic is the same
+    assert spawn(_grouped_against_reference, tmp_path) == {"tensor": True, "column": True, "row": True}
+
+
 def _dcp_job(resume, rank, out_dir):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

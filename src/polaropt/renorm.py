@@ -36,7 +36,7 @@ from torch import nn
 from . import guard
 from .guard import RENORMALIZED
 from .polar import PolarTensor, polar_tensors
-from .slices import any_nonfinite, nonfinite, slice_norm
+from .slices import any_nonfinite, nonfinite, slice_norm, slice_norms
 from .transport import check_state_policy, moment_orders
 
 
@@ -194,13 +194,19 @@ def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_m
     norms: list = [None] * len(targets)
     batches = []  # (indices, stacked V or None, a)
     checked = []  # what the NaN/Inf check reads: each batch's a, and its scales (stacked when grouped)
+    shards = [i for i, t in enumerate(targets) if hasattr(t.direction, "placements")]
+    if shards:  # FSDP2: the norms that span the shards finished by one all-reduce, not one per tensor
+        for i, n in zip(shards, slice_norms([targets[i].direction for i in shards],
+                                             [targets[i].polar.dims for i in shards])):
+            norms[i] = n
     for idx in _groups(targets) if groups is None else groups:
         v0 = targets[idx[0]].direction
         limit = _stack_limit(v0.device) if stack_max is None else stack_max
         if len(idx) == 1 or hasattr(v0, "placements") or v0.numel() > limit:
             for i in idx:
                 t = targets[i]
-                norms[i] = slice_norm(t.direction, t.polar.dims)
+                if norms[i] is None:
+                    norms[i] = slice_norm(t.direction, t.polar.dims)
                 batches.append(([i], None, norms[i]))
                 if check:
                     checked += [norms[i], t.scale]
