@@ -3,7 +3,8 @@
 MLP 784-512-512-10 in float32, Adam, each Linear and the root wrapped with ``fully_shard`` (dim-0
 shards). Polar variants are polarized (then sharded) with ``po.polarize_model`` and run with
 ``po.attach``. ``row`` norms are local to a shard; ``tensor`` and ``column`` norms span the shards
-and cost one all-reduce of per-slice squared norms per renormalization. Every rank runs every
+and cost one all-reduce of per-slice squared norms per renormalization, for all tensors together.
+``--renorm`` also times one renormalization of each polar variant (as attach runs it, no check). Every rank runs every
 variant, interleaved round-robin over the repeats; rank 0 reports the median time per step and
 the paired ratio to plain FSDP2.
 
@@ -25,6 +26,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 import polaropt as po
+from polaropt.renorm import _targets, renormalize_targets
 from records import new_record, time_interleaved, write_record
 
 VARIANTS = {  # name -> (mode, scale) or None for plain
@@ -74,6 +76,11 @@ def _worker(rank, world, port, args):
             for _ in range(args.warmup):
                 f()
         times = time_interleaved(fns, repeats=args.repeats, calls=args.steps)
+        renorms = {}
+        if args.renorm:  # one renormalization as attach runs it (no check), per polar variant
+            renorms = time_interleaved(
+                {name: (lambda m=mo[0]: renormalize_targets(_targets(m), check=False))
+                 for name, mo in runs.items() if name != "plain"}, repeats=args.repeats, calls=args.steps)
         if rank == 0:
             record = new_record("fsdp", vars(args))
             record["world"] = world
@@ -82,10 +89,14 @@ def _worker(rank, world, port, args):
                     "median_ms": 1e3 * statistics.median(ts),
                     "paired_ratio_to_plain": statistics.median(t / p for t, p in zip(ts, times["plain"])),
                     "times_ms": [1e3 * t for t in ts]}
-            print(f"| variant ({world} ranks, batch {args.batch} per rank) | median ms | paired ×plain FSDP2 |")
-            print("|---|---|---|")
+                if name in renorms:
+                    record["results"][name]["renorm_ms"] = 1e3 * statistics.median(renorms[name])
+            print(f"| variant ({world} ranks, batch {args.batch} per rank) | median ms | paired ×plain FSDP2 |"
+                  + (" renormalization ms |" if renorms else ""))
+            print("|---|---|---|" + ("---|" if renorms else ""))
             for name, r in record["results"].items():
-                print(f"| {name} | {r['median_ms']:.2f} | ×{r['paired_ratio_to_plain']:.3f} |")
+                print(f"| {name} | {r['median_ms']:.2f} | ×{r['paired_ratio_to_plain']:.3f} |"
+                      + (f" {r['renorm_ms']:.2f} |" if "renorm_ms" in r else (" |" if renorms else "")))
             write_record(record, args.out)
         dist.barrier()
     finally:
@@ -99,6 +110,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--renorm", action="store_true",
+                   help="also time one renormalization (as attach runs it) of each polar variant")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     with socket.socket() as s:
