@@ -138,16 +138,33 @@ def _grouped_against_reference(rank, out_dir):
             models.append(model)
         a, b = (_targets(m) for m in models)
         na, nb = _renormalize_grouped(a, check=True), _renormalize_reference(b)
-        out[scale] = all(torch.equal(x.to_local(), y.to_local()) for x, y in zip(na, nb)) and all(
-            torch.equal(x.direction.to_local(), y.direction.to_local())
-            and torch.equal(x.scale.to_local(), y.scale.to_local()) for x, y in zip(a, b))
+        pairs = list(zip(na, nb)) + [(x.direction, y.direction) for x, y in zip(a, b)] + [
+            (x.scale, y.scale) for x, y in zip(a, b)]
+        local = [(x.to_local(), y.to_local()) for x, y in pairs]
+        # every rank holds the same replicated norms (the all-reduce gave them the same sum); row
+        # norms stay sharded, each rank its own rows
+        mine = torch.cat([x.to_local().reshape(-1) for x in na if not x.placements[0].is_shard()] +
+                         [torch.zeros(1, dtype=torch.float64)])
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(every, mine)
+        out[scale] = {"bitwise": all(torch.equal(x, y) for x, y in local),
+                      "max_diff": max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in local),
+                      "ranks_agree": all(torch.equal(e, every[0]) for e in every)}
     return out
 
 
-def test_the_shards_norms_finished_together_equal_the_reference_bitwise(tmp_path):
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_shards_norms_finished_together_equal_the_reference(tmp_path, world):
     # tensor and column norms span the shards: the batched path finishes them with one all-reduce for
-    # every tensor, the reference with one each (DTensor's own); the arithmetic is the same
-    assert spawn(_grouped_against_reference, tmp_path) == {"tensor": True, "column": True, "row": True}
+    # every tensor, the reference with one each (DTensor's own arithmetic both ways). On 2 ranks the
+    # sum is a + b whatever the buffer: bitwise equal; on more, the ring adds in an order that depends
+    # on the position in the buffer (the last bit may differ, the same on every rank)
+    got = spawn(_grouped_against_reference, tmp_path, world=world)
+    for scale, r in got.items():
+        assert r["ranks_agree"], scale
+        if world == 2 or scale == "row":
+            assert r["bitwise"], scale
+        assert r["max_diff"] <= 1e-13, (scale, r["max_diff"])
 
 
 def _dcp_job(resume, rank, out_dir):

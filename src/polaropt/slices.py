@@ -78,23 +78,27 @@ def slice_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def slice_norms(xs: list[torch.Tensor], dims: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """:func:`slice_norm` of each of ``xs``, equal to it bitwise. The FSDP2 norms that span the shards
-    (``tensor`` and ``column`` scales of dim-0 shards) are finished together: one all-reduce per
-    (mesh, dtype) for all of them, instead of one per tensor."""
+    """:func:`slice_norm` of each of ``xs``. The FSDP2 norms that span the shards (``tensor`` and
+    ``column`` scales of dim-0 shards) are finished together: concatenated (still partial), one
+    redistribution, so one all-reduce per (mesh, dtype) for all of them instead of one per tensor.
+    DTensor's own arithmetic either way (``x^p``, sum, ``x^(1/p)``); the cross-rank sum is bitwise
+    the per-tensor one on 2 ranks, and may round differently in the last bit on more (the same on
+    every rank)."""
     norms = [_unfinished_norm(x, d) for x, d in zip(xs, dims)]
-    if torch.compiler.is_compiling():  # traced: DTensor's own redistribution, one per tensor
-        return [_replicated(n) for n in norms]
     groups: dict = {}
     for i, n in enumerate(norms):
         placements = getattr(n, "placements", None)
-        if placements is not None and len(placements) == 1 and _is_norm_partial(placements[0]):
-            mesh = n.device_mesh  # each fully_shard call may build its own mesh object over the same ranks
-            key = (mesh.device_type, tuple(mesh.mesh.flatten().tolist()), n.dtype, placements[0].norm_type)
-            groups.setdefault(key, []).append(i)
+        if placements is not None and any(p.is_partial() for p in placements):
+            groups.setdefault((n.device_mesh, n.dtype, tuple(placements)), []).append(i)
     for idx in groups.values():
         if len(idx) == 1:
-            continue  # left to DTensor's own redistribution below
-        _finish_together([norms[i] for i in idx], out=norms, at=idx)
+            continue
+        flat = _replicated(torch.cat([norms[i].reshape(-1) for i in idx]))
+        start = 0
+        for i in idx:
+            size = norms[i].numel()
+            norms[i] = flat[start:start + size].view(norms[i].shape)
+            start += size
     return [_replicated(n) for n in norms]
 
 
@@ -102,31 +106,6 @@ def _unfinished_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     if not dims:
         return x.abs().to(norm_dtype(x.dtype))
     return torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=norm_dtype(x.dtype))
-
-
-def _is_norm_partial(p) -> bool:
-    """DTensor's partial p-norm placement (``_NormPartial``: each rank holds the norm of its shard)."""
-    return p.is_partial() and getattr(p, "reduce_op", None) == "sum" and hasattr(p, "norm_type")
-
-
-def _finish_together(norms: list, out: list, at: list[int]) -> None:
-    """DTensor's partial-norm reduction (``x^p``, all-reduce sum, ``x^(1/p)``: its own arithmetic,
-    so the result is bitwise the same) for several norms on one mesh with one collective; the
-    replicated results go to ``out[at[k]]``."""
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Replicate
-
-    p = norms[0].placements[0].norm_type
-    mesh = norms[0].device_mesh
-    local = [n.to_local() for n in norms]
-    flat = torch.cat([(x ** p).reshape(-1) for x in local])
-    dist.all_reduce(flat, group=mesh.get_group(0))
-    flat = flat ** (1.0 / p)
-    start = 0
-    for k, (n, x) in enumerate(zip(norms, local)):
-        piece = flat[start:start + x.numel()].view(x.shape)
-        start += x.numel()
-        out[at[k]] = DTensor.from_local(piece, mesh, [Replicate()], run_check=False, shape=n.shape, stride=n.stride())
 
 
 def has_nonfinite(x: torch.Tensor) -> bool:
