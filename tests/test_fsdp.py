@@ -167,6 +167,45 @@ def test_the_shards_norms_finished_together_equal_the_reference(tmp_path, world)
         assert r["max_diff"] <= 1e-13, (scale, r["max_diff"])
 
 
+def _value_head(shard, rank=None):
+    """An MLP ending in one output (a value or reward head): that V has one row, so on 2 ranks one
+    shard holds it and the other is empty."""
+    out = {}
+    for scale in ("tensor", "column", "row"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+        po.polarize_model(model, mode="absorb", scale=scale)
+        if shard:
+            fsdp.fully_shard(model[2])
+            fsdp.fully_shard(model)
+        opt = torch.optim.AdamW(po.param_groups(model), lr=1e-2)
+        po.attach(opt, model, state="rescale")
+        for step in range(5):
+            g = torch.Generator().manual_seed(step)
+            x, y = torch.randn(8, 8, generator=g, dtype=torch.float64), torch.randn(8, 1, generator=g, dtype=torch.float64)
+            if rank is not None:
+                x, y = x.chunk(2)[rank], y.chunk(2)[rank]
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+        out[scale] = plain(model)
+    return out
+
+
+def _value_head_sharded(rank, out_dir):
+    return _value_head(True, rank)
+
+
+def test_a_layer_with_one_output_renormalizes_under_fsdp2(tmp_path):
+    # V of shape (1, 16) sharded on dim 0: DTensor has no in-place division for it by a replicated
+    # norm (tensor and column scales raised "in-place operations that require placement changes")
+    got = spawn(_value_head_sharded, tmp_path)
+    ref = _value_head(False)
+    for scale in ref:
+        for key in ref[scale]:
+            torch.testing.assert_close(got[scale][key], ref[scale][key], rtol=1e-5, atol=1e-5)
+
+
 def _dcp_job(resume, rank, out_dir):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

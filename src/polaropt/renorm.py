@@ -100,23 +100,29 @@ def _plan_transport(optimizer, targets, state: str) -> list[tuple[int, torch.Ten
     return plan
 
 
-def _local_mul(x: torch.Tensor, f: torch.Tensor) -> bool:
-    """``x *= f`` for an FSDP2 shard ``x`` of a tensor whose sharded dim has size 1 (a tensor or column
-    scale, or its moments) times a replicated ``f``: DTensor has no in-place rule for that layout,
-    but on the local shard it is exact (the ranks holding an empty shard multiply nothing).
-    Returns False, doing nothing, for every other pair."""
+def _local_inplace(x: torch.Tensor, f: torch.Tensor, op: str) -> bool:
+    """``x *= f`` or ``x /= f`` (``op``: ``"mul_"``, ``"div_"``) for an FSDP2 shard ``x`` of a tensor
+    whose sharded dim has size 1 (a tensor or column scale, or its moments; ``V`` of a layer with one
+    output, a value head) and a replicated ``f``: DTensor has no in-place rule for that layout, but on
+    the local shard it is exact (the ranks holding an empty shard change nothing). Returns False,
+    doing nothing, for every other pair."""
     fp, xp = getattr(f, "placements", None), getattr(x, "placements", None)
     if xp is None or fp is None or not all(p.is_replicate() for p in fp) or all(p.is_replicate() for p in xp):
         return False
     if any(p.is_shard() and x.shape[p.dim] != 1 for p in xp):
         return False  # not the size-1 case: leave it to DTensor
-    x.to_local().mul_(f.to_local())
+    getattr(x.to_local(), op)(f.to_local())
     return True
 
 
 def _mul_(x: torch.Tensor, f: torch.Tensor) -> None:
-    if not _local_mul(x, f):
+    if not _local_inplace(x, f, "mul_"):
         x.mul_(f)
+
+
+def _div_(x: torch.Tensor, f: torch.Tensor) -> None:
+    if not _local_inplace(x, f, "div_"):
+        x.div_(f)
 
 
 def _transport(optimizer, plan, norms, state: str) -> None:
@@ -132,7 +138,7 @@ def _transport(optimizer, plan, norms, state: str) -> None:
 def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
     norms = _slice_norms(targets)
     for t, a in zip(targets, norms):
-        t.direction.div_(a)
+        _div_(t.direction, a)
         if t.polar.mode == "absorb":
             _mul_(t.scale, a)
     return norms
@@ -229,7 +235,7 @@ def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_m
         t0 = targets[idx[0]]
         if stacked is None:  # one tensor: in place, exactly as the reference loop
             if hasattr(t0.direction, "placements"):  # an FSDP2 shard: DTensor's own in-place rules
-                t0.direction.div_(a)
+                _div_(t0.direction, a)
                 if t0.polar.mode == "absorb":
                     _mul_(t0.scale, a)
                 continue
