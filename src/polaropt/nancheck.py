@@ -205,8 +205,6 @@ class LazyCheck:
                                      f"nothing was restored. Fix the initialization or the checkpoint")
         missing = self._restore(optimizer, scope, maps)
         clean_at, self.clean_at = self.clean_at, self.steps  # restored: clean again from here
-        if snapshot:
-            self.since = 0
         raise FloatingPointError(
             f"NaN or Inf entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
             f"{clean_at + 1}–"

@@ -135,12 +135,17 @@ def _transport(optimizer, plan, norms, state: str) -> None:
 
 
 @torch.no_grad()
+def _renormalize_one(t: PolarTensor, a: torch.Tensor) -> None:
+    """``V ← V/a`` in place, and ``s ← a·s`` for absorb."""
+    _div_(t.direction, a)
+    if t.polar.mode == "absorb":
+        _mul_(t.scale, a)
+
+
 def _renormalize_reference(targets: list[PolarTensor]) -> list[torch.Tensor]:
     norms = _slice_norms(targets)
     for t, a in zip(targets, norms):
-        _div_(t.direction, a)
-        if t.polar.mode == "absorb":
-            _mul_(t.scale, a)
+        _renormalize_one(t, a)
     return norms
 
 
@@ -235,9 +240,7 @@ def _renormalize_grouped(targets: list[PolarTensor], check: bool = True, stack_m
         t0 = targets[idx[0]]
         if stacked is None:  # one tensor: in place, exactly as the reference loop
             if hasattr(t0.direction, "placements"):  # an FSDP2 shard: DTensor's own in-place rules
-                _div_(t0.direction, a)
-                if t0.polar.mode == "absorb":
-                    _mul_(t0.scale, a)
+                _renormalize_one(t0, a)
                 continue
             alone.append(t0.direction)
             alone_a.append(a)
