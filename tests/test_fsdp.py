@@ -123,48 +123,74 @@ def test_fsdp2_trains_every_mode_and_scale_as_one_process_does(tmp_path):
                                            msg=lambda m: f"{kind} {mode} {scale} {key}: {m}")
 
 
+def _sharded(kind, mode, scale, mesh_shape=None):
+    """``build``'s model sharded with ``fully_shard`` (on a 2-D mesh, HSDP, when ``mesh_shape`` is given),
+    with an AdamW that has taken one step (so ``state="rescale"`` has moments to multiply), each rank's
+    shard of V then moved off the sphere by its own noise."""
+    from polaropt.renorm import _targets
+    from torch.distributed.device_mesh import init_device_mesh
+
+    torch.manual_seed(0)
+    if kind == "value head":  # one output: that V has one row, one rank holds it and the other nothing
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    else:
+        model = GPT().double()
+    po.polarize_model(model, mode=mode, scale=scale)
+    mesh = None if mesh_shape is None else init_device_mesh("cpu", mesh_shape, mesh_dim_names=("replicate", "shard"))
+    parts = model.blocks if kind == "gpt" else [model[2]]
+    for m in [*parts, model]:
+        fsdp.fully_shard(m, mesh=mesh) if mesh is not None else fsdp.fully_shard(m)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randint(0, VOCAB, (2, T)) if kind == "gpt" else torch.randn(4, 8, dtype=torch.float64)
+    model(x).square().mean().backward()
+    opt.step()
+    g = torch.Generator().manual_seed(7 + dist.get_rank())  # each rank perturbs its own shard, alike in both copies
+    with torch.no_grad():
+        for t in _targets(model):
+            v = t.direction.to_local()
+            v.add_(torch.randn(v.shape, generator=g, dtype=v.dtype))
+    return model, opt
+
+
 def _grouped_against_reference(rank, out_dir):
-    from polaropt.renorm import _renormalize_grouped, _renormalize_reference, _targets
+    from polaropt.renorm import _targets, renormalize_targets
+    cases = [("gpt", "absorb", scale, None) for scale in po.SCALES] + [
+        ("gpt", "project", "column", None), ("gpt", "absorb", "column", (1, dist.get_world_size())),
+        ("gpt", "absorb", "row", (1, dist.get_world_size()))] + [
+        ("value head", "absorb", scale, None) for scale in ("tensor", "column", "row")]
     out = {}
-    for scale in ("tensor", "column", "row"):
-        models = []
-        for _ in range(2):
-            model, _opt = build("gpt", "absorb", scale, shard=True)
-            g = torch.Generator().manual_seed(7 + rank)  # each rank perturbs its own shard, the same in both
-            with torch.no_grad():
-                for t in _targets(model):
-                    v = t.direction.to_local()
-                    v.add_(torch.randn(v.shape, generator=g, dtype=v.dtype))
-            models.append(model)
-        a, b = (_targets(m) for m in models)
-        na, nb = _renormalize_grouped(a, check=True), _renormalize_reference(b)
-        pairs = list(zip(na, nb)) + [(x.direction, y.direction) for x, y in zip(a, b)] + [
-            (x.scale, y.scale) for x, y in zip(a, b)]
+    for case in cases:
+        (ma, oa), (mb, ob) = _sharded(*case), _sharded(*case)
+        a, b = _targets(ma), _targets(mb)
+        renormalize_targets(a, optimizer=oa, state="rescale", check=True)  # the batched path
+        renormalize_targets(b, optimizer=ob, state="rescale", check=True, foreach=False)  # the reference
+        pairs = [(x.direction, y.direction) for x, y in zip(a, b)] + [(x.scale, y.scale) for x, y in zip(a, b)] + [
+            (oa.state[x][k], ob.state[y][k]) for x, y in zip(oa.param_groups[0]["params"], ob.param_groups[0]["params"])
+            for k in ("exp_avg", "exp_avg_sq")]
         local = [(x.to_local(), y.to_local()) for x, y in pairs]
-        # every rank holds the same replicated norms (the all-reduce gave them the same sum); row
-        # norms stay sharded, each rank its own rows
-        mine = torch.cat([x.to_local().reshape(-1) for x in na if not x.placements[0].is_shard()] +
-                         [torch.zeros(1, dtype=torch.float64)])
+        # every rank ends with the same replicated scales (the all-reduce gave them the same norms)
+        mine = torch.cat([t.scale.full_tensor().reshape(-1) for t in a])
         every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
         dist.all_gather(every, mine)
-        out[scale] = {"bitwise": all(torch.equal(x, y) for x, y in local),
-                      "max_diff": max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in local),
-                      "ranks_agree": all(torch.equal(e, every[0]) for e in every)}
+        out[case] = {"bitwise": all(torch.equal(x, y) for x, y in local),
+                     "max_diff": max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in local),
+                     "ranks_agree": all(torch.equal(e, every[0]) for e in every)}
     return out
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_the_shards_norms_finished_together_equal_the_reference(tmp_path, world):
-    # tensor and column norms span the shards: the batched path finishes them with one all-reduce for
-    # every tensor, the reference with one each (DTensor's own arithmetic both ways). On 2 ranks the
-    # sum is a + b whatever the buffer: bitwise equal; on more, the ring adds in an order that depends
-    # on the position in the buffer (the last bit may differ, the same on every rank)
+def test_the_batched_renormalization_of_shards_equals_the_reference(tmp_path, world):
+    # the batched path finishes the norms that span the shards (tensor and column) with one all-reduce
+    # for every tensor; the reference, tensor by tensor, with one each. On 2 ranks the sum is a + b whatever the buffer:
+    # bitwise equal; on more, the ring adds in an order that depends on the position in the buffer
+    # (the last bit may differ, the same on every rank). Every scale, a value head (one rank holds
+    # its one row, the other nothing), HSDP's 2-D mesh, and the moments state="rescale" multiplies.
     got = spawn(_grouped_against_reference, tmp_path, world=world)
-    for scale, r in got.items():
-        assert r["ranks_agree"], scale
-        if world == 2 or scale == "row":
-            assert r["bitwise"], scale
-        assert r["max_diff"] <= 1e-13, (scale, r["max_diff"])
+    for case, r in got.items():
+        assert r["ranks_agree"], case
+        if world == 2 or case[2] in ("row", "element"):
+            assert r["bitwise"], case
+        assert r["max_diff"] <= 1e-13, (case, r["max_diff"])
 
 
 def _value_head(shard, rank=None):
