@@ -26,6 +26,10 @@ cost in units of the optimizer step it follows.
     python benchmarks/overhead.py --repeats 7 --out benchmarks/results/overhead.json
     python benchmarks/overhead.py --model gpt --width 128 --batches 8 --renorm --out benchmarks/results/overhead_gpt128.json
 
+``--instances K`` builds K copies of every variant and times them all in every round; a variant's time
+per round is the mean over its copies (each copy's rounds are recorded too). Copies of one model can
+differ by 1–3% on CPU, as much as the gaps measured here.
+
 ``--pool RECORD...`` reads several runs' records and reports their rounds as one sample (paired ratios
 to plain and weight_norm, 95% bootstrap intervals), timing nothing.
 """
@@ -168,6 +172,10 @@ def pooled(paths: list[str], batch: str | None = None) -> dict:
     return out
 
 
+def _instance(variant: str, k: int) -> str:
+    return variant if k == 0 else f"{variant}#{k + 1}"
+
+
 def main(argv=None) -> dict:
     if argv is None:
         argv = sys.argv[1:]
@@ -189,16 +197,22 @@ def main(argv=None) -> dict:
                    help="time the forward and backward alone (no opt.step(), so no hook runs)")
     p.add_argument("--flush-denormal", action="store_true",
                    help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
+    p.add_argument("--instances", type=int, default=1,
+                   help="independently built copies of every variant, all timed in each round; a variant's time "
+                        "in a round is the mean over its copies (a copy's memory layout can move it by ~1%%)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
+    if args.instances < 1:
+        p.error(f"--instances must be at least 1, got {args.instances}")
     torch.set_flush_denormal(args.flush_denormal)
     record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
         x, y = batch_of(args.model, batch, args.seq, args.device)
-        steps = {v: train_step(*build(v, device=args.device, kind=args.model, width=args.width, seq=args.seq), x, y,
-                               optimizer_step=not args.no_step)
-                 for v in args.variants}
+        # instance k of every variant is built before instance k + 1 of any, so no variant's copies sit together
+        steps = {_instance(v, k): train_step(*build(v, device=args.device, kind=args.model, width=args.width,
+                                                    seq=args.seq), x, y, optimizer_step=not args.no_step)
+                 for k in range(args.instances) for v in args.variants}
         if args.compile:
             for v, step in steps.items():
                 step()  # eager first: the optimizer state and polaropt's watch lists exist
@@ -208,6 +222,8 @@ def main(argv=None) -> dict:
                 step()
         sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
         times = time_interleaved(steps, repeats=args.repeats, calls=args.steps, sync=sync, rotate=True)
+        copies = {v: [times.pop(_instance(v, k)) for k in range(args.instances)] for v in args.variants}
+        times = {v: [statistics.fmean(ts) for ts in zip(*copies[v])] for v in args.variants}  # per round
         med = {v: statistics.median(ts) for v, ts in times.items()}
         base = med.get("plain")
         # paired ratio: each repeat's time over plain's time in the same round, then the median;
@@ -218,6 +234,9 @@ def main(argv=None) -> dict:
             v: {"median_ms": 1e3 * med[v], "ratio_to_plain": (med[v] / base) if base else None,
                 "paired_ratio_to_plain": paired[v], "times_ms": [1e3 * t for t in times[v]]}
             for v in args.variants}
+        if args.instances > 1:
+            for v in args.variants:
+                record["results"][str(batch)][v]["instance_times_ms"] = [[1e3 * t for t in ts] for ts in copies[v]]
         if "weight_norm" in times:  # the issue's target: no slower than torch's weight_norm
             for v in args.variants:
                 record["results"][str(batch)][v]["paired_vs_weight_norm"] = paired_ratio_ci(

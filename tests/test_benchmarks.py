@@ -70,3 +70,15 @@ def test_overhead_pools_the_rounds_of_several_records(tmp_path):
     # against weight_norm the rounds read 12/11, 12/11, 1.2, 1.2, 1.2: pooled, the median is 1.2
     assert out["absorb"]["weight_norm"]["median"] == pytest.approx(1.2)
     assert out["absorb"]["weight_norm"]["low"] == pytest.approx(12 / 11)
+
+
+def test_overhead_times_every_copy_and_takes_their_mean_per_round():
+    record = overhead.main(["--model", "gpt", "--width", "16", "--seq", "4", "--batches", "1", "--repeats", "3",
+                            "--steps", "1", "--warmup", "0", "--instances", "3", "--variants", "plain", "absorb"])
+    for v in ("plain", "absorb"):
+        r = record["results"]["1"][v]
+        copies = r["instance_times_ms"]
+        assert len(copies) == 3 and all(len(c) == 3 for c in copies)  # 3 copies, each timed in all 3 rounds
+        assert r["times_ms"] == pytest.approx([sum(c) / 3 for c in zip(*copies)])
+    with pytest.raises(SystemExit):
+        overhead.main(["--instances", "0"])
