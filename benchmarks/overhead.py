@@ -26,6 +26,10 @@ cost in units of the optimizer step it follows.
     python benchmarks/overhead.py --repeats 7 --out benchmarks/results/overhead.json
     python benchmarks/overhead.py --model gpt --width 128 --batches 8 --renorm --out benchmarks/results/overhead_gpt128.json
 
+The GPT's size is ``--width``, ``--blocks``, ``--heads``, ``--vocab`` and ``--seq``; ``--autocast bf16``
+runs the forward and the loss under ``torch.autocast`` (the issue's GPT-2-small GPU row:
+``--device cuda --width 768 --blocks 12 --heads 12 --seq 1024 --vocab 50304 --batches 8 --autocast bf16``).
+
 ``--instances K`` builds K copies of every variant and times them all in every round; a variant's time
 per round is the mean over its copies (each copy's rounds are recorded too). Copies of one model can
 differ by 1–3% on CPU, as much as the gaps measured here.
@@ -56,10 +60,10 @@ VARIANTS = ("plain", "guard", *MODES, "absorb-unfolded", "absorb-checkstep", "we
 
 
 class GPT(nn.Module):
-    def __init__(self, d: int, vocab: int = 256, blocks: int = 4, seq: int = 128):
+    def __init__(self, d: int, vocab: int = 256, blocks: int = 4, seq: int = 128, heads: int = 4):
         super().__init__()
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
-        self.blocks = nn.Sequential(*[Block(d, heads=4) for _ in range(blocks)])
+        self.blocks = nn.Sequential(*[Block(d, heads=heads) for _ in range(blocks)])
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.tok.weight
@@ -69,15 +73,17 @@ class GPT(nn.Module):
         return self.head(self.ln(self.blocks(x))).flatten(0, 1)
 
 
-def make_model(kind: str, width: int, seq: int) -> nn.Module:
+def make_model(kind: str, width: int, seq: int, blocks: int = 4, heads: int = 4, vocab: int = 256) -> nn.Module:
     if kind == "gpt":
-        return GPT(width, seq=seq)
+        return GPT(width, vocab=vocab, blocks=blocks, seq=seq, heads=heads)
     return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
-def build(variant: str, seed: int = 0, device: str = "cpu", kind: str = "mlp", width: int = 128, seq: int = 128):
+def build(variant: str, seed: int = 0, device: str = "cpu", kind: str = "mlp", width: int = 128, seq: int = 128,
+          **gpt):
+    """``variant``'s model and optimizer; ``gpt``: the GPT's ``blocks``, ``heads`` and ``vocab``."""
     torch.manual_seed(seed)
-    model = make_model(kind, width, seq).to(device)
+    model = make_model(kind, width, seq, **gpt).to(device)
     tied = getattr(model, "tok", None)  # the GPT's embedding, tied to its head: left plain
     linears = [m for m in model.modules() if type(m) is nn.Linear and (tied is None or m.weight is not tied.weight)]
     if variant == "weight_norm":
@@ -94,10 +100,10 @@ def build(variant: str, seed: int = 0, device: str = "cpu", kind: str = "mlp", w
     return model, opt
 
 
-def batch_of(kind: str, batch: int, seq: int, device: str):
+def batch_of(kind: str, batch: int, seq: int, device: str, vocab: int = 256):
     g = torch.Generator().manual_seed(batch)
     if kind == "gpt":
-        idx = torch.randint(0, 256, (batch, seq + 1), generator=g)
+        idx = torch.randint(0, vocab, (batch, seq + 1), generator=g)
         x, y = idx[:, :-1], idx[:, 1:].flatten()
     else:
         x, y = torch.randn(batch, 784, generator=g), torch.randint(0, 10, (batch,), generator=g)
@@ -107,8 +113,8 @@ def batch_of(kind: str, batch: int, seq: int, device: str):
 def renorm_vs_step(args) -> dict:
     """One renormalization of the absorb model (as attach runs it) against one optimizer step over the
     same tensors."""
-    model, opt = build("absorb", device=args.device, kind=args.model, width=args.width, seq=args.seq)
-    x, y = batch_of(args.model, args.batches[0], args.seq, args.device)
+    model, opt = build("absorb", device=args.device, kind=args.model, width=args.width, seq=args.seq, **_gpt(args))
+    x, y = batch_of(args.model, args.batches[0], args.seq, args.device, args.vocab)
     nn.functional.cross_entropy(model(x), y).backward()  # gradients stay: every step() does the same work
     bare = type(opt).step.__wrapped__  # torch wraps step() to run hooks; this is the update alone
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -139,14 +145,17 @@ def paired_ratio_ci(times: list, reference: list) -> dict:
     return {"median": statistics.median(ratios), "low": float(ci.low), "high": float(ci.high)}
 
 
-def train_step(model, opt, x, y, optimizer_step: bool = True):
+def train_step(model, opt, x, y, optimizer_step: bool = True, autocast: torch.dtype | None = None):
     """One training step of ``model`` as a zero-argument callable (what ``time_interleaved`` times);
-    without ``optimizer_step``, the forward and backward alone."""
+    without ``optimizer_step``, the forward and backward alone; with ``autocast`` (a dtype), the
+    forward and the loss under ``torch.autocast``."""
     loss_fn = nn.CrossEntropyLoss()  # the GPT returns (batch·seq, vocab) logits
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         if optimizer_step:
             opt.step()
 
@@ -172,6 +181,13 @@ def pooled(paths: list[str], batch: str | None = None) -> dict:
     return out
 
 
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _gpt(args) -> dict:
+    return {"blocks": args.blocks, "heads": args.heads, "vocab": args.vocab}
+
+
 def _instance(variant: str, k: int) -> str:
     return variant if k == 0 else f"{variant}#{k + 1}"
 
@@ -185,6 +201,11 @@ def main(argv=None) -> dict:
     p.add_argument("--model", choices=["mlp", "gpt"], default="mlp")
     p.add_argument("--width", type=int, default=128, help="GPT width d")
     p.add_argument("--seq", type=int, default=128, help="GPT tokens per sequence")
+    p.add_argument("--blocks", type=int, default=4, help="GPT blocks")
+    p.add_argument("--heads", type=int, default=4, help="GPT attention heads (dividing --width)")
+    p.add_argument("--vocab", type=int, default=256, help="GPT vocabulary (embedding rows, tied to the head)")
+    p.add_argument("--autocast", choices=list(AUTOCAST), default="none",
+                   help="run the forward and the loss under torch.autocast in this dtype")
     p.add_argument("--renorm", action="store_true", help="also time renormalize_ against an optimizer step")
     p.add_argument("--batches", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -205,13 +226,19 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.instances < 1:
         p.error(f"--instances must be at least 1, got {args.instances}")
+    for name in ("blocks", "heads", "vocab", "width", "seq"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.model == "gpt" and args.width % args.heads:
+        p.error(f"--heads {args.heads} must divide --width {args.width}")
     torch.set_flush_denormal(args.flush_denormal)
     record = new_record("overhead", vars(args), args.device)
     for batch in args.batches:
-        x, y = batch_of(args.model, batch, args.seq, args.device)
+        x, y = batch_of(args.model, batch, args.seq, args.device, args.vocab)
         # instance k of every variant is built before instance k + 1 of any, so no variant's copies sit together
         steps = {_instance(v, k): train_step(*build(v, device=args.device, kind=args.model, width=args.width,
-                                                    seq=args.seq), x, y, optimizer_step=not args.no_step)
+                                                    seq=args.seq, **_gpt(args)), x, y,
+                                             optimizer_step=not args.no_step, autocast=AUTOCAST[args.autocast])
                  for k in range(args.instances) for v in args.variants}
         if args.compile:
             for v, step in steps.items():

@@ -82,3 +82,18 @@ def test_overhead_times_every_copy_and_takes_their_mean_per_round():
         assert r["times_ms"] == pytest.approx([sum(c) / 3 for c in zip(*copies)])
     with pytest.raises(SystemExit):
         overhead.main(["--instances", "0"])
+
+
+def test_overhead_builds_the_gpt_asked_for_and_steps_it_under_autocast():
+    model, opt = overhead.build("absorb", kind="gpt", width=16, seq=4, blocks=3, heads=2, vocab=40)
+    assert len(model.blocks) == 3 and model.blocks[0].heads == 2 and model.tok.num_embeddings == 40
+    x, y = overhead.batch_of("gpt", 2, 4, "cpu", vocab=40)
+    assert int(x.max()) < 40
+    dtypes = []
+    model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    overhead.train_step(model, opt, x, y, autocast=torch.bfloat16)()
+    overhead.train_step(model, opt, x, y)()
+    assert dtypes == [torch.bfloat16, torch.float32]
+    v = po.direction_of(model.blocks[0].qkv)
+    assert v.dtype == torch.float32  # the weights stay float32; absorb renormalized them after each step
+    torch.testing.assert_close(v.norm(dim=1), torch.ones(v.shape[0]))
