@@ -4,9 +4,9 @@ MLP 784-512-512-10 in float32, Adam, each Linear and the root wrapped with ``ful
 shards). Polar variants are polarized (then sharded) with ``po.polarize_model`` and run with
 ``po.attach``. ``row`` norms are local to a shard; ``tensor`` and ``column`` norms span the shards
 and cost one all-reduce of per-slice squared norms per renormalization, for all tensors together.
-``--renorm`` also times one renormalization of each polar variant (as attach runs it, no check), its norms
-alone, and one plain ``dist.all_reduce`` of as many float32 as the norms that span the shards (the
-collective's own cost on this machine). Every rank runs every
+``--renorm`` also times, interleaved in one run, one renormalization of each variant that has one (as
+attach runs it, no check), its norms alone, and one plain ``dist.all_reduce`` of as many float32 as the
+norms that span the shards (the collective's own cost on this machine). Every rank runs every
 variant, interleaved round-robin over the repeats; rank 0 reports the median time per step and
 the paired ratio to plain FSDP2.
 
@@ -57,23 +57,30 @@ def build(spec):
     return model, opt
 
 
-def renorm_parts(runs: dict, args) -> dict:
-    """Where a renormalization's time goes, interleaved: its norms alone (``slice_norms``, the partial
-    norms that span the shards finished by one redistribution), per polar variant; and one plain
-    ``dist.all_reduce`` (no DTensor) of as many float32 as the largest set of spanning norms, the
-    collective's own cost on this machine."""
-    numel = max(sum(n.numel() for n in slice_norms([t.direction for t in _targets(m)],
-                                                    [t.polar.dims for t in _targets(m)])
-                    if not n.placements[0].is_shard())
-                for name, (m, _) in runs.items() if name != "plain")
-    buffer = torch.zeros(numel)
-    fns = {name: (lambda m=mo[0]: slice_norms([t.direction for t in _targets(m)], [t.polar.dims for t in _targets(m)]))
-           for name, mo in runs.items() if name != "plain"}
-    fns["all_reduce"] = lambda: dist.all_reduce(buffer)
+def renorm_times(runs: dict, args) -> tuple[dict, dict, list, int]:
+    """One renormalization of each polar variant as attach runs it (no check; its targets found once, as
+    attach's cached plan does), its norms alone (``slice_norms``: the partial norms that span the
+    shards finished by one redistribution), and one plain ``dist.all_reduce`` (no DTensor) of as many
+    float32 as the largest set of spanning norms, the collective's own cost on this machine; all
+    interleaved in one run. Returns (renormalizations, norms, all_reduce times, its entry count)."""
+    targets = {name: _targets(m) for name, (m, _) in runs.items()}
+    targets = {name: ts for name, ts in targets.items() if ts}  # plain, free and normalize have none
+    dims = {name: [t.polar.dims for t in ts] for name, ts in targets.items()}
     with torch.no_grad():
-        out = time_interleaved(fns, repeats=args.repeats, calls=args.steps)
-    out["numel"] = numel
-    return out
+        spanning = [sum(n.numel() for n in slice_norms([t.direction for t in ts], dims[name])
+                        if not any(p.is_shard() for p in n.placements)) for name, ts in targets.items()]
+    numel = max(spanning, default=0)
+    buffer = torch.zeros(numel)
+    fns = {}
+    for name, ts in targets.items():
+        fns[name] = lambda ts=ts: renormalize_targets(ts, check=False)
+        fns[name + " norms"] = lambda ts=ts, d=dims[name]: slice_norms([t.direction for t in ts], d)
+    if numel:
+        fns["all_reduce"] = lambda: dist.all_reduce(buffer)
+    with torch.no_grad():
+        times = time_interleaved(fns, repeats=args.repeats, calls=args.steps)
+    return ({name: times[name] for name in targets}, {name: times[name + " norms"] for name in targets},
+            times.get("all_reduce", []), numel)
 
 
 def _worker(rank, world, port, args):
@@ -98,12 +105,7 @@ def _worker(rank, world, port, args):
             for _ in range(args.warmup):
                 f()
         times = time_interleaved(fns, repeats=args.repeats, calls=args.steps)
-        renorms, parts = {}, {}
-        if args.renorm:  # one renormalization as attach runs it (no check), per polar variant
-            renorms = time_interleaved(
-                {name: (lambda m=mo[0]: renormalize_targets(_targets(m), check=False))
-                 for name, mo in runs.items() if name != "plain"}, repeats=args.repeats, calls=args.steps)
-            parts = renorm_parts(runs, args)
+        renorms, norms, all_reduce, numel = renorm_times(runs, args) if args.renorm else ({}, {}, [], 0)
         if rank == 0:
             record = new_record("fsdp", vars(args))
             record["world"] = world
@@ -114,10 +116,9 @@ def _worker(rank, world, port, args):
                     "times_ms": [1e3 * t for t in ts]}
                 if name in renorms:
                     record["results"][name]["renorm_ms"] = 1e3 * statistics.median(renorms[name])
-                    record["results"][name]["norms_ms"] = 1e3 * statistics.median(parts[name])
-            if parts:
-                record["results"]["all_reduce"] = {"numel": parts["numel"],
-                                                   "median_ms": 1e3 * statistics.median(parts["all_reduce"])}
+                    record["results"][name]["norms_ms"] = 1e3 * statistics.median(norms[name])
+            if all_reduce:
+                record["results"]["all_reduce"] = {"numel": numel, "median_ms": 1e3 * statistics.median(all_reduce)}
             print(f"| variant ({world} ranks, batch {args.batch} per rank) | median ms | paired ×plain FSDP2 |"
                   + (" renormalization ms | its norms ms |" if renorms else ""))
             print("|---|---|---|" + ("---|---|" if renorms else ""))
@@ -127,8 +128,8 @@ def _worker(rank, world, port, args):
                 print(f"| {name} | {r['median_ms']:.2f} | ×{r['paired_ratio_to_plain']:.3f} |"
                       + (f" {r['renorm_ms']:.2f} | {r['norms_ms']:.2f} |" if "renorm_ms" in r
                          else (" | |" if renorms else "")))
-            if parts:
-                print(f"one all_reduce (c10d, no DTensor) of {parts['numel']} float32: "
+            if all_reduce:
+                print(f"one all_reduce (c10d, no DTensor) of {numel} float32: "
                       f"{record['results']['all_reduce']['median_ms']:.2f} ms")
             write_record(record, args.out)
         dist.barrier()

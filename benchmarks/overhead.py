@@ -181,7 +181,7 @@ def pooled(paths: list[str], batch: str | None = None) -> dict:
     return out
 
 
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST = {"none": None, "bf16": torch.bfloat16}  # no fp16: it would need a GradScaler
 
 
 def _gpt(args) -> dict:
@@ -220,7 +220,8 @@ def main(argv=None) -> dict:
                    help="torch.set_flush_denormal(True): tiny Adam moments stop hitting slow denormal arithmetic")
     p.add_argument("--instances", type=int, default=1,
                    help="independently built copies of every variant, all timed in each round; a variant's time "
-                        "in a round is the mean over its copies (a copy's memory layout can move it by ~1%%)")
+                        "in a round is the mean over its copies (one copy can time 1-3%% off another: its memory, or its place "
+                        "in the round's order)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
@@ -274,7 +275,8 @@ def main(argv=None) -> dict:
         cells = []
         for b in args.batches:
             r = record["results"][str(b)][v]
-            cells.append(f"{r['median_ms']:.2f} | ×{r['ratio_to_plain']:.3f} | ×{r['paired_ratio_to_plain']:.3f}")
+            cells.append(f"{r['median_ms']:.2f} | " + " | ".join(
+                "–" if x is None else f"×{x:.3f}" for x in (r["ratio_to_plain"], r["paired_ratio_to_plain"])))
         print(f"| {v} | " + " | ".join(cells) + " |")
     if "weight_norm" in args.variants:
         print("paired ×weight_norm, median [95% bootstrap interval]: " + "; ".join(

@@ -144,7 +144,8 @@ def _sharded(kind, mode, scale, mesh_shape=None):
     x = torch.randint(0, VOCAB, (2, T)) if kind == "gpt" else torch.randn(4, 8, dtype=torch.float64)
     model(x).square().mean().backward()
     opt.step()
-    g = torch.Generator().manual_seed(7 + dist.get_rank())  # each rank perturbs its own shard, alike in both copies
+    # each shard perturbed by its own noise, alike in both copies (and in every replica of it, under HSDP)
+    g = torch.Generator().manual_seed(7 + (dist.get_rank() if mesh is None else mesh.get_local_rank("shard")))
     with torch.no_grad():
         for t in _targets(model):
             v = t.direction.to_local()
@@ -152,42 +153,68 @@ def _sharded(kind, mode, scale, mesh_shape=None):
     return model, opt
 
 
+def _renormalize(targets, opt, batched):
+    """What ``renormalize_targets(..., state="rescale")`` does, keeping the norms: the batched path or
+    the per-tensor reference."""
+    from polaropt.renorm import _plan_transport, _renormalize_grouped, _renormalize_reference, _transport
+
+    plan = _plan_transport(opt, targets, "rescale")
+    norms = _renormalize_grouped(targets, check=True) if batched else _renormalize_reference(targets)
+    with torch.no_grad():
+        _transport(opt, plan, norms, "rescale")
+    return norms
+
+
 def _grouped_against_reference(rank, out_dir):
-    from polaropt.renorm import _targets, renormalize_targets
+    from polaropt.renorm import _targets
+    world = dist.get_world_size()
     cases = [("gpt", "absorb", scale, None) for scale in po.SCALES] + [
-        ("gpt", "project", "column", None), ("gpt", "absorb", "column", (1, dist.get_world_size())),
-        ("gpt", "absorb", "row", (1, dist.get_world_size()))] + [
+        ("gpt", "project", "column", None), ("gpt", "absorb", "column", (1, world)),
+        ("gpt", "absorb", "column", (world, 1)), ("gpt", "absorb", "row", (1, world))] + [
         ("value head", "absorb", scale, None) for scale in ("tensor", "column", "row")]
     out = {}
     for case in cases:
         (ma, oa), (mb, ob) = _sharded(*case), _sharded(*case)
         a, b = _targets(ma), _targets(mb)
-        renormalize_targets(a, optimizer=oa, state="rescale", check=True)  # the batched path
-        renormalize_targets(b, optimizer=ob, state="rescale", check=True, foreach=False)  # the reference
-        pairs = [(x.direction, y.direction) for x, y in zip(a, b)] + [(x.scale, y.scale) for x, y in zip(a, b)] + [
-            (oa.state[x][k], ob.state[y][k]) for x, y in zip(oa.param_groups[0]["params"], ob.param_groups[0]["params"])
-            for k in ("exp_avg", "exp_avg_sq")]
+        moments = [(oa.state[p][k], ob.state[q][k]) for p, q in zip(oa.param_groups[0]["params"],
+                                                                    ob.param_groups[0]["params"])
+                   for k in ("exp_avg", "exp_avg_sq")]
+        before = [x.to_local().clone() for x, _ in moments]
+        na, nb = _renormalize(a, oa, batched=True), _renormalize(b, ob, batched=False)
+        pairs = list(zip(na, nb)) + [(x.direction, y.direction) for x, y in zip(a, b)] + [
+            (x.scale, y.scale) for x, y in zip(a, b)] + moments
         local = [(x.to_local(), y.to_local()) for x, y in pairs]
-        # every rank ends with the same replicated scales (the all-reduce gave them the same norms)
-        mine = torch.cat([t.scale.full_tensor().reshape(-1) for t in a])
-        every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        # every rank holds the same replicated norms (the all-reduce gave them the same sums); row and
+        # element norms stay sharded, each rank its own
+        mine = torch.cat([n.to_local().reshape(-1) for n in na if all(p.is_replicate() for p in n.placements)] +
+                         [torch.zeros(1, dtype=torch.float64)])
+        every = [torch.empty_like(mine) for _ in range(world)]
         dist.all_gather(every, mine)
-        out[case] = {"bitwise": all(torch.equal(x, y) for x, y in local),
-                     "max_diff": max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in local),
-                     "ranks_agree": all(torch.equal(e, every[0]) for e in every)}
+        # every rank's verdict, not rank 0's alone: a rank whose shard was divided by other norms differs
+        verdict = torch.tensor([float(all(torch.equal(x, y) for x, y in local)),
+                                -max(float((x - y).abs().max()) if x.numel() else 0.0 for x, y in local)],
+                               dtype=torch.float64)
+        dist.all_reduce(verdict, op=dist.ReduceOp.MIN)
+        moved = torch.tensor([float(any(not torch.equal(x.to_local(), m) for (x, _), m in zip(moments, before)))])
+        dist.all_reduce(moved, op=dist.ReduceOp.MAX)
+        out[case] = {"bitwise": bool(verdict[0]), "max_diff": -float(verdict[1]),
+                     "ranks_agree": all(torch.equal(e, every[0]) for e in every), "moments_moved": bool(moved)}
     return out
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_the_batched_renormalization_of_shards_equals_the_reference(tmp_path, world):
     # the batched path finishes the norms that span the shards (tensor and column) with one all-reduce
-    # for every tensor; the reference, tensor by tensor, with one each. On 2 ranks the sum is a + b whatever the buffer:
-    # bitwise equal; on more, the ring adds in an order that depends on the position in the buffer
-    # (the last bit may differ, the same on every rank). Every scale, a value head (one rank holds
-    # its one row, the other nothing), HSDP's 2-D mesh, and the moments state="rescale" multiplies.
+    # for every tensor; the reference, tensor by tensor, with one each. On 2 ranks the sum is a + b
+    # whatever the buffer: bitwise equal; on more, the ring adds in an order that depends on the
+    # position in the buffer (the last bit may differ, the same on every rank). Every scale, a value
+    # head (one rank holds its one row, the other nothing), 2-D meshes as HSDP lays them out (one of
+    # the two mesh dims of size 1: 4 ranks would be needed for both > 1), and the moments
+    # state="rescale" multiplies (checked to have moved). Every rank's shards are compared.
     got = spawn(_grouped_against_reference, tmp_path, world=world)
     for case, r in got.items():
         assert r["ranks_agree"], case
+        assert r["moments_moved"], case
         if world == 2 or case[2] in ("row", "element"):
             assert r["bitwise"], case
         assert r["max_diff"] <= 1e-13, (case, r["max_diff"])
