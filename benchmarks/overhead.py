@@ -225,9 +225,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="write the JSON record here")
     args = p.parse_args(argv)
-    if args.instances < 1:
-        p.error(f"--instances must be at least 1, got {args.instances}")
-    for name in ("blocks", "heads", "vocab", "width", "seq"):
+    for name in ("instances", "blocks", "heads", "vocab", "width", "seq"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.model == "gpt" and args.width % args.heads:
