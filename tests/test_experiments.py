@@ -390,6 +390,58 @@ def test_golden_catches_a_changed_init_and_a_loosened_tolerance(suite, tmp_path)
         "two-stage-closer-with-longer-freeze"]
 
 
+# What an older x86-64 CPU runs: MKL's and ATen's kernels capped at its instruction set. Their last bits differ,
+# and a chaotic trajectory amplifies them (liu-linreg's quick run in float32 moved a golden value from 0.036 to 0.052).
+CODE_PATHS = {"avx2": {"MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+              "sse4_2": {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"}}
+_ON_PATH = """
+import json, sys, torch
+from polaropt.experiments import runner
+from polaropt.experiments.registry import EXPERIMENTS, get_experiment
+out = __import__("pathlib").Path(sys.argv[1])
+runner.reproduce(out, EXPERIMENTS, quick=True, quiet=True, log=lambda *a: None)
+claims = {c["id"]: {k: c[k] for k in ("passed", "expected", "measured")}
+          for name in EXPERIMENTS for c in json.loads((out / name / "claims.json").read_text())}
+exp = get_experiment("liu-linreg")  # the chaotic float32 trajectory: it shows the code path was taken
+probe = exp.run(exp.make_config(quick=True, overrides={"dtype": "float32"}), lambda x, **kw: x)
+print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "claims": claims,
+                  "probe": [r["value"] for r in probe if r["run"] == "tensor-fixed-absorb"]}))
+"""
+
+
+def _x86_with_mkl() -> bool:
+    import platform
+
+    import torch
+
+    return platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkl.is_available()
+
+
+@pytest.mark.skipif(not _x86_with_mkl(), reason="the code paths named are x86-64's, through MKL")
+@pytest.mark.parametrize("path", list(CODE_PATHS))
+def test_golden_verdicts_hold_on_an_older_cpus_code_path(path, tmp_path):
+    """The quick suite under MKL's and ATen's kernels for an AVX2 and an SSE4.2 CPU matches the same golden
+    file to the same tolerance. The float32 probe shows the setting bit: where this CPU is newer than the
+    path, its float32 trajectory differs in the last bits from the native one."""
+    import os
+
+    import torch
+
+    env = {**os.environ, **CODE_PATHS[path]}
+    done = subprocess.run([sys.executable, "-c", _ON_PATH, str(tmp_path / "suite")], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["capability"] == CODE_PATHS[path]["ATEN_CPU_CAPABILITY"].upper()
+    assert golden_diff(got["claims"], json.loads(GOLDEN.read_text())) == []
+    order = ["DEFAULT", "AVX2", "AVX512"]
+    native = torch.backends.cpu.get_cpu_capability()
+    if native in order and order.index(native) > order.index(got["capability"]):
+        exp = get_experiment("liu-linreg")
+        here = exp.run(exp.make_config(quick=True, overrides={"dtype": "float32"}), lambda x, **kw: x)
+        assert [r["value"] for r in here if r["run"] == "tensor-fixed-absorb"] != got["probe"]
+
+
 # ---- outputs rebuilt from the records on disk ------------------------------------------------------------
 
 def test_report_rebuilds_every_output_from_records_alone(suite, tmp_path, capsys):

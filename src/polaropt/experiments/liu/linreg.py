@@ -84,7 +84,12 @@ class Config:
             raise ValueError(f"figure_factor must be >= 1, got {self.figure_factor}")
 
 
-QUICK = Config(steps=600, seeds=2, early=100, late=200, states=("keep", "rescale"))
+# The quick run (the tests' golden verdicts) trains in float64. Its absorb modes sit on Adam's noise floor,
+# where the float32 trajectory is chaotic: the last bit of a matmul, which the CPU's instruction set picks
+# (MKL's and ATen's code paths), moved tensor-fixed-absorb's late loss from 0.036 to 0.052 (SSE4.2 paths) on
+# one machine. In float64 those paths agree to 1e-8 after 600 steps, and in 600 steps no mode nears the
+# float32 floor, so the dtype changes no verdict. The full run keeps float32: the source's figure shows its floor.
+QUICK = Config(steps=600, seeds=2, early=100, late=200, states=("keep", "rescale"), dtype="float64")
 
 
 def problems(cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
