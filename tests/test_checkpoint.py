@@ -87,6 +87,101 @@ def test_nested_names_in_the_settings_error():
         b.load_state_dict(a.state_dict())
 
 
+class _Shapes(nn.Module):
+    """Embedding, conv, LSTM, Linear and an untied head: every kind of polar owner, for the state-dict tests."""
+
+    def __init__(self, tied=False):
+        super().__init__()
+        self.emb, self.conv, self.lstm = nn.Embedding(12, 6), nn.Conv1d(6, 6, 3, padding=1), nn.LSTM(6, 6)
+        self.fc, self.head = nn.Linear(6, 6), nn.Linear(6, 12, bias=False)
+        if tied:
+            self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        h = self.conv(self.emb(x).transpose(1, 2)).transpose(1, 2)
+        return self.head(self.fc(self.lstm(h)[0]))
+
+
+def _polar_shapes(tied=False, **kw):
+    torch.manual_seed(0)
+    model = _Shapes(tied)
+    po.polarize_model(model, **{"scale": "row", "mode": "absorb", **kw})
+    return model
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_polar_state_dict_holds_tensors_only_and_its_settings_still_travel(tied):
+    model = _polar_shapes(tied)
+    sd = model.state_dict()
+    assert all(torch.is_tensor(v) for v in sd.values()), {k: type(v) for k, v in sd.items() if not torch.is_tensor(v)}
+    extra = [k for k in sd if k.endswith("._extra_state")]
+    assert len(extra) == 6 and all(sd[k].dtype == torch.int64 and sd[k].shape == (5,) for k in extra)
+    assert po.decode_settings(sd["emb.parametrizations.weight.0._extra_state"]) == {
+        "mode": "absorb", "scale": "row", "trainable_scale": True, "batch_dims": 0}
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    other = _Shapes(tied)  # the LSTM's weights alone polarized otherwise
+    po.polarize_model(other, scale="row", mode="absorb", exclude=["lstm.*"])
+    po.polarize_model(other, scale="row", mode="project", include=["lstm.*"])
+    with pytest.raises(ValueError, match=r"checkpoint's lstm\.weight_ih_l0 was polarized with mode='absorb', "
+                                         r"scale='row', trainable_scale=True, batch_dims=0, but this model's has "
+                                         r"mode='project'"):
+        other.load_state_dict(torch.load(buf, weights_only=True))
+
+
+def test_checkpoints_of_polaropt_0_3_hold_the_settings_as_a_dict_and_still_load():
+    model = _polar_shapes()
+    old = {k: ({"mode": "absorb", "scale": "row", "trainable_scale": True, "batch_dims": 0}
+               if k.endswith("._extra_state") else v) for k, v in model.state_dict().items()}
+    _polar_shapes().load_state_dict(old)
+    old["fc.parametrizations.weight.0._extra_state"]["mode"] = "free"
+    with pytest.raises(ValueError, match=r"checkpoint's fc\.weight was polarized with mode='free'"):
+        _polar_shapes().load_state_dict(old)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([9, 3, 1, 1, 0]), torch.tensor([1, 7, 1, 1, 0]), torch.zeros(5),
+                                 torch.tensor([1, 3, 1]), "absorb"])
+def test_a_settings_entry_that_is_not_one_is_named(bad):
+    model = _polar_shapes()
+    sd = model.state_dict()
+    sd["conv.parametrizations.weight.0._extra_state"] = bad
+    with pytest.raises(ValueError, match=r"checkpoint's conv\.weight was polarized with .*but this model's has "
+                                         r"mode='absorb', scale='row'"):
+        model.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_safetensors_round_trip(tied, tmp_path):
+    """safetensors refused the dict settings entries; a tied weight goes through save_model/load_model, which
+    drop and restore shared tensors (save_file refuses shared tensors in plain torch models too)."""
+    st = pytest.importorskip("safetensors.torch")
+    model, x = _polar_shapes(tied), torch.randint(0, 12, (4, 3))
+    other = _polar_shapes(tied, init="one")  # different s and V, the same settings
+    if tied:
+        st.save_model(model, tmp_path / "m.safetensors")
+        missing, unexpected = st.load_model(other, tmp_path / "m.safetensors")
+        assert not unexpected
+    else:
+        st.save_file(model.state_dict(), tmp_path / "m.safetensors")
+        other.load_state_dict(st.load_file(tmp_path / "m.safetensors"))
+    assert torch.equal(other(x), model(x))
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))
+
+
+def test_an_ema_that_treats_every_entry_as_a_tensor():
+    """timm's ModelEmaV2/V3 iterate the state dict as tensors (V3: lerp the floating ones, copy the rest)."""
+    model = _polar_shapes()
+    ema = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+            e.lerp_(m, 0.5) if e.is_floating_point() else e.copy_(m)
+    v, v0 = po.direction_of(ema.fc), po.direction_of(model.fc) - 1.0
+    assert torch.allclose(v, v0 + 0.5)
+
+
 # ----- plain checkpoints in and out --------------------------------------------------------------------
 
 def plain_and_polar(mode="absorb"):

@@ -1,6 +1,7 @@
 """The shapes people train: a small GPT (tied embedding/head, fused qkv, LayerNorm), a CNN and an LSTM,
 each polarized whole with ``polarize_model`` in every mode and trained with AdamW + a cosine schedule."""
 
+import copy
 import io
 
 import pytest
@@ -450,3 +451,104 @@ def test_reinitialize_refuses_stacked_parametrizations_and_undoes_one_fn_adds():
                          if isinstance(m, nn.Linear) else None)
     assert po.is_polarized(model[0]) and len(model[0].parametrizations.weight) == 1
     assert torch.equal(po.scale_of(model[0]), s) and torch.equal(po.direction_of(model[0]), v)
+
+
+# ---- a copy is a copy ----------------------------------------------------------------------------------
+
+class _CopyNet(nn.Module):
+    """An embedding, a conv, an LSTM and a Linear, with the head tied to the embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.conv = nn.Embedding(20, 8), nn.Conv1d(8, 8, 3, padding=1)
+        self.lstm, self.fc = nn.LSTM(8, 8, batch_first=True), nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        h = self.conv(self.emb(x).transpose(1, 2)).transpose(1, 2)
+        return self.head(self.fc(self.lstm(h)[0]))
+
+
+def _copy_pair(mode):
+    torch.manual_seed(0)
+    model = _CopyNet()
+    po.polarize_model(model, scale="row", mode=mode)
+    return model, copy.deepcopy(model), torch.randint(0, 20, (2, 5))
+
+
+def _reinit(m):
+    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Embedding)):
+        nn.init.normal_(m.weight)
+
+
+CHANGES = {"unpolarize_model": po.unpolarize_model, "reinitialize_": lambda m: po.reinitialize_(m, _reinit)}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("mode", ["absorb", "normalize"])
+def test_a_deepcopy_changed_leaves_the_original_intact_and_the_reverse(mode, change):
+    """torch's parametrize shares one generated class between a module and its deepcopy; removing the
+    copy's parametrization deleted the property `weight` from the original's class too."""
+    model, clone, x = _copy_pair(mode)
+    for a, b in ((model, clone), (clone, model)):
+        a, b = copy.deepcopy(a), b  # a fresh copy each way: change it, use the other
+        weights, out = po.plain_state_dict(b), b(x)  # every W, read through its owner's property
+        assert torch.equal(a(x), out)  # the copy computes what the original does (the LSTM's weights too)
+        CHANGES[change](a)
+        a(x)
+        assert torch.equal(b(x), out)
+        after = po.plain_state_dict(b)
+        assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
+        assert b.lstm.weight_hh_l0.shape == (32, 8) and po.is_polarized(b.lstm, "weight_hh_l0")
+    po.unpolarize_model(model)  # both changed at last: the copy still works
+    assert clone(x).shape == (2, 5, 20)
+
+
+def test_a_copy_of_a_polarized_module_has_its_own_class_and_copies_of_copies_too():
+    layer = po.polarize(nn.Linear(4, 3), scale="row", mode="absorb")
+    first = copy.deepcopy(layer)
+    second = copy.deepcopy(first)
+    assert len({type(layer), type(first), type(second)}) == 3
+    assert all(type(m).__name__ == "ParametrizedLinear" and type(m).__bases__ == (nn.Linear,)
+               for m in (layer, first, second))
+    po.unpolarize(first)
+    assert type(first) is nn.Linear
+    assert torch.equal(layer.weight, second.weight) and po.is_polarized(layer) and po.is_polarized(second)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the path that reads .weight on a folded Linear
+        layer(torch.randn(2, 4)), second(torch.randn(2, 4))
+
+
+def test_averaged_model_copies_and_its_module_can_be_unpolarized():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    model, _, x = _copy_pair("absorb")
+    opt = torch.optim.AdamW(po.param_groups(model), lr=1e-2)
+    po.attach(opt, model)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+        ema.update_parameters(model)
+    before = model(x)
+    po.unpolarize_model(ema.module)  # export the average as a plain model
+    assert torch.equal(model(x), before) and po.is_polarized(model.emb)
+    assert ema(x).shape == before.shape
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()  # the original trains on
+
+
+@pytest.mark.parametrize("name", ["adamw-weight-norm", "multipliers"])
+def test_a_recipe_models_copy_is_independent(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 10))
+    po.recipe(name, model, lr=1e-2)
+    clone = copy.deepcopy(model)
+    x = torch.randint(0, 10, (3,))
+    out = model(x)
+    for m in clone.modules():
+        for t in list(getattr(m, "parametrizations", {}) or {}):
+            torch.nn.utils.parametrize.remove_parametrizations(m, t)
+    assert torch.equal(model(x), out)

@@ -2,8 +2,8 @@
 
 A polarized model's own ``state_dict`` holds ``s`` and ``V`` (``"0.parametrizations.weight.original0"``
 and ``...original1``) and each tensor's polar settings (``"...weight.0._extra_state"``: mode, scale,
-trainable_scale, batch_dims); loading it into a model polarized differently raises an error naming
-the tensor and both settings. Resuming training uses that state dict, bitwise.
+trainable_scale, batch_dims, as a small int64 tensor, so the state dict holds tensors only); loading
+it into a model polarized differently raises an error naming the tensor and both settings. Resuming training uses that state dict, bitwise.
 
 - :func:`plain_state_dict`: the state dict of the *unpolarized* architecture, every polar tensor
   baked back to its plain name (``"0.weight" = s ⊙ Ŵ``), loadable with ``strict=True`` into the
@@ -141,6 +141,6 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
         for path in t.paths:
             base = _base(path)
             translated[base + "original0"], translated[base + "original1"] = s, v
-            translated[base + "0._extra_state"] = t.polar.settings()
+            translated[base + "0._extra_state"] = t.polar.get_extra_state()
     model.load_state_dict(translated, strict=False)
     return _IncompatibleKeys(missing, unexpected)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard
-from .polar import DEFAULT_EPS, Polar, _is_fsdp_module, _remove, polar_tensors, polarize
+from .polar import DEFAULT_EPS, Polar, _is_fsdp_module, _own_class_on_copy, _remove, polar_tensors, polarize
 from .steps import refuse_orphans
 
 SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
@@ -251,6 +251,7 @@ def reinitialize_(model: nn.Module, fn: Callable[[nn.Module], None]) -> nn.Modul
                 if module._parameters.get(name) is None:  # fn deleted it: any tensor lets torch install the property
                     module._parameters[name] = nn.Parameter(plists[0].original1.detach().clone())
                 parametrize.register_parametrization(module, name, _Placeholder(), unsafe=True)
+                _own_class_on_copy(module)
                 module.parametrizations[name] = plist
                 if fold.foldable(module, name, plist[0]):
                     fold.install(module)

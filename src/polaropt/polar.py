@@ -43,13 +43,37 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard
-from .slices import check_scale, reduce_dims, scale_shape, slice_norm
+from .slices import SCALES, check_scale, reduce_dims, scale_shape, slice_norm
 
 MODES = ("free", "normalize", "project", "absorb")
 INITS = ("norm", "one")
 DEFAULT_EPS = 1e-12
 # the settings a checkpoint records and a load compares (init and eps only matter at polarize time)
 CHECKPOINTED = ("mode", "scale", "trainable_scale", "batch_dims")
+# A checkpoint stores them as one int64 tensor [version, mode, scale, trainable_scale, batch_dims] (codes
+# index MODES and SCALES, which only ever grow at the end): a state dict then holds tensors only
+# (safetensors, Hugging Face's save_pretrained, EMA helpers that treat every entry as a tensor), each of
+# one fixed shape (a distributed checkpoint loads into it in place).
+SETTINGS_VERSION = 1
+
+
+def encode_settings(settings: dict) -> torch.Tensor:
+    """``{"mode": ..., "scale": ..., ...}`` -> the int64 tensor a checkpoint holds."""
+    return torch.tensor([SETTINGS_VERSION, MODES.index(settings["mode"]), SCALES.index(settings["scale"]),
+                         int(settings["trainable_scale"]), settings["batch_dims"]], dtype=torch.int64)
+
+
+def decode_settings(state) -> dict | None:
+    """The settings a checkpoint entry holds (the tensor above, or the dict polaropt 0.2–0.3 wrote); None
+    if it is neither."""
+    if isinstance(state, dict):
+        return {k: state.get(k) for k in CHECKPOINTED}
+    if not (torch.is_tensor(state) and state.shape == (5,) and not state.is_floating_point()):
+        return None
+    version, mode, scale, trainable, batch_dims = state.tolist()
+    if version != SETTINGS_VERSION or not (0 <= mode < len(MODES) and 0 <= scale < len(SCALES)):
+        return None
+    return {"mode": MODES[mode], "scale": SCALES[scale], "trainable_scale": bool(trainable), "batch_dims": batch_dims}
 
 
 def _choice(kind: str, value, valid: tuple[str, ...]) -> str:
@@ -63,8 +87,8 @@ class Polar(nn.Module):
 
     ``forward(right_inverse(W)) == W`` for every mode (up to rounding). The configuration lives in
     plain attributes; ``get_extra_state`` puts ``mode``, ``scale``, ``trainable_scale`` and
-    ``batch_dims`` into the model's ``state_dict``, and loading a checkpoint saved with other
-    settings raises an error naming the tensor and both settings.
+    ``batch_dims`` into the model's ``state_dict`` (as a small int64 tensor, :func:`encode_settings`),
+    and loading a checkpoint saved with other settings raises an error naming the tensor and both settings.
     """
 
     def __init__(self, ndim: int, *, scale: str, mode: str, trainable_scale: bool, init: str,
@@ -155,14 +179,14 @@ class Polar(nn.Module):
         """The settings a checkpoint records: ``mode``, ``scale``, ``trainable_scale``, ``batch_dims``."""
         return {k: getattr(self, k) for k in CHECKPOINTED}
 
-    def get_extra_state(self) -> dict:
-        return self.settings()
+    def get_extra_state(self) -> torch.Tensor:
+        return encode_settings(self.settings())
 
     def set_extra_state(self, state) -> None:
-        mine = self.settings()
-        if not isinstance(state, dict) or {k: state.get(k) for k in CHECKPOINTED} != mine:
+        mine, saved = self.settings(), decode_settings(state)
+        if saved != mine:
             where = _tensor_name(self._loading) if self._loading is not None else self._label
-            saved = ", ".join(f"{k}={state.get(k)!r}" for k in CHECKPOINTED) if isinstance(state, dict) else repr(state)
+            saved = ", ".join(f"{k}={v!r}" for k, v in saved.items()) if saved is not None else repr(state)
             ours = ", ".join(f"{k}={v!r}" for k, v in mine.items())
             raise ValueError(f"the checkpoint's {where} was polarized with {saved}, but this model's has {ours}; "
                              "polarize the model as the checkpoint was (or load a plain checkpoint with "
@@ -231,6 +255,35 @@ def _polar_of(module: nn.Module, name: str) -> Polar | None:
     return plist[0] if isinstance(plist[0], Polar) else None
 
 
+def _copied_with_own_class(self, memo):
+    """``__deepcopy__`` of a parametrized module's class: copy as torch does, then give the copy a class of its own.
+
+    ``torch.nn.utils.parametrize`` gives each parametrized module a generated class holding the property
+    ``weight``; torch's deepcopy hands the copy that same class, and removing either module's
+    parametrization deletes the property from both (the other's next ``.weight`` raises AttributeError).
+    """
+    cls = type(self)
+    # an RNN keeps the weights of its last forward in _flat_weights: a parametrized weight is a computed
+    # tensor there, which deepcopy refuses; the copy recomputes them at its first forward
+    # (RNNBase._update_flat_weights sees that they changed)
+    for w in self.__dict__.get("_flat_weights") or ():
+        if isinstance(w, torch.Tensor) and not w.is_leaf:
+            memo.setdefault(id(w), None)
+    replica = cls._polaropt_deepcopy(self, memo)
+    if type(replica) is cls:
+        own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        replica.__class__ = type(cls.__name__, cls.__bases__, own)
+    return replica
+
+
+def _own_class_on_copy(module: nn.Module) -> None:
+    """Make a deepcopy of the parametrized ``module`` get its own generated class (see above); idempotent."""
+    cls = type(module)
+    if cls.__dict__.get("__deepcopy__") is not _copied_with_own_class:
+        cls._polaropt_deepcopy = cls.__deepcopy__  # torch's default_deepcopy, or the model class's own
+        cls.__deepcopy__ = _copied_with_own_class
+
+
 def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
     """Make ``module.<name>`` (still holding the Parameter that ``plist`` replaced) read ``plist``."""
     polar = plist[0]
@@ -244,6 +297,7 @@ def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
     # register_parametrization installs the class and the property; its fresh leaves are then
     # replaced by the shared ParametrizationList, so every owner reads the same s and V
     parametrize.register_parametrization(module, name, polar, unsafe=True)
+    _own_class_on_copy(module)
     module.parametrizations[name] = plist
     polar._owners += 1
     return module
@@ -318,6 +372,7 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         polar._label = f"{type(module).__name__}.{name}"
         # right_inverse checks the weight (Polar.check) before torch changes the module
         parametrize.register_parametrization(module, name, polar)
+        _own_class_on_copy(module)
         plist = module.parametrizations[name]
         if not trainable_scale:
             plist.original0.requires_grad_(False)

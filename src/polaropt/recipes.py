@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from .groups import param_groups
 from .models import _candidates, _select, polarize_model
+from .polar import _own_class_on_copy
 from .steps import attach
 
 RECIPES = ("adamw", "adamw-weight-norm", "polar-normalize", "polar-project", "polar-absorb", "polar-absorb-rescale",
@@ -262,6 +263,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
                 torch.nn.utils.parametrizations.weight_norm(module, "weight", dim=0)
                 factors.append(module.parametrizations.weight.original0)
                 direction.append(module.parametrizations.weight.original1)
+            _own_class_on_copy(module)  # a deepcopy gets its own parametrized class
         groups = [{"params": direction, "weight_decay": weight_decay}, {"params": factors, "weight_decay": 0.0},
                   {"params": rest, "weight_decay": weight_decay}]
         return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam_kw)])
