@@ -141,7 +141,8 @@ def test_checkpoints_of_polaropt_0_3_hold_the_settings_as_a_dict_and_still_load(
 
 
 @pytest.mark.parametrize("bad", [torch.tensor([9, 3, 1, 1, 0]), torch.tensor([1, 7, 1, 1, 0]), torch.zeros(5),
-                                 torch.tensor([1, 3, 1]), "absorb"])
+                                 torch.tensor([1, 3, 1]), "absorb", torch.tensor([1, 3, 1, 7, 0]),
+                                 torch.tensor([1, 3, 1, 1, 0]) + 0.5, torch.tensor([1, 3, 1, 1, 0]) * (1 + 0j)])
 def test_a_settings_entry_that_is_not_one_is_named(bad):
     model = _polar_shapes()
     sd = model.state_dict()
@@ -149,6 +150,17 @@ def test_a_settings_entry_that_is_not_one_is_named(bad):
     with pytest.raises(ValueError, match=r"checkpoint's conv\.weight was polarized with .*but this model's has "
                                          r"mode='absorb', scale='row'"):
         model.load_state_dict(sd)
+
+
+def test_settings_cast_to_floating_point_by_a_converter_still_load_and_a_meta_load_skips_them():
+    model = _polar_shapes()
+    sd = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}  # a blanket dtype converter
+    other = _polar_shapes()
+    other.load_state_dict(sd)
+    assert torch.equal(po.scale_of(other.fc), po.scale_of(model.fc).to(torch.bfloat16).float())
+    meta = _polar_shapes().to("meta")  # polarized with values, then moved: loaded with assign=True later
+    meta.load_state_dict({k: v.to("meta") for k, v in model.state_dict().items()}, assign=True)  # nothing to read
+    assert po.scale_of(meta.fc).is_meta
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -552,3 +552,31 @@ def test_a_recipe_models_copy_is_independent(name):
         for t in list(getattr(m, "parametrizations", {}) or {}):
             torch.nn.utils.parametrize.remove_parametrizations(m, t)
     assert torch.equal(model(x), out)
+
+
+def test_copies_under_parametrize_cached_read_their_own_weights():
+    """torch's property keys cached()'s cache by the module it was made for: a copy sharing it read (and sent its
+    gradient to) the original's W (found by review)."""
+    from torch.nn.utils import parametrize
+
+    layer = po.polarize(nn.Linear(4, 3), scale="row", mode="absorb")
+    clone = copy.deepcopy(layer)
+    with torch.no_grad():
+        po.scale_of(clone).mul_(10)
+    x = torch.randn(2, 4)
+    with parametrize.cached():
+        a, b = layer(x), clone(x)
+        assert not torch.equal(a, b) and clone.weight is not layer.weight
+        b.sum().backward()
+    assert po.direction_of(clone).grad is not None and po.direction_of(layer).grad is None
+
+
+def test_polarizing_a_torch_deepcopy_of_a_parametrized_module_leaves_the_original_alone():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    clone = copy.deepcopy(layer)  # torch's own deepcopy: one class for both
+    po.polarize(clone, "bias", scale="tensor", mode="free")
+    assert not hasattr(type(layer), "bias") and layer(torch.randn(2, 4)).shape == (2, 3)

@@ -68,10 +68,13 @@ def decode_settings(state) -> dict | None:
     if it is neither."""
     if isinstance(state, dict):
         return {k: state.get(k) for k in CHECKPOINTED}
-    if not (torch.is_tensor(state) and state.shape == (5,) and not state.is_floating_point()):
+    if not (torch.is_tensor(state) and state.shape == (5,) and not state.is_complex() and not state.is_meta):
         return None
-    version, mode, scale, trainable, batch_dims = state.tolist()
-    if version != SETTINGS_VERSION or not (0 <= mode < len(MODES) and 0 <= scale < len(SCALES)):
+    values = state.tolist()
+    if any(v != int(v) for v in values):  # a converter that cast every tensor to floating point keeps integers
+        return None
+    version, mode, scale, trainable, batch_dims = map(int, values)
+    if version != SETTINGS_VERSION or not (0 <= mode < len(MODES) and 0 <= scale < len(SCALES)) or trainable not in (0, 1):
         return None
     return {"mode": MODES[mode], "scale": SCALES[scale], "trainable_scale": bool(trainable), "batch_dims": batch_dims}
 
@@ -183,6 +186,8 @@ class Polar(nn.Module):
         return encode_settings(self.settings())
 
     def set_extra_state(self, state) -> None:
+        if torch.is_tensor(state) and state.is_meta:
+            return  # a model loaded on the meta device (to materialize later): there are no values to compare
         mine, saved = self.settings(), decode_settings(state)
         if saved != mine:
             where = _tensor_name(self._loading) if self._loading is not None else self._label
@@ -271,9 +276,20 @@ def _copied_with_own_class(self, memo):
             memo.setdefault(id(w), None)
     replica = cls._polaropt_deepcopy(self, memo)
     if type(replica) is cls:
-        own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
-        replica.__class__ = type(cls.__name__, cls.__bases__, own)
+        _give_own_class(replica)
     return replica
+
+
+def _give_own_class(module: nn.Module) -> None:
+    """Give the parametrized ``module`` a generated class of its own, with properties of its own (torch's
+    property keys ``parametrize.cached()``'s cache by the module it was made for)."""
+    cls = type(module)
+    own = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = new = type(cls.__name__, cls.__bases__, own)
+    for name in module.parametrizations.keys():
+        if isinstance(new.__dict__.get(name), property):
+            delattr(new, name)
+            parametrize._inject_property(module, name)
 
 
 def _own_class_on_copy(module: nn.Module) -> None:
@@ -365,6 +381,10 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         raise ValueError(f"{type(module).__name__} has no parameter {name!r}; its parameters are {names}")
     shared = guard.replaced_by(tensor)
     spec = dict(scale=scale, mode=mode, trainable_scale=bool(trainable_scale), batch_dims=batch_dims)
+    if parametrize.is_parametrized(module) and type(module).__dict__.get("__deepcopy__") is not _copied_with_own_class:
+        # parametrized by torch alone so far: a torch deepcopy of it may share its class, and adding our
+        # property there would reach that copy too
+        _give_own_class(module)
     polar = Polar(tensor.ndim, init=init, eps=eps, **spec)
     if shared is not None:
         _join(module, name, shared, spec)
