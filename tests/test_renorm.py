@@ -265,7 +265,7 @@ def test_state_rescale_matches_its_math(opt_name, direction, scale):
     a = slice_norm(v.detach(), reduce_dims(2, scale))
     before_v, before_s = _state_copy(opt, v), _state_copy(opt, s)
     po.renormalize_(model, optimizer=opt, state="rescale")
-    orders = {"momentum_buffer": 1, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2, "step": 0}
+    orders = {"momentum_buffer": -1, "exp_avg": 1, "exp_avg_sq": 2, "max_exp_avg_sq": 2, "step": 0}
     assert before_v, "the optimizer should have state to transport"
     for key, old in before_v.items():
         expected = old if key == "step" else old * a ** orders[key]
@@ -273,6 +273,53 @@ def test_state_rescale_matches_its_math(opt_name, direction, scale):
     for key, old in before_s.items():
         expected = old / a ** orders[key] if direction == "absorb" and key != "step" else old
         torch.testing.assert_close(opt.state[s][key], expected, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("scale", ["row", "column", "tensor"])
+def test_state_rescale_keeps_sgd_momentums_displacement_of_w(scale, nesterov):
+    """SGD's momentum buffer is a velocity: transported by "rescale", the displacement of W that it makes at the
+    next step (no new gradient) is the one the run without the renormalization makes."""
+    def momentum_step(renormalize):
+        model = mlp(0)
+        po.polarize(model[0], scale=scale, mode="absorb")
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=nesterov)
+        deferred(opt, model)
+        train(model, opt, 4)
+        if renormalize:
+            po.renormalize_(model, optimizer=opt, state="rescale")
+        before = model[0].weight.detach().clone()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        return model[0].weight.detach() - before
+
+    moved, plain = momentum_step(True), momentum_step(False)
+    assert plain.abs().max() > 1e-3
+    torch.testing.assert_close(moved, plain, rtol=1e-10, atol=1e-13)
+
+
+def test_sgd_momentum_with_rescale_trains_where_it_diverged():
+    """Column scales, SGD(0.2, momentum 0.9), absorb: with the buffer transported as a gradient sum the scales
+    reached 1e29 by step 47 (FloatingPointError); transported as a velocity it trains as keep does."""
+    def run(state):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+        po.polarize_model(model, scale="column", mode="absorb")
+        opt = torch.optim.SGD(po.param_groups(model), lr=0.2, momentum=0.9)
+        po.attach(opt, model, state=state, check="step")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(256, 20, generator=g)
+        y = (x @ torch.randn(20, 5, generator=g)).argmax(1)
+        for _ in range(150):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        return float(loss), max(float(t.scale.abs().max()) for t in po.polar_tensors(model))
+
+    (loss, top), (kept, kept_top) = run("rescale"), run("keep")
+    assert loss < 1e-3 and kept < 1e-3 and top < 2 * kept_top
 
 
 @pytest.mark.parametrize("opt_name", ["adam", "adamw"])
