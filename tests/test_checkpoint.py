@@ -222,9 +222,9 @@ def test_load_plain_state_dict_reports_keys_like_torch_and_changes_nothing_on_re
     wrong = dict(sd) | {"0.weight": torch.zeros(8, 7, dtype=torch.float64)}
     with pytest.raises(RuntimeError, match=r"size mismatch for 0\.weight: .*\(8, 7\) .*\(8, 6\)"):
         po.load_plain_state_dict(polar, wrong)
-    zero = dict(sd) | {"2.weight": torch.zeros(3, 8, dtype=torch.float64)}
-    with pytest.raises(ValueError, match="zero norm"):
-        po.load_plain_state_dict(polar, zero)
+    nan = dict(sd) | {"2.weight": torch.full((3, 8), float("nan"), dtype=torch.float64)}
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        po.load_plain_state_dict(polar, nan)
     assert all(torch.equal(v, before[k]) for k, v in polar.state_dict().items() if torch.is_tensor(v))
     result = po.load_plain_state_dict(polar, bad, strict=False)
     assert result.missing_keys == ["2.weight"] and result.unexpected_keys == ["extra"]

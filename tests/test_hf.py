@@ -34,11 +34,12 @@ def bert():
         max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
 
 
-# BERT's padding row is zero, which a row scale cannot split: its tensors get one scale each
+# BERT's padding row is zero: with a row scale it polarizes to s = 0 there (it was refused)
 MODELS = {"gpt2": (gpt2, "row"), "llama-tied": (lambda: llama(True), "row"),
-          "llama-untied": (lambda: llama(False), "row"), "bert": (bert, "tensor")}
+          "llama-untied": (lambda: llama(False), "row"), "bert": (bert, "row"), "bert-tensor": (bert, "tensor")}
 TIED = {"gpt2": ("lm_head", "transformer.wte"), "llama-tied": ("lm_head", "model.embed_tokens"),
-        "bert": ("cls.predictions.decoder", "bert.embeddings.word_embeddings")}
+        "bert": ("cls.predictions.decoder", "bert.embeddings.word_embeddings"),
+        "bert-tensor": ("cls.predictions.decoder", "bert.embeddings.word_embeddings")}
 
 
 def build(name, mode="absorb", seed=0):

@@ -221,8 +221,8 @@ def test_polarize_model_refusals_leave_the_model_as_it_was(kwargs, match):
 def test_polarize_model_validates_everything_before_polarizing_anything():
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
     with torch.no_grad():
-        model[1].weight[1] = 0  # a zero row cannot be split with a row scale
-    with pytest.raises(ValueError, match=r"1 slice\(s\) of 1\.weight .*zero norm"):
+        model[1].weight[1, 0] = float("nan")  # a NaN cannot be split
+    with pytest.raises(ValueError, match=r"1\.weight holds NaN or Inf"):
         po.polarize_model(model)
     assert not po.is_polarized(model[0])
 
@@ -319,9 +319,11 @@ def test_reinitialize_failure_restores_the_polar_form():
     with pytest.raises(KeyError):
         po.reinitialize_(model, broken)
     assert po.is_polarized(model) and torch.equal(po.scale_of(model), s) and torch.equal(po.direction_of(model), v)
-    with pytest.raises(ValueError, match="zero norm"):  # zeros cannot be split with mode='absorb'
-        po.reinitialize_(model, lambda m: nn.init.zeros_(m.weight))
+    with pytest.raises(ValueError, match="NaN or Inf"):  # a NaN cannot be split
+        po.reinitialize_(model, lambda m: nn.init.constant_(m.weight, float("nan")))
     assert torch.equal(po.scale_of(model), s) and torch.equal(po.direction_of(model), v)
+    po.reinitialize_(model, lambda m: nn.init.zeros_(m.weight))  # zero-init (an output projection): s = 0
+    assert torch.equal(po.scale_of(model), torch.zeros_like(s)) and torch.equal(model.weight, torch.zeros(2, 3))
 
 
 def test_meta_device_is_refused_with_initialize_first():
@@ -409,10 +411,14 @@ def test_reinitialize_reads_a_parameter_that_fn_assigns():
 
 def test_messages_for_padding_rows_sparse_embeddings_and_the_old_keyword():
     emb = nn.Sequential(nn.Embedding(10, 4, padding_idx=0))
-    with pytest.raises(ValueError, match=r"padding_idx row is all zeros: leave that weight out with exclude="):
-        po.polarize_model(emb)
-    assert po.polarize_model(emb, scale="tensor") == ["0.weight"]
-    assert torch.equal(emb[0].weight[0], torch.zeros(4))
+    assert po.polarize_model(emb) == ["0.weight"]  # the padding row: s = 0 (it was refused)
+    opt = torch.optim.AdamW(po.param_groups(emb), lr=0.1)
+    po.attach(opt, emb)
+    for _ in range(3):
+        opt.zero_grad()
+        emb(torch.tensor([[0, 1, 2, 0]])).square().sum().backward()
+        opt.step()
+    assert torch.equal(emb[0].weight[0], torch.zeros(4))  # padding_idx gets no gradient: it stays 0
     with pytest.raises(ValueError, match=r"sparse=True.*no sparse backward"):
         po.polarize_model(nn.Sequential(nn.Embedding(10, 4, sparse=True)), mode="normalize")
     with pytest.raises(TypeError, match=r"'direction' \(renamed to mode= in polaropt 0\.2\.0\)"):

@@ -148,13 +148,43 @@ def test_missing_tensor_is_refused():
 
 
 @pytest.mark.parametrize("direction,init", [("normalize", "norm"), ("absorb", "one"), ("project", "one"),
-                                            ("free", "norm")])
-def test_zero_norm_slice_is_refused(direction, init):
+                                            ("free", "norm"), ("absorb", "norm")])
+@pytest.mark.parametrize("scale", ["row", "tensor", "element"])
+def test_a_zero_slice_polarizes_to_a_zero_scale_and_trains_through_it(direction, init, scale):
+    """A zero-initialized output projection, an Embedding's padding row: s = 0, V the unit slice of equal
+    entries; W stays exactly 0 until the step moves s (it was refused)."""
+    if direction == "normalize" and scale == "element":
+        return  # refused for every weight (V/‖V‖ = sign(V))
     layer = linear(0)
     with torch.no_grad():
         layer.weight[2] = 0
-    with pytest.raises(ValueError, match="1 slice.*zero norm"):
-        po.polarize(layer, scale="row", mode=direction, init=init)
+        if scale == "tensor":
+            layer.weight.zero_()
+    po.polarize(layer, scale=scale, mode=direction, init=init)
+    assert torch.equal(layer.weight[2], torch.zeros(5, dtype=torch.float64))
+    s, v = po.scale_of(layer), po.direction_of(layer)
+    zero = s.expand_as(v)[2] if scale != "tensor" else s.expand_as(v)[0]
+    assert torch.equal(zero, torch.zeros_like(zero))
+    n = {"row": v.shape[1], "tensor": v.numel(), "element": 1}[scale]
+    torch.testing.assert_close(v[2], torch.full((5,), n ** -0.5, dtype=torch.float64), rtol=1e-15, atol=0)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    if direction in ("project", "absorb"):
+        po.attach(opt, layer)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(torch.randn(4, 5, dtype=torch.float64)).square().sum().backward()
+        opt.step()
+    assert bool(layer.weight[2].abs().sum() > 0) and bool(torch.isfinite(layer.weight).all())
+
+
+def test_a_zero_slice_with_a_fixed_scale_is_refused_naming_it():
+    layer = linear(0)
+    with torch.no_grad():
+        layer.weight[2] = 0
+    with pytest.raises(ValueError, match=r"1 slice\(s\) of Linear\.weight \(scale='row'\) are exactly zero.*"
+                                         r"trainable_scale=False.*stays 0"):
+        po.polarize(layer, scale="row", mode="absorb", trainable_scale=False)
+    assert not po.is_polarized(layer)
 
 
 def test_zero_norm_slice_is_fine_when_no_norm_is_needed():

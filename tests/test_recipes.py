@@ -282,3 +282,32 @@ def test_recipe_optimizer_behaves_as_one_optimizer():
     train(m, opt, 2)
     sched.step()
     assert len(opt.state) == sum(len(o.state) for o in opt.optimizers) > 0
+
+
+@pytest.mark.parametrize("name", ["hyperball-adamw", "hyperball-muon"])
+def test_hyperball_refuses_a_zero_matrix_before_anything_moves(name):
+    """Its radius is fixed at ‖W‖: a zero-initialized projection could never move, so the first step refuses,
+    naming it, with every tensor as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 10))
+    nn.init.zeros_(model[2].weight)
+    opt = po.recipe(name, model, lr=1e-2)
+    model(torch.randint(0, 10, (4,))).square().sum().backward()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"2\.weight is all zeros at its first step.*radius R = ‖W‖ would be 0"):
+        opt.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_zero_initialized_output_projection_trains_under_polar_absorb():
+    """modded-nanogpt-style zero-init projections were refused by polarize; now s = 0 and W trains through s."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8), nn.Linear(8, 10))
+    nn.init.zeros_(model[3].weight)
+    opt = po.recipe("polar-absorb", model, lr=1e-2)
+    assert torch.equal(model[3].weight, torch.zeros(8, 32))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randint(0, 10, (16,))).logsumexp(-1).mean().backward()
+        opt.step()
+    assert bool(model[3].weight.abs().sum() > 0) and bool(torch.isfinite(model[3].weight).all())

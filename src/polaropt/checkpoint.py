@@ -91,7 +91,7 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
     """Load a plain (unpolarized) checkpoint into the polarized ``model``.
 
     Each polarized weight found under its plain name is split into ``s`` and ``V`` by the rule
-    :func:`polaropt.polarize` uses (same ``init``, zero-norm and NaN checks); every other entry loads
+    :func:`polaropt.polarize` uses (same ``init``, zero-slice and NaN rules); every other entry loads
     as with ``load_state_dict``. Everything (keys, shapes, the splits, tied weights agreeing) is
     checked before anything is written, so a refusal leaves the model as it was.
 

@@ -130,7 +130,7 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
     A Parameter held by several modules (tied weights) is selected when any of its names is, and
     polarized once for all owners; every owner's name is in the result. Parameters already
     parametrized are skipped. Everything is checked before anything is polarized (unknown
-    settings, patterns that match nothing, zero-norm slices, NaN, meta tensors), so a refusal
+    settings, patterns that match nothing, zero slices with a fixed scale, NaN, meta tensors), so a refusal
     leaves the model as it was.
 
     Raises:

@@ -160,20 +160,35 @@ class Polar(nn.Module):
                 "or a coarser scale"
             )
         n = slice_norm(w, self.dims)
-        needs_norm = self.init == "norm" or self.mode in ("normalize", "project", "absorb")
-        if needs_norm and bool((n == 0).any()):
+        if self._splits_zeros() and not self.trainable_scale and bool((n == 0).any()):
             bad = int((n == 0).sum())
             raise ValueError(
-                f"{bad} slice(s) of {self._label} (scale={self.scale!r}) have zero norm, but "
-                f"mode={self.mode!r} with init={self.init!r} needs a norm to divide by; "
-                "re-initialize the weight or use a coarser scale (an Embedding's padding_idx row is all zeros: "
-                "leave that weight out with exclude=, or use scale='tensor')"
+                f"{bad} slice(s) of {self._label} (scale={self.scale!r}) are exactly zero: a zero slice gets s = 0, "
+                "and with trainable_scale=False that scale (a fixed radius) stays 0, so those entries could never "
+                "move; make the scale trainable, initialize the weight first, or leave it out with exclude="
             )
         return n
 
+    def _splits_zeros(self) -> bool:
+        """Whether this split divides by the slice norms (so an exactly zero slice needs its own rule)."""
+        return self.init == "norm" or self.mode in ("normalize", "project", "absorb")
+
     @torch.no_grad()
     def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, V)`` with ``s ⊙ Ŵ = w``. A slice that is exactly zero (a zero-initialized output projection, an
+        Embedding's padding row) gets ``s = 0`` and the deterministic unit direction of equal entries
+        ``1/√n``: W stays exactly 0 and trains through ``s`` (``∂L/∂s = Σ V ⊙ ∂L/∂W``)."""
         n = self.check(w)
+        if self._splits_zeros():
+            zero = n == 0
+            if bool(zero.any()):
+                unit = torch.full_like(w, math.prod(w.shape[d] for d in self.dims) ** -0.5)
+                if self.init == "norm":
+                    s, v = n, w / torch.where(zero, torch.ones_like(n), n)
+                else:  # "one": s = 1 and V = W0, but for the zero slices
+                    s, v = torch.where(zero, torch.zeros_like(n), torch.ones_like(n)), w
+                v = torch.where(zero, unit, v)
+                return s.to(w.dtype), v.to(w.dtype)
         if self.init == "norm":
             return n.to(w.dtype), (w / n).to(w.dtype)
         return torch.ones(scale_shape(w.shape, self.scale, self.batch_dims), dtype=w.dtype, device=w.device), w.clone()
@@ -348,8 +363,9 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
 
     Raises:
         ValueError: an unknown choice, ``"normalize"`` with ``"element"``, a tensor already
-            parametrized, a missing tensor, a buffer, a meta tensor, or a zero-norm slice when a
-            norm is needed.
+            parametrized, a missing tensor, a buffer, a meta tensor, or an exactly zero slice with
+            ``trainable_scale=False`` (its scale would stay 0). A zero slice with a trainable scale
+            gets ``s = 0`` and the unit direction of equal entries: W stays 0 and trains through s.
 
     Example:
         >>> import torch, polaropt as po

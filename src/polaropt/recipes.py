@@ -174,11 +174,17 @@ class Hyperball:
     kept in the optimizer's state (``"hyperball_radius"``) so a checkpoint carries it (Wen et al.,
     "Hyperball"; the radius stored as HeavyBall does). A tensor without a gradient is left alone."""
 
-    def __init__(self, params: list[torch.Tensor]):
-        self.params = params
+    def __init__(self, params: list[torch.Tensor], names: list[str]):
+        self.params, self.names = params, names
         self.before: list[torch.Tensor | None] = []
 
     def pre(self, opt, args, kwargs):
+        for p, name in zip(self.params, self.names):  # before anything moves
+            if p.grad is not None and "hyperball_radius" not in opt.state.get(p, {}) and not bool(p.detach().any()):
+                raise ValueError(
+                    f"{name} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be 0 and it could "
+                    "never move (the radius is fixed); initialize it, or leave it out of the hidden matrices with "
+                    "exclude= (a zero-initialized output projection trains under polar-absorb: its scale starts at 0)")
         self.before = [p.detach().clone() if p.grad is not None else None for p in self.params]
 
     @torch.no_grad()
@@ -282,12 +288,13 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     if name.startswith("hyperball-"):
         on_muon = name.endswith("muon")
         mats = [p for _, p in hidden if p.ndim == 2 or not on_muon]
+        names = [q for q, p in hidden if any(p is m for m in mats)]
         others = [p for _, p in hidden if all(p is not m for m in mats)] + rest
         if not mats:
             raise ValueError(f"recipe {name!r} found no hidden matrix{' (2-D)' if on_muon else ''} in the model; "
                              "name them with include=")
         base = _muon(mats, lr, 0.0) if on_muon else torch.optim.AdamW(mats, lr=lr, weight_decay=0.0, **adam_kw)
-        ball = Hyperball(mats)
+        ball = Hyperball(mats, names)
         return _finish(name, [base, _adamw(others, lr, weight_decay, **adam_kw)],
                        lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
     # absorb-muon: a sphere per matrix whose scale grows multiplicatively, Muon stepping on the sphere;
