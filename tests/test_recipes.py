@@ -311,3 +311,43 @@ def test_a_zero_initialized_output_projection_trains_under_polar_absorb():
         model(torch.randint(0, 10, (16,))).logsumexp(-1).mean().backward()
         opt.step()
     assert bool(model[3].weight.abs().sum() > 0) and bool(torch.isfinite(model[3].weight).all())
+
+
+class _ViT(nn.Module):
+    """timm's VisionTransformer layout in small: a conv patch embedding, a cls token and position table held
+    as bare parameters, pre-norm blocks with fused qkv, a head."""
+
+    def __init__(self, d=16, patches=4):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, d, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.full((1, 1, d), 1e-5))
+        self.pos_embed = nn.Parameter(torch.randn(1, patches + 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[nn.TransformerEncoderLayer(d, 2, 32, dropout=0.0, batch_first=True,
+                                                                 norm_first=True) for _ in range(2)])
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def test_hidden_matrices_are_layer_weights_not_tokens_or_tables():
+    names = [q for q, _ in po.hidden_matrices(_ViT())]
+    assert "cls_token" not in names and "pos_embed" not in names and "head.weight" not in names
+    assert "patch_embed.proj.weight" in names and "blocks.0.self_attn.in_proj_weight" in names
+    assert "blocks.1.linear2.weight" in names and "blocks.0.self_attn.out_proj.weight" in names
+
+
+def test_hyperball_leaves_a_vits_cls_token_to_adamw():
+    """It picked cls_token as a hidden matrix and held it at its 1e-5 radius."""
+    torch.manual_seed(0)
+    model = _ViT()
+    opt = po.recipe("hyperball-adamw", model, lr=1e-2)
+    before = model.cls_token.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+        opt.step()
+    assert model.cls_token.norm() > 10 * before.norm()

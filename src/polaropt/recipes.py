@@ -110,17 +110,20 @@ class RecipeOptimizer(torch.optim.Optimizer):
 
 
 def hidden_matrices(model: nn.Module, *, include=None, exclude=None) -> list[tuple[str, torch.Tensor]]:
-    """``(name, parameter)`` of the hidden matrices: ≥2-D weights except embeddings and the output head
-    (the model's last ``nn.Linear`` in registration order), each shared parameter once. ``include``
-    replaces the default choice. The head rule is a heuristic: a model that registers its head before
-    its blocks, or ends in a convolution, should name its matrices with ``include``/``exclude``."""
+    """``(name, parameter)`` of the hidden matrices: the ≥2-D weights of layers that multiply their input
+    (a parameter whose own name contains ``weight``: Linear, Conv, an LSTM's ``weight_ih_l0``,
+    MultiheadAttention's ``in_proj_weight``, transformers' ``Conv1D``), except embeddings and the output head
+    (the model's last ``nn.Linear`` in registration order), each shared parameter once. Learned tokens and
+    tables held as bare parameters (a ViT's ``cls_token`` and ``pos_embed``) are not hidden matrices.
+    ``include`` replaces the default choice. The head rule is a heuristic: a model that registers its head
+    before its blocks, or ends in a convolution, should name its matrices with ``include``/``exclude``."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     outside = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     if linears:
         outside.add(id(linears[-1].weight))
 
     def hidden(qualname, module, tensor):
-        return tensor.ndim >= 2 and id(tensor) not in outside
+        return tensor.ndim >= 2 and id(tensor) not in outside and "weight" in qualname.rpartition(".")[2]
 
     chosen = _select(_candidates(model), include if include is not None else hidden, exclude)
     return [(paths[0], p) for p, _, paths in chosen]
