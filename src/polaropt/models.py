@@ -30,10 +30,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard, hf
-from .polar import DEFAULT_EPS, Polar, _is_fsdp_module, _own_class_on_copy, _remove, polar_tensors, polarize
+from .polar import (DEFAULT_EPS, Polar, _is_fsdp_module, _own_class_on_copy, _remove, polar_tensors, polarize,
+                    resolve_scale)
 from .steps import refuse_orphans
 
-SPEC_DEFAULTS = dict(scale="row", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
+SPEC_DEFAULTS = dict(scale="out", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
 Selector = "str | Iterable[str] | Callable[[str, nn.Module, torch.Tensor], bool] | None"
 
 
@@ -124,7 +125,8 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
             qualified name (``"*.attn.*"``, ``["fc1.weight", "fc2.weight"]``; a 1-D tensor only when
             named exactly), or a callable ``(qualname, module, tensor) -> bool``.
         exclude: parameters to leave plain (same forms); applied after ``include``.
-        **spec: settings for :func:`polaropt.polarize`: ``scale`` (default ``"row"``), ``mode``
+        **spec: settings for :func:`polaropt.polarize`: ``scale`` (default ``"out"``: one scale per output
+            unit of every layer, whichever dim its layout puts them on), ``mode``
             (default ``"absorb"``), ``trainable_scale``, ``init``, ``batch_dims``, ``eps``.
 
     A Parameter held by several modules (tied weights) is selected when any of its names is, and
@@ -156,7 +158,12 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
                          "call fully_shard, so that FSDP shards and reduces s and V like any parameter")
     chosen = _select(_candidates(model), include, exclude)
     for p, owners, _ in chosen:  # validate all before changing any
-        polar = Polar(p.ndim, **spec)
+        scales = {resolve_scale(m, p, spec["scale"], spec["batch_dims"]) for _, m, _ in owners}
+        if len(scales) > 1:
+            raise ValueError(f"scale={spec['scale']!r} means {' and '.join(map(repr, sorted(scales)))} for the owners of "
+                             f"the tied weight {owners[0][0]} ({', '.join(q for q, _, _ in owners)}), whose layouts "
+                             "differ; a shared weight has one polar form, so give it 'row' or 'column'")
+        polar = Polar(p.ndim, **{**spec, "scale": scales.pop()})
         polar._label = owners[0][0]
         if spec["mode"] == "normalize" and any(getattr(m, "sparse", False) for _, m, _ in owners):
             raise ValueError(f"mode='normalize' on {owners[0][0]} (an Embedding with sparse=True) is refused: "

@@ -315,6 +315,36 @@ def _own_class_on_copy(module: nn.Module) -> None:
         cls.__deepcopy__ = _copied_with_own_class
 
 
+# Scales named by the module's layout rather than by a dim: "out" is one scale per output unit (a
+# Linear's output feature, a conv's output channel, an Embedding's token, whose row a tied head outputs),
+# "in" one per input unit. They resolve to "row" or "column" when a tensor is polarized.
+LAYOUT_SCALES = ("out", "in")
+
+
+def _output_dim(module: nn.Module, tensor: torch.Tensor) -> int:
+    """The dim of ``tensor`` (a weight of ``module``) that indexes output units: 1 for ``ConvTranspose*d``
+    (``(in, out/groups, ...)``) and for transformers' ``Conv1D`` (GPT-2's ``(in, out)``), else 0."""
+    cls = parametrize.type_before_parametrizations(module)
+    if issubclass(cls, nn.modules.conv._ConvTransposeNd):
+        return 1
+    if cls.__name__ == "Conv1D" and tensor.ndim == 2 and tensor.shape[1] == getattr(module, "nf", None):
+        return 1
+    return 0
+
+
+def resolve_scale(module: nn.Module, tensor: torch.Tensor, scale: str, batch_dims: int = 0) -> str:
+    """``scale`` as a dim-based scale (``"out"``/``"in"`` read from the module's layout); unknown ones refused."""
+    if scale not in SCALES + LAYOUT_SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid choices are {', '.join(map(repr, SCALES + LAYOUT_SCALES))}")
+    if scale not in LAYOUT_SCALES:
+        return scale
+    if batch_dims or tensor.ndim < 2:
+        raise ValueError(f"scale={scale!r} reads a layer's (out, in) layout, which a tensor of shape "
+                         f"{tuple(tensor.shape)} with batch_dims={batch_dims} does not have; use 'row' (dim 0) or "
+                         "'column' (dim 1) after the batch dims")
+    return ("row", "column")[_output_dim(module, tensor) ^ (scale == "in")]
+
+
 def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
     """Make ``module.<name>`` (still holding the Parameter that ``plist`` replaced) read ``plist``."""
     polar = plist[0]
@@ -342,8 +372,10 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
     Args:
         scale: which entries share one scale: ``"tensor"``, ``"row"`` (dim 0: per output unit of a
             Linear, output channel of a Conv, token of an Embedding; for ``ConvTranspose*d``, whose
-            weight is ``(in, out/groups, ...)``, dim 0 is the *input* channel), ``"column"`` (dim 1)
-            or ``"element"``.
+            weight is ``(in, out/groups, ...)``, and transformers' ``Conv1D`` (GPT-2, ``(in, out)``),
+            dim 0 is the *input* unit), ``"column"`` (dim 1), ``"element"``, or by the layer's layout:
+            ``"out"`` (one scale per output unit, whichever dim holds them) and ``"in"`` (per input
+            unit). ``"out"``/``"in"`` are resolved to ``"row"``/``"column"`` here; the settings record that.
         mode: ``"free"``, ``"normalize"``, ``"project"`` or ``"absorb"`` (see the module docs);
             ``"project"`` and ``"absorb"`` need :func:`polaropt.attach`.
         trainable_scale: if False, ``s`` gets ``requires_grad=False`` (no gradient, no optimizer
@@ -396,6 +428,7 @@ def polarize(module: nn.Module, name: str = "weight", *, scale: str = "tensor", 
         names = [n for n, p in module.named_parameters(recurse=False) if p is not None]
         raise ValueError(f"{type(module).__name__} has no parameter {name!r}; its parameters are {names}")
     shared = guard.replaced_by(tensor)
+    scale = resolve_scale(module, tensor, scale, batch_dims)
     spec = dict(scale=scale, mode=mode, trainable_scale=bool(trainable_scale), batch_dims=batch_dims)
     if parametrize.is_parametrized(module) and type(module).__dict__.get("__deepcopy__") is not _copied_with_own_class:
         # parametrized by torch alone so far: a torch deepcopy of it may share its class, and adding our
