@@ -35,7 +35,7 @@ def bert():
 
 
 # BERT's padding row is zero: with a row scale it polarizes to s = 0 there (it was refused)
-MODELS = {"gpt2": (gpt2, "row"), "llama-tied": (lambda: llama(True), "row"),
+MODELS = {"gpt2": (gpt2, "out"), "llama-tied": (lambda: llama(True), "row"),
           "llama-untied": (lambda: llama(False), "row"), "bert": (bert, "row"), "bert-tensor": (bert, "tensor")}
 TIED = {"gpt2": ("lm_head", "transformer.wte"), "llama-tied": ("lm_head", "model.embed_tokens"),
         "bert": ("cls.predictions.decoder", "bert.embeddings.word_embeddings"),
@@ -123,7 +123,7 @@ def test_resize_token_embeddings_is_refused_with_the_route_and_the_route_works(n
     assert model.config.vocab_size == VOCAB
     po.unpolarize_model(model)
     model.resize_token_embeddings(VOCAB + 8)
-    po.polarize_model(model, scale="row", mode="absorb")
+    po.polarize_model(model, scale="out", mode="absorb")
     assert model.config.vocab_size == VOCAB + 8
     assert logits(model, _x()).shape[-1] == VOCAB + 8
     for path in ("lm_head", model.base_model_prefix):

@@ -352,8 +352,8 @@ def test_multihead_attention_and_conv_transpose():
     assert po.polarize_model(model) == ["mha.in_proj_weight", "mha.out_proj.weight", "up.weight"]
     torch.testing.assert_close(mha(q, q, q)[0], y_attn, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(up(x), y_up, rtol=1e-12, atol=1e-12)
-    # row = dim 0: for ConvTranspose that is the input channel (weight is (in, out/groups, kh, kw))
-    assert po.scale_of(up).shape == (6, 1, 1, 1)
+    # the default scale="out" is per output channel: dim 1 of a ConvTranspose weight (in, out/groups, kh, kw)
+    assert po.scale_of(up).shape == (1, 3, 1, 1) and po.polar_spec(up).scale == "column"
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
     po.attach(opt, model)
     for _ in range(3):
@@ -586,3 +586,43 @@ def test_polarizing_a_torch_deepcopy_of_a_parametrized_module_leaves_the_origina
     clone = copy.deepcopy(layer)  # torch's own deepcopy: one class for both
     po.polarize(clone, "bias", scale="tensor", mode="free")
     assert not hasattr(type(layer), "bias") and layer(torch.randn(2, 4)).shape == (2, 3)
+
+
+LAYOUTS = {  # module, its weight's output dim
+    "linear": (lambda: nn.Linear(6, 4), 0), "conv": (lambda: nn.Conv2d(3, 5, 3), 0),
+    "conv_transpose": (lambda: nn.ConvTranspose2d(6, 3, 2), 1), "embedding": (lambda: nn.Embedding(7, 4), 0),
+    "lstm": (lambda: nn.LSTM(3, 4), 0)}
+
+
+@pytest.mark.parametrize("kind", list(LAYOUTS))
+def test_scale_out_and_in_follow_the_layers_layout(kind):
+    make, out_dim = LAYOUTS[kind]
+    for scale, dim in (("out", out_dim), ("in", 1 - out_dim)):
+        module = make()
+        name = "weight_ih_l0" if kind == "lstm" else "weight"
+        w = getattr(module, name)
+        po.polarize(module, name, scale=scale)
+        s = module.parametrizations[name].original0
+        expected = [1] * w.ndim
+        expected[dim] = w.shape[dim]
+        assert list(s.shape) == expected, (kind, scale)
+        assert po.polar_spec(module, name).scale == ("row", "column")[dim]
+
+
+def test_scale_out_on_transformers_conv1d_is_per_output_feature():
+    """GPT-2's Conv1D stores its weight as (in, out): row scales were one per input feature, silently."""
+    pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+    layer = pytorch_utils.Conv1D(8, 5)  # nf = 8 outputs, nx = 5 inputs: weight (5, 8)
+    po.polarize_model(nn.Sequential(layer))
+    assert po.scale_of(layer).shape == (1, 8)
+    x = torch.randn(3, 5)
+    out = layer(x)
+    torch.testing.assert_close(out, x @ layer.weight + layer.bias)
+
+
+def test_a_layout_scale_needs_a_layout():
+    with pytest.raises(ValueError, match=r"unknown scale 'rows'; valid choices are 'tensor', 'row', 'column', "
+                                         r"'element', 'out', 'in'"):
+        po.polarize(nn.Linear(3, 2), scale="rows")
+    with pytest.raises(ValueError, match=r"scale='out' reads a layer's \(out, in\) layout.*batch_dims=1"):
+        po.polarize(nn.Linear(3, 2), scale="out", batch_dims=1)
