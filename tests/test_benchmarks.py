@@ -112,3 +112,15 @@ def test_overhead_main_passes_the_gpt_size_and_autocast_on(monkeypatch):
     for bad in (["--heads", "3"], ["--blocks", "0"], ["--autocast", "fp8"]):
         with pytest.raises(SystemExit):
             overhead.main(["--model", "gpt", "--width", "16", *bad])
+
+
+def test_the_generate_benchmark_runs_and_every_variant_writes_the_plain_tokens(tmp_path):
+    pytest.importorskip("transformers")
+    import generate
+
+    record = generate.main(["--layers", "1", "--width", "32", "--vocab", "64", "--prompt", "3", "--new-tokens", "4",
+                            "--batches", "2", "--repeats", "2", "--out", str(tmp_path / "g.json")])
+    assert json.loads((tmp_path / "g.json").read_text())["benchmark"] == "generate"
+    got = record["results"]["batch2"]
+    assert set(got) == {"plain", "polar-cached", "polar-uncached"}
+    assert all(v["same_tokens_as_plain"] for v in got.values())

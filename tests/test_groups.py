@@ -20,20 +20,24 @@ def test_param_groups_partition_the_trainable_parameters():
     groups = po.param_groups(m, scale={"lr": 1e-3}, direction={"lr": 1e-2})
     tags = [(g["polar_role"], g.get("polar_decay")) for g in groups]
     # absorb: s (no decay), V (carries W's decay); normalize with a fixed s: V only, no decay
-    assert tags == [("scale", False), ("direction", True), ("direction", False), ("rest", None)]
+    assert tags == [("scale", False), ("direction", True), ("direction", False), ("rest", None), ("rest", None)]
     assert groups[0]["params"] == [po.scale_of(m[0])]  # the frozen scale of m[1] is left out
     assert groups[1]["params"] == [po.direction_of(m[0])] and groups[2]["params"] == [po.direction_of(m[1])]
     assert groups[0]["weight_decay"] == 0.0 and groups[2]["weight_decay"] == 0.0
     assert "weight_decay" not in groups[1] and "weight_decay" not in groups[3]  # the optimizer's default
-    assert {id(p) for p in groups[3]["params"]} == {id(m[0].bias), id(m[1].bias), id(m[2].weight), id(m[2].bias)}
+    assert groups[3]["params"] == [m[2].weight]
+    assert {id(p) for p in groups[4]["params"]} == {id(m[0].bias), id(m[1].bias), id(m[2].bias)}  # 1-D: no decay
+    assert groups[4]["weight_decay"] == 0.0
     opt = torch.optim.AdamW(groups, lr=5.0, weight_decay=0.3)
-    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2, 1e-2, 5.0]
-    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.3, 0.0, 0.3]
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2, 1e-2, 5.0, 5.0]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.3, 0.0, 0.3, 0.0]
+    everything = po.param_groups(m, no_decay=None)  # polaropt <= 0.3: the rest decays as one group
+    assert [g["polar_role"] for g in everything] == ["scale", "direction", "direction", "rest"]
 
 
 def test_param_groups_weight_decay_argument_and_rest_override():
     groups = po.param_groups(model(), weight_decay=0.2, rest={"weight_decay": 0.0})
-    assert [g["weight_decay"] for g in groups] == [0.0, 0.2, 0.0, 0.0]
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.2, 0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="places W's decay"):
         po.param_groups(model(), direction={"weight_decay": 0.1})
     with pytest.raises(ValueError, match="weight_decay must be a non-negative number"):
@@ -46,7 +50,11 @@ def test_param_groups_split_scales_and_empty_groups():
         po.polarize(layer, "weight")
         po.polarize(layer, "bias", scale="element", mode="free", init="one")
     groups = po.param_groups(m, split_scales=True)
-    assert [g["polar_role"] for g in groups] == ["scale"] * 4 + ["direction"]  # no empty 'rest'
+    # no empty 'rest'; the polar biases are 1-D, kept from decay: their V in the group that carries none
+    assert [g["polar_role"] for g in groups] == ["scale"] * 4 + ["direction"] * 2
+    assert groups[-1]["params"] == [po.direction_of(m[0], "bias"), po.direction_of(m[1], "bias")]
+    assert [g["polar_role"] for g in po.param_groups(m, split_scales=True, no_decay=None)] == (
+        ["scale"] * 4 + ["direction"])
 
 
 # ----- weight decay shrinks W by exactly (1 - lr·λ) per step in every mode --------------------------
@@ -291,3 +299,38 @@ def test_a_schedule_that_raises_leaves_no_multiplied_lr_behind():
     opt.step()
     assert [g["lr"] for g in opt.param_groups] == lrs
     assert two.last_epoch == 0
+
+
+class _TimmStyle(nn.Module):
+    """timm's convention: the model names parameters that must not decay in ``no_weight_decay()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, 4))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 4))
+        self.fc, self.norm = nn.Linear(4, 4), nn.LayerNorm(4)
+
+    def no_weight_decay(self):
+        return {"pos_embed", "cls_token"}
+
+
+def _decays(groups):
+    return {id(p): g.get("weight_decay") for g in groups for p in g["params"]}
+
+
+def test_param_groups_honour_no_weight_decay_and_one_dim_parameters_even_once_polarized():
+    """After polarizing, timm's names no longer matched (parametrizations.pos_embed.original1), so pos_embed was
+    decayed; norms and biases were decayed too."""
+    m = _TimmStyle()
+    po.polarize_model(m, scale="tensor")  # pos_embed, cls_token and fc.weight are polar now
+    d = _decays(po.param_groups(m, weight_decay=0.1))
+    for name in ("pos_embed", "cls_token"):
+        t = next(t for t in po.polar_tensors(m) if t.qualname == name)
+        assert d[id(t.scale)] == 0.0 and d[id(t.direction)] == 0.0, name
+    fc = next(t for t in po.polar_tensors(m) if t.qualname == "fc.weight")
+    assert d[id(fc.direction)] == 0.1 and d[id(fc.scale)] == 0.0  # absorb: W's decay on V
+    assert d[id(m.fc.bias)] == d[id(m.norm.weight)] == d[id(m.norm.bias)] == 0.0
+    patterns = _decays(po.param_groups(m, weight_decay=0.1, no_decay=["fc.*"]))
+    assert patterns[id(fc.direction)] == 0.0 and patterns[id(m.norm.weight)] == 0.1
+    with pytest.raises(TypeError, match=r"no_decay takes 'auto', None, glob patterns or a callable"):
+        po.param_groups(m, no_decay=[3])

@@ -197,3 +197,34 @@ def test_trainer_checkpoints_resume_exactly(mode, tmp_path):
     resumed = _trainer_run(tmp_path / "b", mode, 20, resume=str(tmp_path / "b" / "checkpoint-10"))
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_generate_forms_each_polar_weight_once_per_call_and_writes_the_plain_tokens():
+    """generate() recomputed every weight at every token (x1.19-1.39 of the plain model); polarize_model runs it
+    under parametrize.cached()."""
+    from polaropt.polar import Polar
+
+    make, scale = MODELS["gpt2"]
+    torch.manual_seed(0)
+    plain = make().eval()
+    model = copy.deepcopy(plain)
+    po.polarize_model(model, scale=scale, mode="absorb")
+    x = _x()
+    kw = dict(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+              pad_token_id=0)
+    calls = []
+    forward = Polar.forward
+    try:
+        Polar.forward = lambda self, s, v: calls.append(self) or forward(self, s, v)
+        out = model.generate(**kw)
+        cached = len(calls)
+        calls.clear()
+        type(model).generate(model, **kw)  # what generate did before
+        uncached = len(calls)
+    finally:
+        Polar.forward = forward
+    n = len(list(po.polar_tensors(model)))
+    assert cached <= n + 1 < uncached  # (the tied head and its embedding are one weight)
+    assert torch.equal(out, plain.generate(**kw))
+    po.unpolarize_model(model)
+    assert "generate" not in model.__dict__

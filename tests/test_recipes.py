@@ -86,7 +86,7 @@ def test_muon_recipe_steps_equal_torch_muon():
     mats = [b.qkv.weight, b.proj.weight]
     rest = [p for p in b.parameters() if all(p is not q for q in mats)]
     peer = [torch.optim.Muon(mats, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
-            torch.optim.AdamW(rest, lr=0.02, weight_decay=0.1)]
+            torch.optim.AdamW(decay_groups(rest, 0.1), lr=0.02)]
     for t in range(4):
         train(a, opt, 1, seed=t)
         x, y = data(t)
@@ -99,6 +99,12 @@ def test_muon_recipe_steps_equal_torch_muon():
         assert torch.equal(p, q), k
 
 
+def decay_groups(params, wd):
+    """The usual convention every recipe follows: biases and norm gains (1-D) are not decayed."""
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def test_weight_norm_recipe_is_torchs_weight_norm():
     a, b = model(), model()
     opt = po.recipe("adamw-weight-norm", a, lr=1e-2, weight_decay=0.1)
@@ -109,7 +115,7 @@ def test_weight_norm_recipe_is_torchs_weight_norm():
     dirs = [mod.parametrizations.weight.original1 for mod in (b.qkv, b.proj, b.conv)]
     rest = [p for p in b.parameters() if all(p is not q for q in gains + dirs)]
     peer = torch.optim.AdamW([{"params": dirs, "weight_decay": 0.1}, {"params": gains, "weight_decay": 0.0},
-                              {"params": rest, "weight_decay": 0.1}], lr=1e-2)
+                              *decay_groups(rest, 0.1)], lr=1e-2)
     train(a, opt, 3)
     train(b, peer, 3)
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):

@@ -409,7 +409,7 @@ def test_a_parametrization_stacked_above_a_polar_one_is_still_renormalized_and_g
     model = polar_mlp(scale="row", mode="absorb")
     torch.nn.utils.parametrize.register_parametrization(model[0], "weight", Double())
     groups = po.param_groups(model, weight_decay=0.1)
-    assert [g["polar_role"] for g in groups] == ["scale", "direction", "rest"]
+    assert [g["polar_role"] for g in groups] == ["scale", "direction", "rest", "rest"]  # the biases: 1-D, no decay
     opt = torch.optim.AdamW(groups, lr=0.05)
     po.attach(opt, model)
     for t in range(3):

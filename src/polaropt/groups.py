@@ -45,7 +45,7 @@ and ``optimizer.param_groups[i]["lr"]`` read between steps is the other schedule
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -73,9 +73,31 @@ def _options(role: str, options) -> dict:
     return dict(options)
 
 
+def _no_decay(model: nn.Module, no_decay) -> "Callable[[str, torch.Tensor], bool]":
+    """``(name, tensor) -> bool``: whether a parameter (a polar tensor by its plain name) is kept from decay."""
+    if no_decay is None:
+        return lambda name, tensor: False
+    if callable(no_decay):
+        return no_decay
+    if no_decay != "auto":
+        from fnmatch import fnmatchcase
+
+        patterns = [no_decay] if isinstance(no_decay, str) else list(no_decay)
+        if not all(isinstance(pat, str) for pat in patterns):
+            raise TypeError(f"no_decay takes 'auto', None, glob patterns or a callable (name, tensor) -> bool, got "
+                            f"{no_decay!r}")
+        return lambda name, tensor: any(fnmatchcase(name, pat) for pat in patterns)
+    named = set()
+    for prefix, module in model.named_modules():  # timm's convention: a model names its own (pos_embed, cls_token)
+        own = getattr(module, "no_weight_decay", None)
+        if callable(own):
+            named.update(f"{prefix}.{n}" if prefix else n for n in own())
+    return lambda name, tensor: tensor.ndim <= 1 or name in named
+
+
 def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: Mapping | None = None,
                  rest: Mapping | None = None, weight_decay: float | None = None,
-                 split_scales: bool = False) -> list[dict]:
+                 split_scales: bool = False, no_decay="auto") -> list[dict]:
     """Torch param groups: polar scales, polar directions, and every other trainable parameter.
 
     Args:
@@ -87,6 +109,12 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
         weight_decay: λ for ``W`` of every polar tensor (placed per mode, see the module docs) and
             for ``rest``; None leaves the carrying groups to the optimizer's default.
         split_scales: one group per scale tensor (``RadiusSquaredLR`` then uses each tensor's own r).
+        no_decay: parameters kept from weight decay: ``"auto"`` (the usual conventions of timm, Hugging
+            Face and nanoGPT: 1-D parameters, i.e. biases and norm gains, and the names a module's own
+            ``no_weight_decay()`` returns, such as a ViT's ``pos_embed`` and ``cls_token``), glob patterns
+            on the qualified name, a callable ``(name, tensor) -> bool``, or None (decay everything). A
+            polar tensor is matched by its plain name (``"pos_embed"``, ``"blocks.0.fc.weight"``); kept
+            from decay, neither of its factors decays.
 
     Frozen scales (``trainable_scale=False``) and other parameters with ``requires_grad=False`` are
     left out. Empty groups are omitted. A shared (tied) weight appears once.
@@ -101,16 +129,21 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
     refuse_orphans(model)
     check_sharding(model)
     decay = {} if weight_decay is None else {"weight_decay": weight_decay}
+    exempt = _no_decay(model, no_decay)
     scales = {True: [], False: []}
     directions = {True: [], False: []}
     seen = set()
     for t in polar_tensors(model):
         seen.update((id(t.scale), id(t.direction)))
         on = DECAY_ON[t.polar.mode]
+        kept = any(exempt(path, t.direction) for path in t.paths)
         if t.scale.requires_grad:
-            scales[on == "scale"].append(t.scale)
-        directions[on == "direction"].append(t.direction)
-    others = [p for p in model.parameters() if id(p) not in seen and p.requires_grad]
+            scales[on == "scale" and not kept].append(t.scale)
+        directions[on == "direction" and not kept].append(t.direction)
+    others = {True: [], False: []}
+    for name, p in model.named_parameters():
+        if id(p) not in seen and p.requires_grad:
+            others[not exempt(name, p)].append(p)
 
     def group(params, role, carries, options):
         return {"params": params, "polar_role": role, "polar_decay": carries,
@@ -122,7 +155,8 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
         groups += [group(ps, "scale", carries, scale) for ps in lists]
     groups += [group(directions[True], "direction", True, direction),
                group(directions[False], "direction", False, direction),
-               {"params": others, "polar_role": "rest", **decay, **rest}]
+               {"params": others[True], "polar_role": "rest", **decay, **rest},
+               {"params": others[False], "polar_role": "rest", "weight_decay": 0.0, **rest}]
     return [g for g in groups if g["params"]]
 
 

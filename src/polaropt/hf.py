@@ -17,7 +17,8 @@ weight is a recomputed tensor: it would leave the old ``s`` and ``V`` in place w
 size. :func:`adopt` makes it raise instead, naming the route: resize before polarizing, or
 ``unpolarize_model`` → resize → ``polarize_model`` (and a new optimizer, as after any resize).
 ``init_weights`` would write into recomputed weights and leave the polar ones as they were: :func:`adopt`
-runs it through :func:`polaropt.reinitialize_` instead.
+runs it through :func:`polaropt.reinitialize_` instead. ``generate`` runs under ``parametrize.cached()``, so
+each polar weight is formed once per call, not once per token.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import functools
 import types
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 _SAVED = "_polaropt_hf"  # instance attribute of an adopted model: what it held before, restored by release
 _MAPS = ("_tied_weights_keys", "all_tied_weights_keys")
-_REPLACED = (*_MAPS, "resize_token_embeddings", "init_weights")  # instance attributes adopt sets
+_REPLACED = (*_MAPS, "resize_token_embeddings", "init_weights", "generate")  # instance attributes adopt sets
 
 
 def _pretrained_models(model: nn.Module):
@@ -83,6 +85,8 @@ def adopt(model: nn.Module, polar_paths: dict, reinitialize) -> None:
         module.all_tied_weights_keys = rewritten
         module.resize_token_embeddings = types.MethodType(_refuse_resize, module)
         module.init_weights = types.MethodType(functools.partial(_init_weights, reinitialize=reinitialize), module)
+        if hasattr(module, "generate"):
+            module.generate = types.MethodType(_generate, module)
 
 
 def release(model: nn.Module) -> None:
@@ -104,6 +108,13 @@ def _restore(module: nn.Module, keys=_REPLACED) -> None:
             module.__dict__[key] = saved[key]
         else:
             module.__dict__.pop(key, None)
+
+
+def _generate(self, *args, **kwargs):
+    """``generate()`` of an adopted model under ``parametrize.cached()``: every polar weight is formed once per
+    call instead of once per token (generation runs without gradients, so one W serves every step)."""
+    with parametrize.cached():
+        return type(self).generate(self, *args, **kwargs)
 
 
 def _init_weights(self, *, reinitialize) -> None:

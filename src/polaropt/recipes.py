@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .groups import param_groups
+from .groups import _no_decay, param_groups
 from .models import _candidates, _select, polarize_model
 from .polar import _own_class_on_copy
 from .steps import attach
@@ -136,8 +136,17 @@ def _split(model, include, exclude):
     return hidden, rest
 
 
-def _adamw(params, lr, weight_decay, **kw):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw) if params else None
+def _decay_groups(params, kept: set[int], weight_decay) -> list[dict]:
+    """``params`` as two groups: decayed, and kept from decay (``kept``: ids, by ``param_groups``' convention)."""
+    params = list(params)
+    groups = ({"params": [p for p in params if id(p) not in kept], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) in kept], "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def _adamw(params, lr, weight_decay, kept, **kw):
+    groups = _decay_groups(params, kept, weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, **kw) if groups else None
 
 
 def _muon(params, lr, weight_decay):
@@ -250,8 +259,12 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     every = options.pop("every", 1)
     checks = {k: options.pop(k) for k in ("check", "check_every") if k in options}
     adam_kw = options
+    # every recipe keeps the same parameters from decay as param_groups does: 1-D ones (biases, norm gains) and
+    # those the model's no_weight_decay() names; read while the names are plain
+    exempt = _no_decay(model, "auto")
+    kept = {id(p) for q, p in model.named_parameters() if exempt(q, p)}
     if name == "adamw":
-        return _finish(name, [torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, **adam_kw)])
+        return _finish(name, [_adamw(model.parameters(), lr, weight_decay, kept, **adam_kw)])
     hidden, rest = _split(model, include, exclude)
     if name in ("adamw-weight-norm", "multipliers"):
         # each hidden matrix must be one module's ``weight``: that is what weight_norm / a parametrization wraps
@@ -274,7 +287,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
                 direction.append(module.parametrizations.weight.original1)
             _own_class_on_copy(module)  # a deepcopy gets its own parametrized class
         groups = [{"params": direction, "weight_decay": weight_decay}, {"params": factors, "weight_decay": 0.0},
-                  {"params": rest, "weight_decay": weight_decay}]
+                  *_decay_groups(rest, kept, weight_decay)]
         return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam_kw)])
     if name.startswith("polar-"):
         mode = name.split("-")[1]
@@ -287,7 +300,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         mats = [p for _, p in hidden if p.ndim == 2]
         others = [p for _, p in hidden if p.ndim != 2] + rest
         return _finish(name, [_muon(mats, lr, weight_decay) if mats else None,
-                              _adamw(others, lr, weight_decay, **adam_kw)])
+                              _adamw(others, lr, weight_decay, kept, **adam_kw)])
     if name.startswith("hyperball-"):
         on_muon = name.endswith("muon")
         mats = [p for _, p in hidden if p.ndim == 2 or not on_muon]
@@ -298,7 +311,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
                              "name them with include=")
         base = _muon(mats, lr, 0.0) if on_muon else torch.optim.AdamW(mats, lr=lr, weight_decay=0.0, **adam_kw)
         ball = Hyperball(mats, names)
-        return _finish(name, [base, _adamw(others, lr, weight_decay, **adam_kw)],
+        return _finish(name, [base, _adamw(others, lr, weight_decay, kept, **adam_kw)],
                        lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
     # absorb-muon: a sphere per matrix whose scale grows multiplicatively, Muon stepping on the sphere;
     # weight decay on V (DECAY_ON["absorb"]), as polar-absorb
