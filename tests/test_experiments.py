@@ -150,6 +150,43 @@ def test_cli_refusals(argv, message, capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # a refused run writes nothing
 
 
+@pytest.mark.parametrize("command", [["run", "liu-1d", "--quick"], ["reproduce", "--quick"], ["bench", "--quick"]])
+def test_an_out_that_is_a_file_or_cannot_be_written_is_refused_before_anything_runs(command, tmp_path, capsys):
+    """Both ended in raw tracebacks (after the run, for a file)."""
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    for out, message in ((file, r"--out .*a-file is a file, not a folder"),
+                         (file / "below", r"cannot write to --out .*a-file/below: Not a directory")):
+        with pytest.raises(SystemExit) as e:
+            main(command + ["--quiet", "--out", str(out)])
+        assert e.value.code == 2
+        import re
+
+        assert re.search(message, capsys.readouterr().err)
+    assert [f.name for f in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_report_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "nowhere")])
+    assert e.value.code == 2 and "nowhere is not a folder" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_with_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    exp = EXPERIMENTS["liu-1d"]
+
+    def killed(config, progress):
+        raise KeyboardInterrupt
+
+    from polaropt.experiments import registry
+
+    monkeypatch.setitem(registry.ALL, "liu-1d", dataclasses.replace(exp, run=killed))
+    code = main(["run", "liu-1d", "--quick", "--quiet", "--out", str(tmp_path)])
+    assert code == 130 and "interrupted; the finished runs are kept and nothing is half-written: run it again" in \
+        capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_cli_list_and_run(tmp_path, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out

@@ -92,6 +92,21 @@ def bench_configs(benchmarks: dict, tasks: list[str] | None, overrides: dict[str
     return out
 
 
+def _check_out(parser, out: str) -> None:
+    """Refuse an output folder that is a file or cannot be written, before anything runs."""
+    import tempfile
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        parser.exit(2, f"polaropt: error: --out {out} is a file, not a folder; name a folder (it is created if needed)\n")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        parser.exit(2, f"polaropt: error: cannot write to --out {out}: {e.strerror or e}\n")
+
+
 def _suite(parser):
     """The experiment registry, or a clear exit when the ``experiments`` extra is not installed."""
     try:
@@ -107,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    try:
+        return _main(parser, args)
+    except KeyboardInterrupt:
+        # every run folder is written whole or not at all (a partial one is removed), so nothing is half-written
+        again = ("run it again" if args.command == "run" else
+                 f"`polaropt {args.command} --resume` continues with what is left")
+        print(f"\npolaropt: interrupted; the finished runs are kept and nothing is half-written: {again}",
+              file=sys.stderr)
+        return 130
+
+
+def _main(parser, args) -> int:
     registry = _suite(parser)
     experiments, get_experiment = registry.ALL, registry.get_experiment
     from .experiments.framework import parse_set
@@ -134,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.run_parser.print_help()
             print("\n" + text)
             return 0
+        _check_out(parser, args.out)
         try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
             config = exp.make_config(quick=args.quick, overrides=parse_set(args.overrides))
@@ -155,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         if not quiet:
             print(*parts, file=sys.stderr)
 
+    if args.command in ("bench", "reproduce"):
+        _check_out(parser, args.out)
     if args.command == "bench":
         try:
             overrides = parse_set(args.overrides)
@@ -180,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"summary: {summary} · index: {index.with_suffix('.html')}")
         return 0
     if args.command == "report":
+        if not Path(args.dir).is_dir():
+            parser.exit(2, f"polaropt: error: {args.dir} is not a folder; name the --out folder of `polaropt reproduce` "
+                           "or `polaropt run`\n")
         try:
             index = report(Path(args.dir), experiments, log=log)
             if write_summary(Path(args.dir), registry.BENCHMARKS, missing_ok=True) is not None:
@@ -190,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         index = reproduce(Path(args.out), registry.EXPERIMENTS, quick=args.quick, resume=args.resume,
                           quiet=args.quiet, log=log, index_of=experiments)
     print(index.read_text().split("\n## Not reproduced")[0])
+    print(f"the report, with every figure beside its claims: {index.with_suffix('.html')} (Markdown: {index})")
     return 0
 
 
