@@ -334,3 +334,41 @@ def test_param_groups_honour_no_weight_decay_and_one_dim_parameters_even_once_po
     assert patterns[id(fc.direction)] == 0.0 and patterns[id(m.norm.weight)] == 0.1
     with pytest.raises(TypeError, match=r"no_decay takes 'auto', None, glob patterns or a callable"):
         po.param_groups(m, no_decay=[3])
+
+
+class _MViTStyle(_TimmStyle):
+    """Some timm models build the set from named_parameters(), which after polarizing names the leaves."""
+
+    def no_weight_decay(self):
+        return {n for n, _ in self.named_parameters() if any(k in n for k in ("pos_embed", "cls_token"))}
+
+
+def test_no_weight_decay_names_of_the_polar_leaves_count_for_their_tensor():
+    m = _MViTStyle()
+    po.polarize_model(m, scale="tensor")
+    d = _decays(po.param_groups(m, weight_decay=0.1))
+    t = next(t for t in po.polar_tensors(m) if t.qualname == "pos_embed")
+    assert d[id(t.scale)] == 0.0 and d[id(t.direction)] == 0.0
+
+
+def test_a_tied_plain_parameter_named_under_its_second_owner_is_kept_from_decay():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+            self.b.weight = self.a.weight
+
+        def no_weight_decay(self):
+            return {"b.weight"}
+
+    m = Tied()
+    assert _decays(po.param_groups(m, weight_decay=0.1))[id(m.a.weight)] == 0.0
+
+
+def test_radius_squared_lr_warns_about_scales_that_start_at_zero():
+    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    nn.init.zeros_(m[1].weight)
+    po.polarize_model(m, scale="tensor", mode="normalize")
+    opt = torch.optim.SGD(po.param_groups(m, split_scales=True), lr=0.1)
+    with pytest.warns(UserWarning, match=r"RadiusSquaredLR: the scales of param group\(s\) \[1\] are all 0"):
+        po.RadiusSquaredLR(opt)

@@ -121,6 +121,9 @@ def test_resize_token_embeddings_is_refused_with_the_route_and_the_route_works(n
         model.resize_token_embeddings(VOCAB + 8)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.config.vocab_size == VOCAB
+    model.resize_token_embeddings()  # nothing to change (scripts call it with len(tokenizer)): as HF's own
+    model.resize_token_embeddings(VOCAB)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     po.unpolarize_model(model)
     model.resize_token_embeddings(VOCAB + 8)
     po.polarize_model(model, scale="out", mode="absorb")

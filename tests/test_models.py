@@ -624,5 +624,25 @@ def test_a_layout_scale_needs_a_layout():
     with pytest.raises(ValueError, match=r"unknown scale 'rows'; valid choices are 'tensor', 'row', 'column', "
                                          r"'element', 'out', 'in'"):
         po.polarize(nn.Linear(3, 2), scale="rows")
-    with pytest.raises(ValueError, match=r"scale='out' reads a layer's \(out, in\) layout.*batch_dims=1"):
-        po.polarize(nn.Linear(3, 2), scale="out", batch_dims=1)
+    with pytest.raises(ValueError, match=r"scale='in' on a tensor of shape \(2,\) with batch_dims=0: there is no "
+                                         r"input dim"):
+        po.polarize(nn.Linear(3, 2), "bias", scale="in", mode="free", init="one")
+    copies = po.polarize(nn.Linear(3, 2), scale="out", batch_dims=1)  # the dims after the batch dims
+    assert po.polar_spec(copies).scale == "row" and po.scale_of(copies).shape == (2, 3)
+
+
+def test_layout_scales_on_grouped_convolutions_and_batched_or_one_dim_tensors():
+    depthwise = nn.ConvTranspose2d(8, 8, 2, groups=8)
+    po.polarize(depthwise, scale="out")
+    assert po.scale_of(depthwise).shape == (8, 1, 1, 1)  # one input = one output channel per dim-0 slice
+    with pytest.raises(ValueError, match=r"scale='out' on ConvTranspose2d\(groups=2\).*no dim has one scale per "
+                                         r"output channel; use 'row'"):
+        po.polarize(nn.ConvTranspose2d(4, 6, 2, groups=2), scale="out")
+    with pytest.raises(ValueError, match=r"scale='in' on Conv2d\(groups=2\)"):
+        po.polarize(nn.Conv2d(4, 6, 3, groups=2), scale="in")
+    grouped = nn.Conv2d(4, 6, 3, groups=2)
+    po.polarize(grouped, scale="out")  # dim 0 is the output channel, grouped or not
+    assert po.scale_of(grouped).shape == (6, 1, 1, 1)
+    norm = nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3))
+    po.polarize_model(norm, include=["0.weight", "1.weight"], mode="free", init="one")  # a named 1-D gain
+    assert po.polar_spec(norm[1]).scale == "row"

@@ -316,7 +316,7 @@ def test_sgd_momentum_with_rescale_trains_where_it_diverged():
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
-        return float(loss), max(float(t.scale.abs().max()) for t in po.polar_tensors(model))
+        return float(loss.detach()), max(float(t.scale.detach().abs().max()) for t in po.polar_tensors(model))
 
     (loss, top), (kept, kept_top) = run("rescale"), run("keep")
     assert loss < 1e-3 and kept < 1e-3 and top < 2 * kept_top

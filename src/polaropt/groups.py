@@ -44,6 +44,7 @@ and ``optimizer.param_groups[i]["lr"]`` read between steps is the other schedule
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Mapping
 
@@ -92,6 +93,9 @@ def _no_decay(model: nn.Module, no_decay) -> "Callable[[str, torch.Tensor], bool
         own = getattr(module, "no_weight_decay", None)
         if callable(own):
             named.update(f"{prefix}.{n}" if prefix else n for n in own())
+    # some build that set from named_parameters(), which after polarizing gives the leaves' names
+    # ("parametrizations.pos_embed.original1"): read them as the plain name they stand for
+    named |= {re.sub(r"(^|\.)parametrizations\.([^.]+)\.original[01]$", r"\1\2", n) for n in named}
     return lambda name, tensor: tensor.ndim <= 1 or name in named
 
 
@@ -141,9 +145,12 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
             scales[on == "scale" and not kept].append(t.scale)
         directions[on == "direction" and not kept].append(t.direction)
     others = {True: [], False: []}
-    for name, p in model.named_parameters():
+    names: dict[int, list] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # a tied parameter under each of its names
         if id(p) not in seen and p.requires_grad:
-            others[not exempt(name, p)].append(p)
+            names.setdefault(id(p), [p]).append(name)
+    for p, *qualnames in names.values():
+        others[not any(exempt(name, p) for name in qualnames)].append(p)
 
     def group(params, role, carries, options):
         return {"params": params, "polar_role": role, "polar_decay": carries,
@@ -217,6 +224,16 @@ class RadiusSquaredLR(_StepMultiplier):
     split_scales=True)`` and ``scale="tensor"``) this is exactly ``lr · r²``. Other groups keep
     their lr. Composes with any torch scheduler in either order (see the module docs).
     """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, last_epoch: int = -1):
+        super().__init__(optimizer, last_epoch)
+        stuck = [i for i, f in self.factors(optimizer).items() if f == 0.0]
+        if stuck:
+            import warnings
+
+            warnings.warn(f"RadiusSquaredLR: the scales of param group(s) {stuck} are all 0 (a zero-initialized weight "
+                          "polarizes to s = 0), so their lr × r² is 0 and they never move; initialize those weights, "
+                          "or train their scales with another schedule", stacklevel=2)
 
     @torch.no_grad()
     def factors(self, optimizer) -> dict[int, float]:

@@ -41,7 +41,14 @@ def _pretrained_models(model: nn.Module):
             yield prefix, module
 
 
-def _refuse_resize(self, *args, **kwargs):
+def _refuse_resize(self, new_num_tokens=None, pad_to_multiple_of=None, *args, **kwargs):
+    """``resize_token_embeddings`` of an adopted model: refused where it would resize a polar weight; as the
+    model's own where nothing polar changes (no size given, the current size, plain embeddings and head)."""
+    layers = [m for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m is not None]
+    current = getattr(layers[0], "num_embeddings", None) if layers else None
+    same = new_num_tokens is None or (new_num_tokens == current and pad_to_multiple_of in (None, 1))
+    if same or not any(parametrize.is_parametrized(m, "weight") for m in layers):
+        return type(self).resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, *args, **kwargs)
     raise ValueError(
         f"resize_token_embeddings on a polarized {type(self).__name__} is refused: it would copy rows into a "
         "recomputed weight and leave the polar s and V at the old size. Resize before polarizing "

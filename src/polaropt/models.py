@@ -7,11 +7,13 @@ once and stays tied) and polarizes them with one spec.
 
 Defaults and why:
 
-- ``scale="row"``: one scale per output unit (a Linear's output feature, a Conv's output channel,
+- ``scale="out"``: one scale per output unit (a Linear's output feature, a Conv's output channel,
   an Embedding's token), the granularity of torch's ``weight_norm(dim=0)``: each unit's gain is a
-  scale, each unit's incoming weights a direction. (For ``ConvTranspose*d``, whose weight is
-  ``(in, out/groups, ...)``, dim 0 is the input channel; pass ``scale="column"`` and ``include``
-  for those if you want per-output-channel scales.)
+  scale, each unit's incoming weights a direction. It reads each layer's layout: dim 1 of a
+  ``ConvTranspose*d`` weight ``(in, out/groups, ...)`` and of transformers' ``Conv1D`` ``(in, out)``,
+  dim 0 elsewhere (polaropt ≤ 0.3 defaulted to ``"row"``, dim 0 everywhere: a checkpoint of such a
+  model with those layers loads into a model polarized with ``scale="row"``). A grouped
+  ``ConvTranspose*d`` (not depthwise) has no such dim: ``exclude`` it or give ``scale="row"``.
 - ``mode="absorb"``: the default of :func:`polaropt.polarize` and the library's reason to exist
   (Liu's re-parametrization: ``W`` is unchanged by the renormalization, the scale grows
   multiplicatively). It needs :func:`polaropt.attach`; forgetting it raises at the next forward.

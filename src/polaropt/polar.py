@@ -333,15 +333,31 @@ def _output_dim(module: nn.Module, tensor: torch.Tensor) -> int:
 
 
 def resolve_scale(module: nn.Module, tensor: torch.Tensor, scale: str, batch_dims: int = 0) -> str:
-    """``scale`` as a dim-based scale (``"out"``/``"in"`` read from the module's layout); unknown ones refused."""
+    """``scale`` as a dim-based scale; unknown ones refused.
+
+    ``"out"``/``"in"`` are read from the module's layout. With ``batch_dims`` they are the first and second dims
+    after the batch dims; a 1-D tensor's ``"out"`` is its one dim. A grouped convolution has no dim that holds
+    one output (or, for ``"in"``, input) unit per slice, unless it is depthwise: refused, naming the choices.
+    Where the layout is unknown (a bare parameter, a fused expert tensor ``(E, out, in)``) ``"out"`` is dim 0.
+    """
     if scale not in SCALES + LAYOUT_SCALES:
         raise ValueError(f"unknown scale {scale!r}; valid choices are {', '.join(map(repr, SCALES + LAYOUT_SCALES))}")
     if scale not in LAYOUT_SCALES:
         return scale
     if batch_dims or tensor.ndim < 2:
-        raise ValueError(f"scale={scale!r} reads a layer's (out, in) layout, which a tensor of shape "
-                         f"{tuple(tensor.shape)} with batch_dims={batch_dims} does not have; use 'row' (dim 0) or "
-                         "'column' (dim 1) after the batch dims")
+        if scale == "in" and tensor.ndim - batch_dims < 2:
+            raise ValueError(f"scale='in' on a tensor of shape {tuple(tensor.shape)} with batch_dims={batch_dims}: "
+                             "there is no input dim; use 'row', 'tensor' or 'element'")
+        return "row" if scale == "out" else "column"
+    groups = getattr(module, "groups", 1)
+    transposed = issubclass(parametrize.type_before_parametrizations(module), nn.modules.conv._ConvTransposeNd)
+    if isinstance(module, nn.modules.conv._ConvNd) and groups > 1 and (transposed or scale == "in"):
+        if groups == module.in_channels == module.out_channels:  # depthwise: dim 0 is one input = one output
+            return "row"
+        raise ValueError(
+            f"scale={scale!r} on {type(module).__name__}(groups={groups}): its weight {tuple(tensor.shape)} holds "
+            f"{'out' if transposed else 'in'}_channels/groups per group, so no dim has one scale per "
+            f"{'output' if scale == 'out' else 'input'} channel; use 'row' (dim 0), 'tensor' or 'element'")
     return ("row", "column")[_output_dim(module, tensor) ^ (scale == "in")]
 
 

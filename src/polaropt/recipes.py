@@ -231,7 +231,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     |---|---|
     | adamw | torch AdamW on everything |
     | adamw-weight-norm | torch ``weight_norm(dim=0)`` on hidden matrices; AdamW, decay on the direction only |
-    | polar-normalize / -project / -absorb | ``polarize_model(mode=…, scale="row")`` on hidden matrices, AdamW with ``param_groups(weight_decay=)`` |
+    | polar-normalize / -project / -absorb | ``polarize_model(mode=…, scale="out")`` on hidden matrices, AdamW with ``param_groups(weight_decay=)`` |
     | polar-absorb-rescale | polar-absorb with ``attach(state="rescale")`` (Adam's moments carried into the new coordinates) |
     | muon | ``torch.optim.Muon`` on hidden 2-D matrices (conv kernels, which torch's Muon refuses, go to AdamW) |
     | hyperball-adamw / -muon | ``W ← R·N(W − η·R·N(u))`` on hidden matrices (Muon: the 2-D ones), no decay there |
@@ -291,7 +291,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam_kw)])
     if name.startswith("polar-"):
         mode = name.split("-")[1]
-        polarize_model(model, include=[q for q, _ in hidden], scale="row", mode=mode)
+        polarize_model(model, include=[q for q, _ in hidden], scale="out", mode=mode)
         opt = torch.optim.AdamW(param_groups(model, weight_decay=weight_decay), lr=lr, **adam_kw)
         state = "rescale" if name.endswith("rescale") else "keep"
         return _finish(name, [opt], (lambda o: [attach(o, model, state=state, every=every, **checks)])
