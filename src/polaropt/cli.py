@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    import torch
+
+    threads = torch.get_num_threads()  # the suite's thread policy below lasts for this command only
     try:
         return _main(parser, args)
     except KeyboardInterrupt:
@@ -131,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\npolaropt: interrupted; the finished runs are kept and nothing is half-written: {again}",
               file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _main(parser, args) -> int:
     registry = _suite(parser)
     experiments, get_experiment = registry.ALL, registry.get_experiment
+    if args.command in ("run", "reproduce") and "OMP_NUM_THREADS" not in os.environ:
+        # the suite's tensors are small: one thread is as fast on an idle machine and degrades gracefully on a
+        # busy one, where threads that wait for each other are what slows a run (docs/benchmarks.md)
+        import torch
+
+        torch.set_num_threads(1)
     from .experiments.framework import parse_set
     from .experiments.bench.summary import write_summary
     from .experiments.report import write_index
