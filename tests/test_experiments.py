@@ -166,6 +166,27 @@ def test_an_out_that_is_a_file_or_cannot_be_written_is_refused_before_anything_r
     assert [f.name for f in tmp_path.iterdir()] == ["a-file"]
 
 
+def test_the_index_and_reports_count_source_claims_derived_checks_and_findings_apart(suite):
+    """45 of 57 'reproduced' mixed checks of the project's own derivations, which no source can contradict, and
+    findings the sources never state; each kind is counted apart."""
+    kinds = {}
+    for name in EXPERIMENTS:
+        for c in json.loads((suite / name / "claims.json").read_text()):
+            kinds.setdefault(c["kind"], []).append(c)
+    assert {c["id"] for c in kinds["derived"]} == {  # the quick run; the full one adds far-numbers-match-notes
+        "toy-adam-limit", "1d-learnable-saddle-at-minus-one", "flow-limit-wn", "flow-limit-rpgd",
+        "flow-limit-first-order", "flow-sign-kept", "example-derived-limit", "wn-matches-flow-limit"}
+    assert {c["id"] for c in kinds["beyond"]} == {"linreg-rescale-removes-late-slowdown"}
+    n = {k: (sum(c["passed"] for c in v), len(v)) for k, v in kinds.items()}
+    head = (suite / "index.md").read_text().splitlines()[2]
+    assert head.startswith(f"{n['source'][0]} of {n['source'][1]} source claims reproduced; {n['derived'][0]} of "
+                           f"{n['derived'][1]} derived checks hold")
+    assert f"{n['beyond'][0]} of {n['beyond'][1]} findings beyond the sources hold" in head
+    assert "source claims reproduced" in (suite / "index.html").read_text()
+    report = (suite / "wu-flow-limit" / "report.md").read_text()
+    assert "derived checks hold" in report and "`flow-limit-wn` (derived check)" in report
+
+
 def test_report_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nowhere")])
@@ -380,6 +401,8 @@ def golden_diff(claims: dict[str, dict], golden: dict[str, dict], rel: float = 0
         new, old = claims[i], golden[i]
         if new["passed"] != old["passed"]:
             diff.append(f"{i}: verdict {old['passed']} -> {new['passed']}")
+        if new.get("kind", "source") != old.get("kind", "source"):
+            diff.append(f"{i}: kind {old.get('kind', 'source')} -> {new.get('kind', 'source')}")
         for key in ("expected", "measured"):
             if not _same_text(new[key], old[key], rel):
                 diff.append(f"{i}: {key} {old[key]!r} -> {new[key]!r}")
@@ -391,6 +414,8 @@ def suite_claims(out) -> dict[str, dict]:
     for name in EXPERIMENTS:
         for c in json.loads((out / name / "claims.json").read_text()):
             claims[c["id"]] = {k: c[k] for k in ("passed", "expected", "measured")}
+            if c.get("kind", "source") != "source":
+                claims[c["id"]]["kind"] = c["kind"]
     return claims
 
 
@@ -437,7 +462,7 @@ from polaropt.experiments import runner
 from polaropt.experiments.registry import EXPERIMENTS, get_experiment
 out = __import__("pathlib").Path(sys.argv[1])
 runner.reproduce(out, EXPERIMENTS, quick=True, quiet=True, log=lambda *a: None)
-claims = {c["id"]: {k: c[k] for k in ("passed", "expected", "measured")}
+claims = {c["id"]: {k: c[k] for k in ("passed", "expected", "measured", "kind") if k != "kind" or c[k] != "source"}
           for name in EXPERIMENTS for c in json.loads((out / name / "claims.json").read_text())}
 exp = get_experiment("liu-linreg")  # the chaotic float32 trajectory: it shows the code path was taken
 probe = exp.run(exp.make_config(quick=True, overrides={"dtype": "float32"}), lambda x, **kw: x)
@@ -518,6 +543,7 @@ def test_report_rebuilds_every_output_from_records_alone(suite, tmp_path, capsys
     assert main(["report", str(out)]) == 0
     claims = {c["id"]: c["passed"] for c in json.loads((out / "liu-far-target" / "claims.json").read_text())}
     assert before["liu-far-target"][2]["passed"] and not claims["far-absorb-modes-agree"]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "empty")])
     assert e.value.code == 2 and "holds no finished run" in capsys.readouterr().err

@@ -148,9 +148,18 @@ class Check:
         return cls(expected=expected, measured=measured, passed=bool(passed))
 
 
+KINDS = ("source", "derived", "beyond")  # what a claim's verdict is about (see Claim)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Claim:
-    """One statement of a source turned into a measured check (keyword arguments only)."""
+    """One statement of a source turned into a measured check (keyword arguments only).
+
+    ``kind`` says what a verdict means, and the report counts each kind apart: ``"source"``, a statement of
+    a source (it can disagree with the source); ``"derived"``, a check of the project's own derivation
+    (a closed form or a re-simulation worked out from the sources, a regression check that no source can
+    contradict); ``"beyond"``, a finding beyond the sources (a question they do not ask).
+    """
 
     id: str
     source: str  # seed file and section, e.g. "001 Optimization 1, Experiment: Observations"
@@ -159,10 +168,15 @@ class Claim:
     measured: str  # what the records give, in words and numbers
     passed: bool
     values: dict = field(default_factory=dict)  # the numbers behind `measured`
+    kind: str = "source"  # one of KINDS
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.id!r}: kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
 
     @classmethod
     def of(cls, *, id: str, source: str, statement: str, checks: Check | Sequence[Check], require: str = "all",
-           values: dict | None = None) -> Claim:
+           values: dict | None = None, kind: str = "source") -> Claim:
         """A claim judged by ``checks``: all of them must pass (``require="all"``) or one (``"any"``)."""
         checks = [checks] if isinstance(checks, Check) else list(checks)
         if not checks:
@@ -175,12 +189,12 @@ class Claim:
         several = len(checks) > 1
         return cls(id=id, source=source, statement=statement, expected=joiner.join(c.expected for c in checks),
                    measured="; ".join(c.measured + (" ✗" if several and not c.passed else "") for c in checks), passed=judge(c.passed for c in checks),
-                   values=values or {})
+                   values=values or {}, kind=kind)
 
     @classmethod
-    def failed(cls, *, id: str, source: str, statement: str, expected: str, why: str) -> Claim:
+    def failed(cls, *, id: str, source: str, statement: str, expected: str, why: str, kind: str = "source") -> Claim:
         """A claim the records cannot support at all (e.g. a point never reached the target)."""
-        return cls(id=id, source=source, statement=statement, expected=expected, measured=why, passed=False)
+        return cls(id=id, source=source, statement=statement, expected=expected, measured=why, passed=False, kind=kind)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

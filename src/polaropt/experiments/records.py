@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .framework import RECORD_KINDS
+from .framework import KINDS, RECORD_KINDS
 
 # ---- querying records ----------------------------------------------------------------------------
 
@@ -231,6 +231,8 @@ def validate_run_dir(run_dir: Path) -> list[str]:
             missing = [k for k in CLAIM_KEYS if k not in c]
             if missing or not isinstance(c.get("passed"), bool):
                 problems.append(f"claim {c.get('id')!r} lacks {missing or ['a bool passed']}")
+            if c.get("kind", "source") not in KINDS:  # runs written before kinds existed are source claims
+                problems.append(f"claim {c.get('id')!r} has kind {c.get('kind')!r}, not one of {', '.join(KINDS)}")
     if not list(run_dir.glob("*.png")):
         problems.append("no PNG figure")
     return problems

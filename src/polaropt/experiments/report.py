@@ -13,7 +13,7 @@ import html
 import json
 from pathlib import Path
 
-from .framework import field_help
+from .framework import KINDS, field_help
 from .records import write_text_atomic
 
 def _title(source: str) -> str:
@@ -31,6 +31,24 @@ def source_names(claims: list[dict]) -> list[str]:
     return list(dict.fromkeys(_title(c["source"]) for c in claims))
 
 
+def counts(claims: list[dict]) -> str:
+    """The verdicts counted by kind (see ``Claim``): only a source claim can disagree with a source."""
+    kinds = {k: [c for c in claims if c.get("kind", "source") == k] for k in KINDS}
+    ok = {k: sum(c["passed"] for c in v) for k, v in kinds.items()}
+    parts = [f"{ok['source']} of {len(kinds['source'])} source claims reproduced"]
+    if kinds["derived"]:
+        parts.append(f"{ok['derived']} of {len(kinds['derived'])} derived checks hold (the project's own "
+                     "derivations from the sources, which no source can contradict)")
+    if kinds["beyond"]:
+        parts.append(f"{ok['beyond']} of {len(kinds['beyond'])} findings beyond the sources hold")
+    return "; ".join(parts)
+
+
+def _kind(c) -> str:
+    """A claim's kind as a table shows it (nothing for a source claim)."""
+    return {"source": "", "derived": " (derived check)", "beyond": " (beyond the sources)"}[c.get("kind", "source")]
+
+
 def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -41,7 +59,7 @@ def claims_table(claims: list[dict], name: str | None = None) -> list[str]:
     for c in claims:
         verdict = "**reproduced**" if c["passed"] else "**NOT reproduced**"
         prefix = f"| {name} " if name is not None else ""
-        rows.append(prefix + f"| `{c['id']}` | {_cell(c['source'])} | {_cell(c['statement'])} | {_cell(c['expected'])} "
+        rows.append(prefix + f"| `{c['id']}`{_kind(c)} | {_cell(c['source'])} | {_cell(c['statement'])} | {_cell(c['expected'])} "
                     f"| {_cell(c['measured'])} | {verdict} |")
     return rows
 
@@ -57,7 +75,7 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
     lines = [f"# {exp.name}", "", exp.description, "",
              "Sources: " + "; ".join(source_names(claims)) + " (the project's seed files "
              + ", ".join(f"`{s}`" for s in exp.sources) + "; each claim names its section).", "",
-             f"{passed} of {len(claims)} claims reproduced. Run {how}, in {meta['wall_time_s']:.1f} s, "
+             f"{counts(claims)}. Run {how}, in {meta['wall_time_s']:.1f} s, "
              f"polaropt {v['polaropt']}, torch {v['torch']}, commit {meta['git_commit'] or 'unknown'}.{rebuilt}", "",
              "## Claims", ""] + claims_table(claims)
     lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures if f.endswith(".png")]
@@ -89,7 +107,9 @@ def _img(png: Path, cls: str) -> str:
 
 
 def _index_md(runs, experiments, missing, passed, total, summary=None) -> str:
-    md = ["# polaropt results", "", f"{passed} of {total} claims reproduced over {len(runs)} experiments."]
+    every = [c for *_, claims in runs for c in claims]
+    md = ["# polaropt results", "", f"{counts(every)}, over {len(runs)} experiments ({passed} of {total} claims "
+          "in all)."]
     if summary is not None:
         md += ["", f"Benchmark, which recipe to use: [{summary}]({summary}) (recipe × task table and figure)."]
     if missing:
@@ -129,8 +149,8 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
     e = html.escape
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt results</title>",
          f"<style>{STYLE}</style></head><body>", "<h1>polaropt results</h1>",
-         f"<p class='lead'><b>{passed} of {total}</b> claims reproduced over {len(runs)} experiments. "
-         f"<a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
+         f"<p class='lead'>{e(counts([c for *_, claims in runs for c in claims]))}, over {len(runs)} experiments "
+         f"({passed} of {total} claims in all). <a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
     if missing:
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
     if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
@@ -154,7 +174,7 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
     h.append(f"<h2 id='not-reproduced'>Not reproduced ({len(failed)})</h2>")
     h.append("<table><tr><th>claim</th><th>statement</th><th>expected</th><th>measured</th></tr>")
     for name, c in failed:
-        h.append(f"<tr class='no-row'><td><a href='#{e(name)}'>{e(name)}</a><br><code>{e(c['id'])}</code></td>"
+        h.append(f"<tr class='no-row'><td><a href='#{e(name)}'>{e(name)}</a><br><code>{e(c['id'])}</code>{e(_kind(c))}</td>"
                  f"<td>{e(c['statement'])}</td><td>{e(c['expected'])}</td><td>{e(c['measured'])}</td></tr>")
     h.append("</table>")
     for name, d, meta, claims in runs:
@@ -167,7 +187,7 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
               for png in sorted(d.glob("*.png"))]
         h.append("</div><div class='claims'><table><tr><th>claim</th><th>result</th></tr>")
         for c in claims:
-            h.append(f"<tr{' class=no-row' if not c['passed'] else ''}><td><code>{e(c['id'])}</code> "
+            h.append(f"<tr{' class=no-row' if not c['passed'] else ''}><td><code>{e(c['id'])}</code>{e(_kind(c))} "
                      f"{e(c['statement'])}<details><summary>expected / measured</summary><p><b>expected</b> "
                      f"{e(c['expected'])}</p><p><b>measured</b> {e(c['measured'])}</p><p class='muted'>"
                      f"{e(c['source'])}</p></details></td><td>{_verdict(c)}</td></tr>")

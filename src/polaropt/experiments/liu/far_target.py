@@ -93,7 +93,7 @@ def claims(records, cfg: Config) -> list[Claim]:
     if at_source_setup(cfg, "w0", "target", "lr", "threshold") and cfg.steps >= 2999:
         r_no, r_learn, r_hit = cfg.numbers_rel
         out.append(Claim.of(
-            id="far-numbers-match-notes", source=NOTES,
+            kind="derived", id="far-numbers-match-notes", source=NOTES,
             statement="Initial loss 16250; at step 2999 no_scale ≈ 9.9e3 and learnable ≈ 32; both re-parametrized "
                       "modes go below 1e-3 at step ≈ 288.",
             checks=[Check.near("initial loss", loss["no_scale"][0], 16250.0, tol=cfg.initial_tol),

@@ -197,7 +197,7 @@ def claims(records, cfg: Config) -> list[Claim]:
             continue
         got = {a: (window_log_loss(records, cfg, f"{a}+{st}", "late"), late[a], late[b]) for a, b in LEARNABLE_PAIRS}
         out.append(Claim.of(
-            id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources (issue 3): Adam state on re-parametrization",
+            kind="beyond", id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources (issue 3): Adam state on re-parametrization",
             statement=f"With state='{st}', re-parametrization no longer slows down late training.",
             checks=[Check.at_most(f"{l_mean} {a}+{st} minus {b}'s", got[a][0] - late[b], cfg.state_margin)
                     for a, b in LEARNABLE_PAIRS],

@@ -101,7 +101,7 @@ def claims(records, cfg: Config) -> list[Claim]:
         gap = max(abs(a + b) for a, b in zip(s[key], v[key]))
         wmax = max(w[key])
         out.append(Claim.of(
-            id="1d-learnable-saddle-at-minus-one", source=NOTES,
+            kind="derived", id="1d-learnable-saddle-at-minus-one", source=NOTES,
             statement="At W0 = -1 with s = 1, Ŵ = -1, learnable_scale is stuck exactly: s = -Ŵ is preserved, so "
                       "W = -s² ≤ 0 (a symmetric saddle, not a bug).",
             checks=[Check.at_most("max |s + Ŵ| over the run", gap, cfg.saddle_tol),

@@ -139,7 +139,7 @@ def claims(records, cfg: Config) -> list[Claim]:
         pts = select(records, "point", group="grid", method=method, eta=fine)
         rel = [relative_error(p) for p in pts]
         out.append(Claim.of(
-            id=f"flow-limit-{method}", source=NOTES + "; " + SRC + ", Theorem 2.6 Part I",
+            kind="derived", id=f"flow-limit-{method}", source=NOTES + "; " + SRC + ", Theorem 2.6 Part I",
             statement=f"{LABELS[method]} with small steps converges to the WN flow's limit "
                       "x∞ = x† + (g∞/‖w0‖)·P⊥w0·exp(−(g∞² − g0²)/(2c‖w0‖²)), g∞² the root of the invariant's equation"
                       + (" (rPGD: the same flow, with ‖w0‖ = 1)" if method == "rpgd" else ""),
@@ -153,7 +153,7 @@ def claims(records, cfg: Config) -> list[Claim]:
                for eta in (coarse, fine)}
         ratios[method] = float(np.median([err[coarse][k] / max(e, 1e-300) for k, e in err[fine].items()]))
     out.append(Claim.of(
-        id="flow-limit-first-order", source=NOTES,
+        kind="derived", id="flow-limit-first-order", source=NOTES,
         statement="The discrete algorithms approach the WN flow as the step goes to zero (the flow is their η → 0 "
                   "limit, Lemma 2.2); a first-order method's gap to its flow shrinks like η.",
         checks=[Check.between(f"median over the grid of err(η)/err(η/2) of {LABELS[m]}", r, *cfg.first_order)
@@ -174,7 +174,7 @@ def claims(records, cfg: Config) -> list[Claim]:
     flipped_below = [p for p in below if np.sign(p["g_end"]) != np.sign(p["g0"])]
     flipped_above = [p for p in grid if p["loss0"] >= p["zero_loss"] and np.sign(p["g_end"]) != np.sign(p["g0"])]
     out.append(Claim.of(
-        id="flow-sign-kept", source=NOTES + " (a sufficient condition, from Lemma 2.4: the loss never increases)",
+        kind="derived", id="flow-sign-kept", source=NOTES + " (a sufficient condition, from Lemma 2.4: the loss never increases)",
         statement="A run that starts below the loss at zero (½‖Ax0 − y‖² < ½‖y‖²) never lets g cross 0, so g∞ has "
                   "the sign of g0 and the closed form is unambiguous; the invariant alone fixes only |g∞|.",
         checks=[Check.at_least("runs starting below the loss at zero", len(below), 1),
@@ -183,7 +183,7 @@ def claims(records, cfg: Config) -> list[Claim]:
     ex = sorted(select(records, "point", group="example", eta=fine), key=itemgetter("method", "g0"))
     derived = max(np.linalg.norm(np.subtract(p["x"], p["x_flow"])) for p in ex)
     out.append(Claim.of(
-        id="example-derived-limit", source=NOTES,
+        kind="derived", id="example-derived-limit", source=NOTES,
         statement="For A = [1, 0], y = 1, w0 = [0, 1], c = 1 the derived closed form gives the limit the runs reach.",
         checks=Check.at_most("largest ‖x_sim − x∞(derived)‖ over g0 and both methods", derived, cfg.tol),
         values={"max_gap": derived}))

@@ -175,7 +175,7 @@ def claims(records, cfg: Config) -> list[Claim]:
     if "flow" in dist:
         err = max(float(np.max(np.abs(dist["wn"][n] - dist["flow"][n]))) for n in grid)
         out.append(Claim.of(
-            id="wn-matches-flow-limit", source=NOTES,
+            kind="derived", id="wn-matches-flow-limit", source=NOTES,
             statement="The discrete WN run lands where the WN flow's closed-form limit says (theory.wn_limit, "
                       "c = γ/η).",
             checks=Check.at_most("largest | ‖x̂_WN − x†‖ − ‖x∞ − x†‖ | over copies", err, cfg.flow_gap_tol),
