@@ -124,3 +124,12 @@ def test_the_generate_benchmark_runs_and_every_variant_writes_the_plain_tokens(t
     got = record["results"]["batch2"]
     assert set(got) == {"plain", "polar-cached", "polar-uncached"}
     assert all(v["same_tokens_as_plain"] for v in got.values())
+
+
+@pytest.mark.parametrize("variant", ["plain", "weight_norm", "attach-default", "attach-restore", "attach-step",
+                                     "attach-off"])
+def test_the_memory_benchmark_runs_every_variant(variant):
+    import memory
+
+    got = memory.worker(variant, "gpt", 1, "cpu")
+    assert got["peak_bytes"] > got["param_bytes"] > 0

@@ -55,7 +55,7 @@ def _absorb_ddp(rank):
     po.polarize_model(model, mode="absorb", scale="row")
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2)
-    po.attach(opt, ddp, check_every=5)
+    po.attach(opt, ddp, check_every=5, restore=True)  # the snapshot and its restore, on every rank alike
     return model, ddp, opt, torch.Generator().manual_seed(rank)
 
 

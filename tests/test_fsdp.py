@@ -60,7 +60,7 @@ def build(kind, mode, scale, shard, check="lazy", check_every=100):
             fsdp.fully_shard(m)
         fsdp.fully_shard(model)
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.01), lr=1e-2)
-    po.attach(opt, model, state="rescale", check=check, check_every=check_every)
+    po.attach(opt, model, state="rescale", check=check, check_every=check_every, restore=check == "lazy")
     return model, opt
 
 
@@ -444,7 +444,7 @@ def _restore_after_an_eval_forward(rank, out_dir):
     po.polarize_model(model, mode="absorb", scale="row", trainable_scale=False)
     fsdp.fully_shard(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    po.attach(opt, model)
+    po.attach(opt, model, restore=True)
     x, y = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
     opt.zero_grad()
     F.mse_loss(model(x), y).backward()
@@ -474,7 +474,7 @@ def _nan_in_one_shard(rank, out_dir):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out = {}
     for check in ("step", "lazy"):
-        handle = po.attach(opt, model, check=check)
+        handle = po.attach(opt, model, check=check, restore=check == "lazy")
         x, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
         if rank == 1:
             y = y.clone()

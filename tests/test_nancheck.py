@@ -32,12 +32,19 @@ class TinyLM(nn.Module):
         return self.head(x)
 
 
+def attach_restoring(opt, model, **kw):
+    """``po.attach`` with ``restore=True`` for the lazy check: the snapshot these tests are about is opt-in
+    (the default keeps no copy and restores nothing; tests/test_guard_default.py)."""
+    kw.setdefault("restore", kw.get("check", "lazy") == "lazy")
+    return po.attach(opt, model, **kw)
+
+
 def build(mode="absorb", seed=0, **attach):
     torch.manual_seed(seed)
     model = TinyLM()
     po.polarize_model(model, scale="row", mode=mode)
     opt = torch.optim.AdamW(po.param_groups(model, weight_decay=0.1), lr=1e-2)
-    handle = po.attach(opt, model, **attach)
+    handle = attach_restoring(opt, model, **attach)
     return model, opt, handle
 
 
@@ -154,13 +161,13 @@ def test_leaving_a_with_block_by_an_exception_detaches_without_the_last_read(mon
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    with po.attach(opt, model, check_every=1000) as handle:
+    with attach_restoring(opt, model, check_every=1000) as handle:
         lazy = po.steps._controls[opt].lazy
         step(model, opt, 0)
     assert not opt._optimizer_step_pre_hooks
     reads = []
     with pytest.raises(KeyError, match="the data loader"):
-        with po.attach(opt, model, check_every=1000) as handle:
+        with attach_restoring(opt, model, check_every=1000) as handle:
             lazy = po.steps._controls[opt].lazy
             monkeypatch.setattr(lazy, "read", lambda *a, **k: reads.append(1))
             step(model, opt, 1)
@@ -210,7 +217,7 @@ def _sgd(**attach):
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-    po.attach(opt, model, **attach)
+    attach_restoring(opt, model, **attach)
     return model, opt
 
 
@@ -234,11 +241,11 @@ def test_attach_to_a_model_that_already_holds_a_nan_is_refused():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     with pytest.raises(FloatingPointError, match=r"NaN or Inf at attach, in qkv\.parametrizations\.weight\.original1; "
                                                  r"nothing was restored"):
-        po.attach(opt, model)
+        attach_restoring(opt, model)
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_state_dict_pre_hooks  # nothing left behind
     with torch.no_grad():
         po.direction_of(model.qkv)[0, 0] = 1.0
-    po.attach(opt, model)  # fixed: attaches once
+    attach_restoring(opt, model)  # fixed: attaches once
     step(model, opt, 0)
     n = po.direction_of(model.qkv).norm(dim=1)
     torch.testing.assert_close(n, torch.ones_like(n))
@@ -254,11 +261,11 @@ def test_a_huge_finite_value_is_not_a_false_alarm():
 def test_check_settings_are_validated():
     model, opt, _ = build(check="lazy")
     with pytest.raises(ValueError, match=r"unknown check 'later'; valid choices are 'lazy', 'step'"):
-        po.attach(opt, model, check="later")
+        attach_restoring(opt, model, check="later")
     with pytest.raises(ValueError, match=r"check_every must be a positive int .*got 0"):
-        po.attach(opt, model, check_every=0)
+        attach_restoring(opt, model, check_every=0)
     with pytest.raises(ValueError, match=r"already attached with check='lazy', check_every=100.*got check='step'"):
-        po.attach(opt, model, check="step")
+        attach_restoring(opt, model, check="step")
 
 
 def test_a_load_is_the_new_point_to_go_back_to():
@@ -297,7 +304,7 @@ def test_a_load_past_the_attached_module_is_noticed_too(through):
     po.polarize_model(model, scale="row", mode="absorb")
     attached = Wrapper(model) if through == "a wrapper's module" else model
     opt = torch.optim.AdamW(attached.parameters(), lr=1e-2)
-    po.attach(opt, attached, check_every=1000)
+    attach_restoring(opt, attached, check_every=1000)
     for t in range(3):
         step(model, opt, t)
     loads_into = model if through == "a wrapper's module" else model.up
@@ -321,7 +328,7 @@ def test_a_load_into_a_module_added_after_attach_is_noticed():
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    po.attach(opt, model, check_every=1000)
+    attach_restoring(opt, model, check_every=1000)
     model.extra = nn.Linear(8, 8)  # used by no forward: only its load matters here
     po.polarize_model(model.extra, scale="row", mode="absorb")
     opt.add_param_group({"params": list(model.extra.parameters())})
@@ -350,7 +357,7 @@ def test_a_part_loaded_then_added_is_read_before_it_moves(loaded):
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    po.attach(opt, model, check_every=1000)
+    attach_restoring(opt, model, check_every=1000)
     for t in range(3):
         step(model, opt, t)
     before, _ = snapshot(model, opt)
@@ -386,7 +393,7 @@ def test_a_kept_handle_keeps_nothing_of_a_dropped_optimizer():
     before, handles, gone = hooks(), [], []
     for _ in range(3):  # a new optimizer per phase; the handles kept on a trainer
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        handles.append(po.attach(opt, model))
+        handles.append(attach_restoring(opt, model))
         step(model, opt, 0)
         gone.append(weakref.ref(po.steps._controls[opt].lazy))
         del opt
@@ -397,7 +404,7 @@ def test_a_kept_handle_keeps_nothing_of_a_dropped_optimizer():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     finalizers = len(weakref.finalize._registry)
     for _ in range(20):  # attach and remove again and again on a live optimizer: nothing piles up
-        with po.attach(opt, model):
+        with attach_restoring(opt, model):
             pass
     assert hooks() == before and len(weakref.finalize._registry) <= finalizers
 
@@ -411,13 +418,13 @@ def test_an_optimizer_dropped_without_remove_takes_its_load_hooks_along():
     before = hooks()
     for _ in range(5):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        po.attach(opt, model)
+        attach_restoring(opt, model)
         assert hooks() > before
         del opt
         gc.collect()
         assert hooks() == before
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    po.attach(opt, model).remove()
+    attach_restoring(opt, model).remove()
     assert hooks() == before
 
 
@@ -493,7 +500,7 @@ def test_a_failed_second_attach_does_not_roll_the_first_model_back():
         po.scale_of(other)[0] = float("nan")
     before = {k: v.clone() for k, v in model.named_parameters()}
     with pytest.raises(FloatingPointError, match="in the model being attached.*nothing was restored"):
-        po.attach(opt, other, check_every=1000)
+        attach_restoring(opt, other, check_every=1000)
     assert same({k: v for k, v in model.named_parameters()}, before)
     step(model, opt, 1)  # the first attachment goes on
 
@@ -535,7 +542,7 @@ def test_nested_optimizer_state_is_read_and_restored():
     model = TinyLM()
     po.polarize_model(model, scale="row", mode="absorb")
     opt = Nested(model.parameters())
-    po.attach(opt, model, check_every=1000)
+    attach_restoring(opt, model, check_every=1000)
     step(model, opt, 0)
     po.check_finite(opt)
     saved = {id(p): opt.state[p]["bufs"]["m"][0].clone() for p in opt.state}
@@ -548,7 +555,7 @@ def test_nested_optimizer_state_is_read_and_restored():
 def test_the_absorb_muon_recipe_is_read_and_restored_through_its_children():
     torch.manual_seed(0)
     model = TinyLM()
-    opt = po.recipe("absorb-muon", model, lr=1e-2, check_every=2)
+    opt = po.recipe("absorb-muon", model, lr=1e-2, check_every=2, restore=True)
     for t in range(4):
         step(model, opt, t)
     sizes = [len(o.state) for o in opt.optimizers]
@@ -568,7 +575,7 @@ def test_the_absorb_muon_recipe_is_read_and_restored_through_its_children():
 def test_recipe_state_lookups_create_nothing_and_reset_reaches_the_child():
     torch.manual_seed(0)
     model = TinyLM()
-    opt = po.recipe("absorb-muon", model, lr=1e-2)
+    opt = po.recipe("absorb-muon", model, lr=1e-2, restore=True)
     step(model, opt, 0)
     adamw = opt.optimizers[1]
     p = next(iter(adamw.state))
@@ -583,7 +590,7 @@ def test_plan_follows_a_module_added_with_its_param_group_and_a_dtype_change():
     po.polarize_model(model, scale="row", mode="absorb")
     extra = po.polarize(nn.Linear(4, 4), scale="row", mode="absorb")
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    po.attach(opt, model)
+    attach_restoring(opt, model)
     x = torch.randn(3, 4)
     model(x).sum().backward()
     opt.step()
@@ -629,7 +636,7 @@ def _compiled_run(mode, steps=6, **attach):
         po.polarize_model(model, scale="row", mode=mode)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     if mode != "plain":
-        po.attach(opt, model, **attach)
+        attach_restoring(opt, model, **attach)
     idx = batch(0)
 
     def train_step():
@@ -660,7 +667,7 @@ def test_compiled_step_adds_no_graph_break_no_recompile_and_matches_eager(mode):
     eager = TinyLM()
     po.polarize_model(eager, scale="row", mode=mode)
     opt = torch.optim.AdamW(eager.parameters(), lr=1e-2)
-    po.attach(opt, eager)
+    attach_restoring(opt, eager)
     idx = batch(0)
     ref = []
     for _ in range(len(losses)):

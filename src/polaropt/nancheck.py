@@ -12,15 +12,17 @@
   grown, and when the optimizer's
   ``state_dict()`` is taken (an optimizer checkpoint never holds an unnoticed NaN; a model's
   ``state_dict()`` is not read): one reduction over the parameters, their optimizer state and the attached models'
-  ``s`` and ``V``, and one host sync. A read that finds them finite takes a *snapshot* (a copy of
-  all of those), except the one at ``state_dict()``, which only checks (so saving a checkpoint on one
-  DDP rank alone moves neither that rank's schedule nor its snapshot); a read that finds a NaN or
-  Inf copies the snapshot back and raises ``FloatingPointError`` (or only raises, naming them, when
-  the bad values are all in parameters the snapshot does not hold). So a bad value lives at most
-  ``check_every`` steps (the steps after it run on it, and their losses show it), and when the
-  error fires every parameter and optimizer state is as it was at the last snapshot: a failure
-  never leaves a corrupted parameter behind. The snapshot costs memory: one copy of the parameters
-  and of the optimizer's state (for Adam/AdamW, three times the parameters). A bad gradient that never reaches a parameter (a step
+  ``s`` and ``V``, and one host sync. A read that finds a NaN or Inf raises ``FloatingPointError``
+  naming the tensors and the steps since the last clean read; a bad value lives at most
+  ``check_every`` steps (the steps after it run on it, and their losses show it). By default nothing
+  is copied and nothing restored (resume from the last checkpoint, which holds no NaN). With
+  ``restore=True`` a read that finds them finite also takes a *snapshot* (a copy of all of those),
+  except the one at ``state_dict()``, which only checks (so saving a checkpoint on one DDP rank
+  alone moves neither that rank's schedule nor its snapshot), and a failed read copies the snapshot
+  back first (or only raises, naming them, when the bad values are all in parameters the snapshot
+  does not hold): then a failure never leaves a corrupted parameter behind. The snapshot costs
+  memory: one copy of the parameters and of the optimizer's state (for Adam/AdamW, three times the
+  parameters). A bad gradient that never reaches a parameter (a step
   ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
   turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
   (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
@@ -42,15 +44,23 @@ import torch
 from . import guard
 from .slices import nonfinite
 
-CHECKS = ("lazy", "step")
+CHECKS = ("lazy", "step", "off")
 
 
-def check_mode(check: str, check_every) -> None:
+def check_mode(check: str, check_every, restore: bool = False) -> str:
+    """Validate the check settings; return the check (``None`` is ``"off"``)."""
+    check = "off" if check is None else check
     if check not in CHECKS:
-        raise ValueError(f"unknown check {check!r}; valid choices are {', '.join(map(repr, CHECKS))}")
+        raise ValueError(f"unknown check {check!r}; valid choices are {', '.join(map(repr, CHECKS))} (or None: off)")
     if not isinstance(check_every, int) or isinstance(check_every, bool) or check_every < 1:
         raise ValueError(f"check_every must be a positive int (read the lazy NaN/Inf flag every k steps), "
                          f"got {check_every!r}")
+    if not isinstance(restore, bool):
+        raise ValueError(f"restore must be True or False, got {restore!r}")
+    if restore and check != "lazy":
+        raise ValueError(f"restore=True keeps a copy for the lazy read to go back to; check={check!r} has no lazy read "
+                         "(use check='lazy', or restore=False)")
+    return check
 
 
 def _tensors_in(obj) -> list[torch.Tensor]:
@@ -122,8 +132,10 @@ class LazyCheck:
     ``before_read()``, if given, runs at the start of every read.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names, before_read=None):
+    def __init__(self, optimizer: torch.optim.Optimizer, every: int, tensors, names, before_read=None,
+                 restore: bool = False):
         self.every, self._tensors, self._names, self._before_read = every, tensors, names, before_read
+        self.restore = restore  # keep a snapshot to go back to (memory: the parameters and the optimizer state)
         self.since = 0      # eager steps since the last read
         self.steps = 0      # eager steps since attach
         self.good_at = 0    # the step of the snapshot
@@ -183,7 +195,10 @@ class LazyCheck:
             self.clean_at = self.steps
             if snapshot:
                 self.good_at = self.steps
-                self._take(optimizer, scope, maps)
+                if self.restore:
+                    self._take(optimizer, scope, maps)
+                else:
+                    self.groups = guard.group_sizes(optimizer)
             return
         if when is None and self.snapshot is not None:
             held = {id(t) for t, _ in self.snapshot[0]}
@@ -198,6 +213,15 @@ class LazyCheck:
         named = list(dict.fromkeys(name(scope[i]) if i < len(scope) else f"the {type(optimizer).__name__} state of "
                                    f"{name(owners[i - len(scope)])}" for i in bad))
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
+        if when is None and not self.restore:  # the default: no copy kept, so nothing to go back to
+            clean_at = self.clean_at  # the values stay bad: every later read reports the same range
+            raise FloatingPointError(
+                f"NaN or Inf entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
+                f"{clean_at + 1}–{self.steps} since attach; check='lazy' reads every {self.every} steps): "
+                f"{len(named)} tensors hold one now ({shown}; the steps after it spread it, so check='step' names "
+                "where it entered). Nothing was restored: resume from your last checkpoint (optimizer.state_dict() "
+                "refuses to save one holding NaN or Inf), or attach with restore=True to keep a copy to go back to. "
+                "Lower the learning rate or check the loss and inputs")
         if when is not None or self.snapshot is None:
             if forget:
                 self.snapshot = None  # nothing clean to go back to: every later read raises until this is fixed

@@ -238,13 +238,13 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     | multipliers | ``W_ij = r_i·V_ij·c_j`` (``Multipliers``), decay on V only |
     | absorb-muon | Liu's absorb (one scale per matrix) with Muon on the direction and AdamW on the scale |
 
-    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every``, ``check`` and ``check_every`` for
-    the recipes that :func:`polaropt.attach` (:data:`ATTACHED`: its renormalization period and NaN/Inf
-    check). Unknown names and options are refused, naming the valid ones.
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every``, ``check``, ``check_every`` and
+    ``restore`` for the recipes that :func:`polaropt.attach` (:data:`ATTACHED`: its renormalization period
+    and NaN/Inf check). Unknown names and options are refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
-    valid = {"betas", "eps"} | ({"every", "check", "check_every"} if name in ATTACHED else set())
+    valid = {"betas", "eps"} | ({"every", "check", "check_every", "restore"} if name in ATTACHED else set())
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
@@ -257,7 +257,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         raise ValueError("recipe() takes a plain model and parametrizes it itself; this one is already "
                          "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
     every = options.pop("every", 1)
-    checks = {k: options.pop(k) for k in ("check", "check_every") if k in options}
+    checks = {k: options.pop(k) for k in ("check", "check_every", "restore") if k in options}
     adam_kw = options
     # every recipe keeps the same parameters from decay as param_groups does: 1-D ones (biases, norm gains) and
     # those the model's no_weight_decay() names; read while the names are plain

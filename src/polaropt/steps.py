@@ -62,14 +62,14 @@ class _Control:
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
         self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
 
-    def start_lazy(self, optimizer, every: int) -> None:
+    def start_lazy(self, optimizer, every: int, restore: bool = False) -> None:
         # Nothing here may hold the optimizer (_controls maps it weakly to this controller), and the
         # check and the hooks hold this controller weakly: no cycle, so dropping the optimizer frees
         # the snapshot at once, and a model that outlives the optimizer does not keep it.
         me = weakref.ref(self)
         self.lazy = LazyCheck(optimizer, every, lambda: me()._fixed_leaves() if me() else [],
                               lambda opt: _names(me()._models(), opt) if me() else {},
-                              lambda: me()._watch_new_modules() if me() else None)
+                              lambda: me()._watch_new_modules() if me() else None, restore)
         # an optimizer checkpoint never holds a NaN that no read has reported; a loaded state is the
         # new point to go back to (read before the next step: a model and its optimizer load one
         # after the other, and the half not yet loaded may still hold the NaN being recovered from)
@@ -144,9 +144,18 @@ class _Control:
         # under torch.amp.GradScaler, an optimizer that unscales inside its (fused) step gets the
         # scaler's found_inf and skips the update itself: its gradients are still scaled (Inf is
         # the scaler's business), so they are not checked here
-        if self.attached and _scaler_found_inf(optimizer) is None:
-            if self.lazy is None:  # check="step"; the lazy check reads the parameters later instead
+        closure = None
+        if self.attached and self.attached[0]["check"] == "step" and _scaler_found_inf(optimizer) is None:
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+            if closure is None:
                 check_gradients(optimizer, self._models())
+            else:  # the closure computes the gradients inside step(): check them as it returns, before any update
+                models = self._models()
+
+                def checked():
+                    loss = closure()
+                    check_gradients(optimizer, models)
+                    return loss
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
             # at the next step's start (_restore) instead of staying multiplied
@@ -160,6 +169,8 @@ class _Control:
                     group = optimizer.param_groups[i]
                     applied.append((i, group["lr"]))
                     group["lr"] = group["lr"] * factor
+        if closure is not None:  # step(closure) or step(closure=...): the optimizer gets the checked one
+            return (args if "closure" in kwargs else args[:1] + args[2:]), {**kwargs, "closure": checked}
 
     def _restore(self, optimizer) -> None:
         if self.applied is not None:
@@ -185,7 +196,7 @@ class _Control:
             if plan is None or not plan.valid(optimizer):
                 plan = a["plan"] = Plan(a["model"], optimizer)
             if a["every"] == 1 or count % a["every"] == 0:
-                renormalize_targets(plan.targets, optimizer=optimizer, state=a["state"], check=self.lazy is None,
+                renormalize_targets(plan.targets, optimizer=optimizer, state=a["state"], check=a["check"] == "step",
                                     groups=plan.groups)
             else:
                 for t in plan.targets:
@@ -315,26 +326,29 @@ def _stateless(optimizer) -> bool:
 
 
 def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "keep", every: int = 1,
-           check: str = "lazy", check_every: int = 100) -> AttachHandle:
+           check: str | None = "lazy", check_every: int = 100, restore: bool = False) -> AttachHandle:
     """Guard and renormalize ``model`` around every ``optimizer.step()``; return a removable handle.
 
     - NaN/Inf is guarded against in every mode, ``free`` and ``normalize`` included. ``check``:
 
-      - ``"lazy"`` (default): nothing on the step (no host sync, no pass over the gradients). A NaN
-        or Inf that reaches a parameter or the optimizer state stays there, so those are read (one
-        reduction, one sync) every ``check_every`` steps, at :func:`check_finite`, at
-        ``optimizer.state_dict()``, and before the first step after a load or after parameters
-        were added to the optimizer (a NaN only in those restores nothing). A bad value lives at most
-        ``check_every`` steps (the steps after it run on it); then ``FloatingPointError`` names the
-        tensors holding one, and every parameter the optimizer steps, its state, and this model's
-        fixed scales are restored to what they were at the last snapshot (a trainable ``s`` or
-        ``V`` in another optimizer is that optimizer's to check). That costs one copy of the
-        parameters and of the optimizer state (Adam: 3× the parameters), refreshed at each clean
-        read except ``state_dict()``'s, which only checks (:mod:`polaropt.nancheck`).
+      - ``"lazy"`` (default): nothing on the step (no host sync, no pass over the gradients) and no
+        copy of anything. A NaN or Inf that reaches a parameter or the optimizer state stays there,
+        so those are read (one reduction, one sync) every ``check_every`` steps, at
+        :func:`check_finite`, at ``optimizer.state_dict()`` (a checkpoint never holds one), and before
+        the first step after a load or after parameters were added to the optimizer. A bad value
+        lives at most ``check_every`` steps; then ``FloatingPointError`` names the tensors holding
+        one and the steps it entered in. Nothing is restored: resume from the last checkpoint.
+        With ``restore=True`` a read that finds everything finite also keeps a copy (a snapshot) of
+        the parameters, the optimizer state and this model's fixed scales, and a failed read puts
+        it back before raising; that costs one copy of the parameters and of the optimizer state
+        (Adam: 3× the parameters), refreshed at each clean read except ``state_dict()``'s
+        (:mod:`polaropt.nancheck`).
       - ``"step"``: one host sync per step; a bad gradient raises before the optimizer writes
-        anything, a bad ``s`` or ``V`` before the renormalization writes. No snapshot.
+        anything (with ``optimizer.step(closure)`` too: the gradients the closure computes are
+        checked before the update), a bad ``s`` or ``V`` before the renormalization writes.
+      - ``"off"`` (or ``None``): no NaN/Inf check; only the renormalization runs around the step.
 
-      All attachments to one optimizer share its check, so they must agree on both settings.
+      All attachments to one optimizer share its check, so they must agree on all three settings.
     - After every ``every``-th step, the ``"project"``/``"absorb"`` tensors are renormalized
       (:func:`polaropt.renormalize_`) and the optimizer state is handled by ``state``:
 
@@ -375,7 +389,7 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     check_state_policy(state, optimizer)
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise ValueError(f"every must be a positive int (renormalize every k steps), got {every!r}")
-    check_mode(check, check_every)
+    check = check_mode(check, check_every, restore)
     refuse_orphans(model)
     check_sharding(model)
     # a policy that cannot be carried out is refused now, not at the first step
@@ -389,18 +403,19 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
             UserWarning, stacklevel=2)
     ctl = control(optimizer)
     for other in ctl.attached:
-        if (other["check"], other["check_every"]) != (check, check_every):
+        if (other["check"], other["check_every"], other["restore"]) != (check, check_every, restore):
             raise ValueError(
                 f"this {type(optimizer).__name__} is already attached with check={other['check']!r}, "
-                f"check_every={other['check_every']}; one optimizer has one NaN/Inf check, so attach this model with "
-                f"the same settings (got check={check!r}, check_every={check_every})")
+                f"check_every={other['check_every']}, restore={other['restore']}; one optimizer has one NaN/Inf check, "
+                f"so attach this model with the same settings (got check={check!r}, check_every={check_every}, "
+                f"restore={restore})")
     entry = {"model": model, "state": state, "every": every, "check": check, "check_every": check_every,
-             "plan": None}  # the renormalization's Plan, built at the first step
+             "restore": restore, "plan": None}  # the renormalization's Plan, built at the first step
     ctl.attached.append(entry)
     if check == "lazy":
         try:
             if ctl.lazy is None:
-                ctl.start_lazy(optimizer, check_every)
+                ctl.start_lazy(optimizer, check_every, restore)
             else:  # a clean read: the snapshot now covers this model too (a bad one restores nothing)
                 ctl.lazy.read(optimizer, when="in the model being attached", forget=False)
         except BaseException:  # e.g. a NaN already there: attach leaves nothing behind
@@ -414,8 +429,9 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
 
 def check_finite(optimizer: torch.optim.Optimizer) -> None:
     """Run ``optimizer``'s lazy NaN/Inf read now (one reduction, one host sync): if a parameter, its
-    state, or an attached ``s`` or ``V`` holds NaN or Inf, restore the last snapshot and raise
-    ``FloatingPointError``; else take a new snapshot and restart the periodic schedule. Call it where
+    state, or an attached ``s`` or ``V`` holds NaN or Inf, raise ``FloatingPointError`` (with
+    ``attach(restore=True)``, after restoring the last snapshot); else restart the periodic schedule
+    (and take a new snapshot). Call it where
     you already sync (logging a loss) to bound how long a bad value lives, and under
     ``torch.compile``, where the periodic read does not run. Call it on every rank of a distributed
     job: under FSDP2 the read is a collective, and under DDP a read on one rank alone would give
