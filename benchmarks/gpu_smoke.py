@@ -53,7 +53,7 @@ def modes(dev: str) -> None:
             except FloatingPointError:
                 assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before)), "a refused step wrote"
             handle.remove()
-            po.attach(opt, model, state="rescale")  # lazy: the NaN is written, then found and undone
+            po.attach(opt, model, state="rescale", restore=True)  # lazy: the NaN is written, then found and undone
             po.check_finite(opt)
             before = [t.detach().clone() for t in model.parameters()]
             opt.step()  # the NaN gradient is still there

@@ -2,8 +2,11 @@
 
 - ``check="step"``: before every step, the gradients are checked with one host sync, and a NaN or
   Inf refuses the step before the optimizer writes anything; the renormalization after the step
-  checks ``s`` and ``V`` the same way before it writes. Nothing is ever touched by a bad value, at
-  the price of a device sync and a pass over the gradients per step.
+  checks ``s`` and ``V`` the same way before it writes. With ``optimizer.step(closure)`` the
+  gradients each call of the closure computes are checked as it returns (those present before
+  ``step()`` are not: an optimizer that also uses them, as SAM does, should be stepped without a
+  closure); an optimizer that writes between closure calls (LBFGS) may have moved parameters by
+  then, and the error names them. The price is a device sync and a pass over the gradients per step.
 - ``check="lazy"`` (:class:`LazyCheck`): nothing at all on the step. A NaN or Inf that reaches a
   parameter or the optimizer's state stays there (every update, renormalization and moment
   propagates it: ``p − lr·NaN``, ``β·m + (1−β)·NaN``, ``V/NaN``), so the parameters themselves are
@@ -25,9 +28,10 @@
   parameters). A bad gradient that never reaches a parameter (a step
   ``torch.amp.GradScaler`` skipped) is no failure and is not reported; neither is one an optimizer
   turns into a finite update (a stateless sign descent: ``sign(NaN) = 0``). A loaded checkpoint
-  (the optimizer's or an attached model's ``load_state_dict``) is read and becomes the snapshot.
+  (the optimizer's or an attached model's ``load_state_dict``) is read (with ``restore=True`` it becomes the snapshot).
   Under FSDP2 a read is a collective: every rank must make it (``check_finite``, ``state_dict()``);
-  under DDP ``check_finite`` belongs on every rank too (it snapshots), ``state_dict()`` may be taken on one;
+  under DDP ``check_finite`` belongs on every rank too (it restarts the schedule, and with ``restore=True``
+  snapshots), ``state_dict()`` may be taken on one;
   the reads the check starts itself are the same on every rank of a program that steps the same
   optimizer everywhere (a model polarized, copied or loaded on one rank alone starts none).
 
@@ -123,7 +127,8 @@ def _state_of(maps: list, t) -> tuple[int, dict | None]:
 
 
 class LazyCheck:
-    """The periodic NaN/Inf read of one optimizer's parameters and state, and the snapshot it restores.
+    """The periodic NaN/Inf read of one optimizer's parameters and state (and, with ``restore``, the snapshot it
+    restores).
 
     The scope is every parameter the optimizer steps, with its state, plus ``tensors()``: the
     attached models' ``s`` and ``V`` that no optimizer steps (a fixed scale, which absorb still
@@ -141,6 +146,7 @@ class LazyCheck:
         self.good_at = 0    # the step of the snapshot
         self.clean_at = 0   # the step of the last clean read (a check without a snapshot counts)
         self.snapshot = None
+        self.covered: set[int] = set()  # ids of the tensors the last clean read covered
         self.groups = None  # the optimizer's param group sizes when the snapshot was taken
         self.reload = False  # a load_state_dict since the last read: the next read is its first
         self.read(optimizer, when="at attach")
@@ -169,8 +175,9 @@ class LazyCheck:
 
     @torch.no_grad()
     def read(self, optimizer, when: str | None = None, forget: bool = True, snapshot: bool = True) -> None:
-        """One reduction and one host sync per device (alarms confirmed tensor by tensor): snapshot
-        when everything is finite; otherwise restore the snapshot and raise. ``when`` names a read
+        """One reduction and one host sync per device (alarms confirmed tensor by tensor): when everything is
+        finite, restart the schedule (and with ``restore``, snapshot); otherwise raise (with ``restore``, after
+        restoring the snapshot). ``when`` names a read
         that must not restore ("at attach", "in the model being attached"; the first read after a
         load is one too): it raises without restoring, and with ``forget`` drops the snapshot (a
         bad load leaves no clean state to go back to). ``snapshot=False`` (the read at
@@ -193,6 +200,7 @@ class LazyCheck:
         bad = nonfinite(scope + state)
         if not bad:
             self.clean_at = self.steps
+            self.covered = {id(t) for t in scope}  # ids only: which tensors a later alarm can blame on a step
             if snapshot:
                 self.good_at = self.steps
                 if self.restore:
@@ -215,13 +223,19 @@ class LazyCheck:
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
         if when is None and not self.restore:  # the default: no copy kept, so nothing to go back to
             clean_at = self.clean_at  # the values stay bad: every later read reports the same range
+            fresh = all(id(scope[i] if i < len(scope) else owners[i - len(scope)]) not in self.covered for i in bad)
+            if fresh:
+                where = "in parameters added since the last clean read"
+            elif self.steps == clean_at:
+                where = f"with no step since the last clean read (step {clean_at} since attach), so not by a step"
+            else:
+                where = (f"entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
+                         f"{clean_at + 1}–{self.steps} since attach; check='lazy' reads every {self.every} steps)")
             raise FloatingPointError(
-                f"NaN or Inf entered in the last {self.steps - clean_at} step(s) of {type(optimizer).__name__} (steps "
-                f"{clean_at + 1}–{self.steps} since attach; check='lazy' reads every {self.every} steps): "
-                f"{len(named)} tensors hold one now ({shown}; the steps after it spread it, so check='step' names "
-                "where it entered). Nothing was restored: resume from your last checkpoint (optimizer.state_dict() "
-                "refuses to save one holding NaN or Inf), or attach with restore=True to keep a copy to go back to. "
-                "Lower the learning rate or check the loss and inputs")
+                f"NaN or Inf {where}: {len(named)} tensors hold one now ({shown}; the steps after it spread it, so "
+                "check='step' names where it entered). Nothing was restored: resume from your last checkpoint "
+                "(optimizer.state_dict() refuses to save one holding NaN or Inf), or attach with restore=True to "
+                "keep a copy to go back to. Lower the learning rate or check the loss and inputs")
         if when is not None or self.snapshot is None:
             if forget:
                 self.snapshot = None  # nothing clean to go back to: every later read raises until this is fixed

@@ -4,9 +4,11 @@ Before the step (``register_step_pre_hook``):
 
 1. **Gradient guard** (with :func:`attach` and ``check="step"``): a reduction of every gradient the
    optimizer is about to use and one host sync; a NaN or Inf refuses the step with
-   ``FloatingPointError`` naming the tensors, before the optimizer writes anything. With
+   ``FloatingPointError`` naming the tensors, before the optimizer writes anything (with
+   ``step(closure)``, the closure is wrapped so that its gradients are checked as it returns). With
    ``check="lazy"`` (the default) nothing happens here: :mod:`polaropt.nancheck` reads the
-   parameters every ``check_every`` steps, restoring a snapshot if one holds NaN or Inf.
+   parameters every ``check_every`` steps and raises if one holds NaN or Inf (with
+   ``restore=True``, after restoring a snapshot). ``check="off"``: nothing.
 2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
    each multiplies its groups' *current* lr, whatever other schedulers set it to, for the duration
    of this step.
@@ -56,7 +58,7 @@ class _Control:
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = weakref.ref(optimizer)
         self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every", "plan"}
-        self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read and its snapshot, with check="lazy"
+        self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read (and its snapshot), with check="lazy"
         self._lazy_hooks: list = []  # state_dict / load_state_dict hooks of the lazy check
         self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
@@ -147,14 +149,23 @@ class _Control:
         closure = None
         if self.attached and self.attached[0]["check"] == "step" and _scaler_found_inf(optimizer) is None:
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
-            if closure is None:
+            if not callable(closure):  # no closure (or another positional argument): the gradients are here now
+                closure = None
                 check_gradients(optimizer, self._models())
             else:  # the closure computes the gradients inside step(): check them as it returns, before any update
-                models = self._models()
+                models, me = self._models(), weakref.ref(self)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                versions = [p._version for p in params]  # what the optimizer writes between closure calls shows
 
                 def checked():
                     loss = closure()
-                    check_gradients(optimizer, models)
+                    try:
+                        written = [p for p, v in zip(params, versions) if p._version != v]
+                        check_gradients(optimizer, models, written=written)
+                    except BaseException:
+                        if me() is not None:  # the step-time lr multipliers, applied before step() ran
+                            me()._restore(optimizer)
+                        raise
                     return loss
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
@@ -169,8 +180,10 @@ class _Control:
                     group = optimizer.param_groups[i]
                     applied.append((i, group["lr"]))
                     group["lr"] = group["lr"] * factor
-        if closure is not None:  # step(closure) or step(closure=...): the optimizer gets the checked one
-            return (args if "closure" in kwargs else args[:1] + args[2:]), {**kwargs, "closure": checked}
+        if closure is not None:  # step(closure) or step(closure=...): the optimizer gets the checked one, in its place
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": checked}
+            return args[:1] + (checked,) + args[2:], kwargs
 
     def _restore(self, optimizer) -> None:
         if self.applied is not None:
@@ -267,11 +280,13 @@ def _zero_slices(models) -> list[str]:
 
 
 @torch.no_grad()
-def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
+def check_gradients(optimizer: torch.optim.Optimizer, models=(), written=()) -> None:
     """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
 
     The test is :func:`polaropt.slices.nonfinite` (a sum per gradient, one host sync, alarms
-    confirmed per tensor, global under FSDP2). Nothing is modified.
+    confirmed per tensor, global under FSDP2). Nothing is modified. ``written``: parameters the
+    optimizer already changed in this step (between the calls of a closure, as LBFGS does), which
+    the message names instead of saying that nothing was written.
     """
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     bad_at = nonfinite([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
@@ -280,9 +295,16 @@ def check_gradients(optimizer: torch.optim.Optimizer, models=()) -> None:
     names = _names(models, optimizer)
     bad = [names[id(params[i])] for i in bad_at]
     why = _zero_slices(models)
+    if written:
+        moved = [names.get(id(p), f"a tensor of shape {tuple(p.shape)}") for p in written]
+        done = (f"the step was stopped, but {type(optimizer).__name__} had already changed {', '.join(moved[:4])}"
+                + (f" and {len(moved) - 4} more" if len(moved) > 4 else "") + " in this step (between calls of its "
+                "closure); those are not restored")
+    else:
+        done = (f"the step was refused before {type(optimizer).__name__} wrote anything, so every parameter and "
+                "optimizer state is as it was")
     raise FloatingPointError(
-        f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; the step was refused before "
-        f"{type(optimizer).__name__} wrote anything, so every parameter and optimizer state is as it was"
+        f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; {done}"
         + (f". Cause found: {'; '.join(why)}" if why else " (lower the learning rate, or check the loss and inputs)")
     )
 
@@ -301,7 +323,7 @@ class AttachHandle:
         ctl = self._ctl()
         if ctl is not None and self._entry in ctl.attached:
             opt = ctl.optimizer()
-            try:  # a last read while this model is still covered (it raises after restoring)
+            try:  # a last read while this model is still covered (with restore=True it restores, then raises)
                 if read and ctl.lazy is not None and len(ctl.attached) > 1 and opt is not None:
                     ctl.lazy.read(opt)
             finally:
