@@ -187,6 +187,18 @@ def test_the_index_and_reports_count_source_claims_derived_checks_and_findings_a
     assert "derived checks hold" in report and "`flow-limit-wn` (derived check)" in report
 
 
+def test_run_resume_skips_a_finished_run_and_reruns_a_changed_one(tmp_path, capsys):
+    argv = ["run", "liu-1d", "--quick", "--quiet", "--out", str(tmp_path), "--resume"]
+    assert main(argv) == 0
+    meta = tmp_path / "liu-1d" / "meta.json"
+    first = meta.stat().st_mtime_ns
+    assert "run (no finished run)" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "finished earlier" in capsys.readouterr().err and meta.stat().st_mtime_ns == first
+    assert main(argv + ["--set", "w0s=-1,-10"]) == 0  # another config: run again
+    assert "run (" in capsys.readouterr().err and meta.stat().st_mtime_ns != first
+
+
 def test_report_of_a_folder_that_does_not_exist_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nowhere")])

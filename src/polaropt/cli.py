@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field (repeatable); lists are comma-separated, e.g. --set seeds=5")
     run.add_argument("--quick", action="store_true", help="reduced settings (the experiment's QUICK config)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip the run if it finished in OUT with the same config and the same code")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     rep = sub.add_parser("reproduce", help="run every experiment, then OUT/index.md and OUT/index.html")
     rep.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
@@ -183,7 +185,16 @@ def _main(parser, args) -> int:
                 require_data(exp.name.removeprefix("bench-"), config)
         except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: bench data.DataMissing, naming the install
             parser.exit(2, f"polaropt: error: {e}\n")
-        out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
+        from .experiments import records
+
+        stale = records.why_stale(Path(args.out) / exp.path, exp, config, args.quick) if args.resume else "no --resume"
+        if stale is None:
+            out = Path(args.out) / exp.path
+            print(f"{exp.name}: finished earlier in {out} with this config and code, skipped (--resume)", file=sys.stderr)
+        else:
+            if args.resume:
+                print(f"{exp.name}: run ({stale})", file=sys.stderr)
+            out = run_experiment(exp, config, Path(args.out), quick=args.quick, quiet=args.quiet)
         claims = json.loads((out / "claims.json").read_text())
         for c in claims:
             print(f"{'reproduced    ' if c['passed'] else 'NOT reproduced'}  {c['id']}: {c['measured']}")
