@@ -72,6 +72,23 @@ def _claims(suite, name, mutate):
     return before, after
 
 
+def test_g_increasing_judges_the_two_stage_runs_and_fails_when_one_of_their_g_falls(suite):
+    def fall(records):  # a two-stage run's g drops after its release
+        for r in records:
+            if r["kind"] == "curve" and r["metric"] == "g" and r["freeze_steps"] > 0:
+                r["value"][-1] = r["value"][-2] - 0.01
+                return
+
+    def one_stage_only(records):  # the one-stage runs' step-0 drop, bigger: not judged
+        for r in records:
+            if r["kind"] == "curve" and r["metric"] == "g" and r["freeze_steps"] == 0:
+                r["value"][1] = r["value"][0] - 1.0
+
+    before, after = _claims(suite, "wu-two-stage", fall)
+    assert before["g-increasing"] and not after["g-increasing"]
+    assert _claims(suite, "wu-two-stage", one_stage_only)[1]["g-increasing"]
+
+
 def test_far_target_claims_fail_on_contrary_records(suite):
     def swap(records):  # give no_scale the absorb curve and vice versa
         curves = {r["run"]: r for r in records if r["kind"] == "curve"}

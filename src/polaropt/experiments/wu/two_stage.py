@@ -154,11 +154,16 @@ def claims(records, cfg: Config) -> list[Claim]:
                              float(final[longest].max()), cfg.reach_within),
         values={"max_final_rel_dist": float(final[longest].max())}))
     drops = smallest_g_steps(records)
+    # the sentence belongs to Theorem 3.2's two-stage scheme (T1 >= 1); a one-stage run (T1 = 0) is outside it,
+    # and from a random w0 its g can fall at step 0 (df/dg > 0 there): reported, not judged (see the notes)
+    staged = {T1: v for T1, v in drops.items() if T1 > 0}
     out.append(Claim.of(
         id="g-increasing", source=SRC + ", Sec. 3 (Lemma E.4)",
         statement="Our proof shows that g_t is always increasing for any g0 > 0.",
-        checks=Check.at_least("smallest step change g_{t+1} − g_t of every run", min(drops.values()), -cfg.g_slack),
-        values={"min_dg": drops}))
+        checks=(Check.at_least("smallest step change g_{t+1} − g_t of every two-stage run (T1 ≥ 1)",
+                               min(staged.values()), -cfg.g_slack) if staged else
+                Check.holds("a two-stage run (T1 ≥ 1) to check", "none was run", False)),
+        values={"min_dg": drops, "one_stage_min_dg": drops.get(0)}))
     return out
 
 
