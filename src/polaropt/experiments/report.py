@@ -26,6 +26,25 @@ def _title(source: str) -> str:
     return source.strip()
 
 
+# What the suite's seed files are, as a reader can find them (author, title, where)
+CITATIONS = {
+    "000": "Ziming Liu, “Optimization 2 -- Elementwise Scale Reparametrization”, blog post, 2026-01-24",
+    "001": "Ziming Liu, “Optimization 1 -- Norm reparametrization”, blog post, 2026-01-23",
+    "002": "Xiaoxia Wu, Edgar Dobriban, Tongzheng Ren, Shanshan Wu, Zhiyuan Li, Suriya Gunasekar, Rachel Ward, "
+           "Qiang Liu, “Implicit Regularization and Convergence for Weight Normalization”, NeurIPS 2020, "
+           "arXiv:1911.07956",
+    "003": "Hung-Hsu Chou, Holger Rauhut, Rachel Ward, “Robust Implicit Regularization via Weight Normalization”, "
+           "2023, arXiv:2305.05448",
+    "004": "UC Berkeley CS182 (Deep Learning), discussion: optimizers as penalized linear improvement, implicit "
+           "bias, the RMS norm",
+}
+
+
+def citations(sources) -> list[str]:
+    """The citation of each seed file an experiment reads (its file name when unknown)."""
+    return [CITATIONS.get(str(f)[:3], str(f)) for f in sources]
+
+
 def source_names(claims: list[dict]) -> list[str]:
     """The sources the claims cite, by name, each once."""
     return list(dict.fromkeys(_title(c["source"]) for c in claims))
@@ -73,8 +92,9 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
     v = meta["versions"]
     rebuilt = f" Outputs rebuilt from the records on {meta['rebuilt']}." if meta.get("rebuilt") else ""
     lines = [f"# {exp.name}", "", exp.description, "",
-             "Sources: " + "; ".join(source_names(claims)) + " (the project's seed files "
-             + ", ".join(f"`{s}`" for s in exp.sources) + "; each claim names its section).", "",
+             "Sources: " + "; ".join(citations(exp.sources)) + ". Each claim names its source and section; "
+             "a derived check is polaropt's own derivation from those sources, and a finding beyond the sources a "
+             "question they do not ask.", "",
              f"{counts(claims)}. Run {how}, in {meta['wall_time_s']:.1f} s, "
              f"polaropt {v['polaropt']}, torch {v['torch']}, commit {meta['git_commit'] or 'unknown'}.{rebuilt}", "",
              "## Claims", ""] + claims_table(claims)

@@ -21,7 +21,7 @@ from .common import FEWER_STEPS, FIXES, SRC_000, WN_STYLE, best_lrs, final_loss,
 
 SRC_002 = "002 Wu et al. 2020, Introduction"
 SRC_MUON = "Jordan et al. 2024 (Muon), and Wen et al. (Hyperball): fewer steps to a given loss than AdamW"
-SRC_FIX = "this project (issue 10, going beyond the sources)"
+SRC_FIX = "this project (going beyond the sources)"
 
 
 class Stats:

@@ -109,7 +109,7 @@ def claims(records, cfg: Config) -> list[Claim]:
                  checks=Check.at_most(f"‖θ_sign − [1, 1, 1]/Σa‖ (θ_sign = {vec(toy['sign'])}, [1, 1, 1]/Σa = "
                                       f"{vec(sign_target)}; the bound is √d·η_T, one step of the schedule at the end)",
                                       gap["sign"], math.sqrt(len(a)) * last_step), values={"gap": gap["sign"]}),
-        Claim.of(kind="derived", id="toy-adam-limit", source="seed-findings.md (CS182: Adam checked) and " + SRC3,
+        Claim.of(kind="derived", id="toy-adam-limit", source="polaropt's own check of Adam's limit, for " + SRC3,
                  statement="Adam, like signSGD, converges to [1, 1, 1]/1.11: its per-coordinate normalization makes "
                            "every entry move alike.",
                  checks=Check.at_most(f"‖θ_Adam − [1, 1, 1]/Σa‖ (θ_Adam = {vec(toy['adam'])})", gap["adam"],

@@ -35,7 +35,7 @@ POLAR = {  # mode -> polarize options (None: a plain parameter)
 }
 SRC_001 = "001 Optimization 1 (Liu), Experiment"
 SRC_000 = "000 Optimization 2 (Liu)"
-NOTES = "seed-findings.md (re-simulated there in float64)"
+NOTES = "polaropt's own re-simulation of the source's setup (float64)"
 
 
 def attach(opt, model, state: str) -> None:

@@ -185,7 +185,7 @@ def claims(records, cfg: Config) -> list[Claim]:
     ]
     final = {m: 10 ** late[m] for m in FIGURE_FINAL}
     out.append(Claim.of(
-        id="linreg-final-losses-match-figure", source=SRC_000 + " figure, read off in seed-findings",
+        id="linreg-final-losses-match-figure", source=SRC_000 + " figure (values read off by polaropt)",
         statement="Final losses at 5000 steps as read off the source's figure: element-wise learnable 1e-10…1e-8, "
                   "scalar learnable 1e-6…1e-4 (none) and 1e-3…1e-1 (absorb), plain ≈ 1.3e2, element-wise fixed "
                   "absorb ≈ 2.5e2, scalar fixed absorb ≈ 1.1e3.",
@@ -197,7 +197,7 @@ def claims(records, cfg: Config) -> list[Claim]:
             continue
         got = {a: (window_log_loss(records, cfg, f"{a}+{st}", "late"), late[a], late[b]) for a, b in LEARNABLE_PAIRS}
         out.append(Claim.of(
-            kind="beyond", id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources (issue 3): Adam state on re-parametrization",
+            kind="beyond", id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources: Adam's state on re-parametrization (a polaropt question)",
             statement=f"With state='{st}', re-parametrization no longer slows down late training.",
             checks=[Check.at_most(f"{l_mean} {a}+{st} minus {b}'s", got[a][0] - late[b], cfg.state_margin)
                     for a, b in LEARNABLE_PAIRS],

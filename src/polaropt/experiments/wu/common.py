@@ -31,7 +31,7 @@ from .. import theory
 from ..toys import Weights
 
 SRC = "002 Wu et al. 2020"
-NOTES = "seed-findings.md (Wu et al., derived and checked)"
+NOTES = "polaropt's own derivation from Wu et al. 2020 (the WN flow's closed form, checked numerically)"
 SOURCES = ("002_3dce160b64f5f734.txt",)
 METHODS = ("gd", "wn", "rpgd")
 LABELS = {"gd": "GD", "wn": "WN (normalize)", "rpgd": "rPGD (project)", "flow": "WN flow (theory)"}
