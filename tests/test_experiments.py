@@ -43,6 +43,9 @@ def test_index_lists_every_claim(suite):
     index = (suite / "index.md").read_text()
     html = (suite / "index.html").read_text()
     assert "data:image/png;base64," in html  # self-contained
+    # each experiment's notes and configuration are on the page (a browser shows a linked .md as raw text)
+    assert html.count("<summary>notes and configuration</summary>") == len(EXPERIMENTS)
+    assert "Notes, departures from the source</h4>" in html and "arXiv:1911.07956" in html
     for name in EXPERIMENTS:
         for c in json.loads((suite / name / "claims.json").read_text()):
             assert f"`{c['id']}`" in index and c["id"] in html

@@ -201,7 +201,8 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
         exp = experiments[name]
         ok = sum(c["passed"] for c in claims)
         h.append(f"<section id='{e(name)}'><h2>{e(name)} <span class='muted'>{ok}/{len(claims)} reproduced · "
-                 f"<a href='{e(exp.path)}/report.md'>full report</a> · {meta['wall_time_s']:.1f} s</span></h2>"
+                 f"<a href='#{e(name)}-notes'>notes and configuration</a> (below; Markdown: "
+                 f"<a href='{e(exp.path)}/report.md'>report.md</a>) · {meta['wall_time_s']:.1f} s</span></h2>"
                  f"<p>{e(exp.description)}</p><div class='exp'><div class='figs'>")
         h += [f"<a href='{e(exp.path)}/{e(png.name)}' title='open full size'>{_img(png, 'fig')}</a>"
               for png in sorted(d.glob("*.png"))]
@@ -211,9 +212,29 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
                      f"{e(c['statement'])}<details><summary>expected / measured</summary><p><b>expected</b> "
                      f"{e(c['expected'])}</p><p><b>measured</b> {e(c['measured'])}</p><p class='muted'>"
                      f"{e(c['source'])}</p></details></td><td>{_verdict(c)}</td></tr>")
-        h.append("</table></div></div></section>")
+        h.append("</table></div></div>")
+        h.append(_report_details(d / "report.md"))
+        h.append("</section>")
     h.append("</body></html>")
     return "\n".join(h)
+
+
+def _report_details(report: Path) -> str:
+    """The report's sources, notes and configuration on the page itself (a browser shows a linked ``.md`` raw)."""
+    if not report.exists():
+        return ""
+    text = report.read_text()
+    parts = {}
+    for title in ("Notes, departures from the source", "Configuration"):
+        start = text.find(f"\n## {title}\n")
+        if start >= 0:
+            end = text.find("\n## ", start + 4)
+            parts[title] = text[start + len(title) + 5:end if end >= 0 else None].strip()
+    sources = next((line for line in text.splitlines() if line.startswith("Sources: ")), "")
+    anchor = html.escape(report.parent.name)
+    body = [f"<p class='muted'>{html.escape(sources)}</p>"] if sources else []
+    body += [f"<h4>{html.escape(t)}</h4><pre style='white-space:pre-wrap'>{html.escape(v)}</pre>" for t, v in parts.items()]
+    return f"<details id='{anchor}-notes'><summary>notes and configuration</summary>{''.join(body)}</details>"
 
 
 def write_index(out_root: Path, experiments: dict) -> Path:
