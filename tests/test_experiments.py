@@ -43,6 +43,7 @@ def test_index_lists_every_claim(suite):
     index = (suite / "index.md").read_text()
     html = (suite / "index.html").read_text()
     assert "data:image/png;base64," in html  # self-contained
+    assert "id='liu-1d-notes'" in html and "href='#liu-1d-notes'" in html
     # each experiment's notes and configuration are on the page (a browser shows a linked .md as raw text)
     assert html.count("<summary>notes and configuration</summary>") == len(EXPERIMENTS)
     assert "Notes, departures from the source</h4>" in html and "arXiv:1911.07956" in html
@@ -627,3 +628,18 @@ def test_run_help_lists_the_config_fields(capsys):
     for f in dataclasses.fields(exp.config):
         assert f" {f.name} " in out and f.metadata["help"] in out
     assert "tuple[str, ...]" in out and "default 3 " in out
+
+
+def test_refused_commands_create_no_out_folder_and_the_index_counts_a_benchmark_apart(tmp_path, capsys):
+    from polaropt.experiments import report as rep
+    from polaropt.experiments.registry import ALL
+
+    for argv in (["run", "no-such-exp"], ["run", "cs182-rms", "--set", "nosuchkey=1"], ["bench", "--tasks", "nosuch"]):
+        with pytest.raises(SystemExit):
+            main(argv + ["--out", str(tmp_path / "out" / "deep")])
+    assert not (tmp_path / "out").exists()
+    suite = [("liu-1d", None, None, [{"passed": True, "kind": "source"}, {"passed": True, "kind": "derived"}])]
+    bench = [("bench-charlm", None, None, [{"passed": False}, {"passed": True}])]
+    line = rep.headline(suite + bench, ALL)
+    assert line.startswith("1 of 1 source claims reproduced; 1 of 1 derived checks hold") and \
+        line.endswith("over 1 experiments; benchmark: 1 of 2 claims hold over 1 tasks")

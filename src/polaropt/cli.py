@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         return _main(parser, args)
     except KeyboardInterrupt:
         # every run folder is written whole or not at all (a partial one is removed), so nothing is half-written
-        again = ("run it again" if args.command == "run" else
-                 f"`polaropt {args.command} --resume` continues with what is left")
+        again = {"run": "run it again (with --resume it is skipped once finished)",
+                 "report": "run `polaropt report DIR` again"}.get(
+            args.command, f"`polaropt {args.command} --resume` continues with what is left")
         print(f"\npolaropt: interrupted; the finished runs are kept and nothing is half-written: {again}",
               file=sys.stderr)
         return 130
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(parser, args) -> int:
     registry = _suite(parser)
     experiments, get_experiment = registry.ALL, registry.get_experiment
-    if args.command in ("run", "reproduce") and "OMP_NUM_THREADS" not in os.environ:
+    suite_run = args.command == "reproduce" or (args.command == "run" and args.name in registry.EXPERIMENTS)
+    if suite_run and "OMP_NUM_THREADS" not in os.environ:  # not the benchmark: its step times are measured as set
         # the suite's tensors are small: one thread is as fast on an idle machine and degrades gracefully on a
         # busy one, where threads that wait for each other are what slows a run (docs/benchmarks.md)
         import torch
@@ -175,7 +177,6 @@ def _main(parser, args) -> int:
             parser.run_parser.print_help()
             print("\n" + text)
             return 0
-        _check_out(parser, args.out)
         try:  # only the user's input is refused here; an error inside a run is a bug and keeps its traceback
             exp = get_experiment(args.name)
             config = exp.make_config(quick=args.quick, overrides=parse_set(args.overrides))
@@ -185,6 +186,7 @@ def _main(parser, args) -> int:
                 require_data(exp.name.removeprefix("bench-"), config)
         except (ValueError, FileNotFoundError) as e:  # FileNotFoundError: bench data.DataMissing, naming the install
             parser.exit(2, f"polaropt: error: {e}\n")
+        _check_out(parser, args.out)  # after the other checks: a refused command creates no folder
         from .experiments import records
 
         stale = records.why_stale(Path(args.out) / exp.path, exp, config, args.quick) if args.resume else "no --resume"
@@ -206,7 +208,7 @@ def _main(parser, args) -> int:
         if not quiet:
             print(*parts, file=sys.stderr)
 
-    if args.command in ("bench", "reproduce"):
+    if args.command == "reproduce":
         _check_out(parser, args.out)
     if args.command == "bench":
         try:
@@ -225,6 +227,7 @@ def _main(parser, args) -> int:
                 require_data(name.removeprefix("bench-"), config)
         except (DataMissing, ValueError) as e:
             parser.exit(2, f"polaropt: error: {e}\n")
+        _check_out(parser, args.out)
         reproduce(Path(args.out), registry.BENCHMARKS, names=list(configs), configs=configs, quick=args.quick,
                   resume=args.resume, quiet=args.quiet, log=log, index_of=experiments)
         summary = write_summary(Path(args.out), registry.BENCHMARKS)

@@ -181,8 +181,16 @@ def why_stale(run_dir: Path, exp, config, quick: bool) -> str | None:
     ``--resume`` skips)."""
     try:
         m = json.loads((run_dir / "meta.json").read_text())
-    except (OSError, ValueError):
+    except OSError:
         return "no finished run"
+    except ValueError:
+        return "its meta.json is unreadable"
+    if not isinstance(m, dict):
+        return "its meta.json is not a run's"
+    try:
+        json.loads((run_dir / "claims.json").read_text())
+    except (OSError, ValueError):
+        return "its claims.json is missing or unreadable"
     if m.get("complete") is not True or not all((run_dir / f).exists() for f in REQUIRED_FILES):
         return "the run is incomplete"
     if m.get("quick") != quick:

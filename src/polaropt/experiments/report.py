@@ -42,7 +42,7 @@ CITATIONS = {
 
 def citations(sources) -> list[str]:
     """The citation of each seed file an experiment reads (its file name when unknown)."""
-    return [CITATIONS.get(str(f)[:3], str(f)) for f in sources]
+    return [f"[{str(f)[:3]}] {CITATIONS[str(f)[:3]]}" if str(f)[:3] in CITATIONS else str(f) for f in sources]
 
 
 def source_names(claims: list[dict]) -> list[str]:
@@ -60,6 +60,20 @@ def counts(claims: list[dict]) -> str:
                      "derivations from the sources, which no source can contradict)")
     if kinds["beyond"]:
         parts.append(f"{ok['beyond']} of {len(kinds['beyond'])} findings beyond the sources hold")
+    return "; ".join(parts)
+
+
+def headline(runs, experiments) -> str:
+    """The index's lead: the suite's claims counted by kind; a benchmark's claims (runs under ``bench/``, which
+    test recipes, not the sources) counted on their own."""
+    bench = {name for name, e in experiments.items() if e.path.startswith("bench/")}
+    suite = [c for name, *_, claims in runs if name not in bench for c in claims]
+    tasks = [c for name, *_, claims in runs if name in bench for c in claims]
+    n = len([r for r in runs if r[0] not in bench])
+    parts = [f"{counts(suite)}, over {n} experiments"] if suite else []
+    if tasks:
+        parts.append(f"benchmark: {sum(c['passed'] for c in tasks)} of {len(tasks)} claims hold over "
+                     f"{len(runs) - n} tasks")
     return "; ".join(parts)
 
 
@@ -92,7 +106,8 @@ def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes
     v = meta["versions"]
     rebuilt = f" Outputs rebuilt from the records on {meta['rebuilt']}." if meta.get("rebuilt") else ""
     lines = [f"# {exp.name}", "", exp.description, "",
-             "Sources: " + "; ".join(citations(exp.sources)) + ". Each claim names its source and section; "
+             "Sources: " + "; ".join(citations(exp.sources)) + ". Each claim names its source (by that number) and "
+             "section; "
              "a derived check is polaropt's own derivation from those sources, and a finding beyond the sources a "
              "question they do not ask.", "",
              f"{counts(claims)}. Run {how}, in {meta['wall_time_s']:.1f} s, "
@@ -127,9 +142,7 @@ def _img(png: Path, cls: str) -> str:
 
 
 def _index_md(runs, experiments, missing, passed, total, summary=None) -> str:
-    every = [c for *_, claims in runs for c in claims]
-    md = ["# polaropt results", "", f"{counts(every)}, over {len(runs)} experiments ({passed} of {total} claims "
-          "in all)."]
+    md = ["# polaropt results", "", f"{headline(runs, experiments)} ({passed} of {total} claims in all)."]
     if summary is not None:
         md += ["", f"Benchmark, which recipe to use: [{summary}]({summary}) (recipe × task table and figure)."]
     if missing:
@@ -169,8 +182,8 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
     e = html.escape
     h = ["<!doctype html><html><head><meta charset='utf-8'><title>polaropt results</title>",
          f"<style>{STYLE}</style></head><body>", "<h1>polaropt results</h1>",
-         f"<p class='lead'>{e(counts([c for *_, claims in runs for c in claims]))}, over {len(runs)} experiments "
-         f"({passed} of {total} claims in all). <a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
+         f"<p class='lead'>{e(headline(runs, experiments))} ({passed} of {total} claims in all). "
+         f"<a href='#not-reproduced'>{total - passed} not reproduced</a>.</p>"]
     if missing:
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
     if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
@@ -213,13 +226,13 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
                      f"{e(c['expected'])}</p><p><b>measured</b> {e(c['measured'])}</p><p class='muted'>"
                      f"{e(c['source'])}</p></details></td><td>{_verdict(c)}</td></tr>")
         h.append("</table></div></div>")
-        h.append(_report_details(d / "report.md"))
+        h.append(_report_details(d / "report.md", name))
         h.append("</section>")
     h.append("</body></html>")
     return "\n".join(h)
 
 
-def _report_details(report: Path) -> str:
+def _report_details(report: Path, name: str) -> str:
     """The report's sources, notes and configuration on the page itself (a browser shows a linked ``.md`` raw)."""
     if not report.exists():
         return ""
@@ -231,7 +244,7 @@ def _report_details(report: Path) -> str:
             end = text.find("\n## ", start + 4)
             parts[title] = text[start + len(title) + 5:end if end >= 0 else None].strip()
     sources = next((line for line in text.splitlines() if line.startswith("Sources: ")), "")
-    anchor = html.escape(report.parent.name)
+    anchor = html.escape(name)
     body = [f"<p class='muted'>{html.escape(sources)}</p>"] if sources else []
     body += [f"<h4>{html.escape(t)}</h4><pre style='white-space:pre-wrap'>{html.escape(v)}</pre>" for t, v in parts.items()]
     return f"<details id='{anchor}-notes'><summary>notes and configuration</summary>{''.join(body)}</details>"
