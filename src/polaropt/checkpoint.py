@@ -19,17 +19,14 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from .polar import compose, polar_tensors
+from .polar import compose, leaf_prefix, polar_paths, polar_tensors
 
 
 def _polar_keys(model: nn.Module) -> tuple[dict, set[str]]:
     """``{plain key: PolarTensor}`` and the set of the model's state-dict keys they stand for (every
     key under ``<owner>.parametrizations.<name>.``, stacked parametrizations' entries included)."""
-    plain = {}
-    for t in polar_tensors(model):
-        for path in t.paths:  # every name the model reaches it under (tied owners, a reused module)
-            plain[path] = t
-    bases = tuple(_base(path) for path in plain)
+    plain = polar_paths(model)
+    bases = tuple(leaf_prefix(path) for path in plain)
     polar = {k for k in model.state_dict() if bases and k.startswith(bases)}
     return plain, polar
 
@@ -46,12 +43,6 @@ def _weight(t, full: bool) -> torch.Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(w, t.direction.device_mesh, t.direction.placements)
-
-
-def _base(path: str) -> str:
-    """``"blocks.0.fc.weight"`` -> ``"blocks.0.fc.parametrizations.weight."``"""
-    owner, _, name = path.rpartition(".")
-    return (owner + "." if owner else "") + f"parametrizations.{name}."
 
 
 @torch.no_grad()
@@ -74,7 +65,7 @@ def plain_state_dict(model: nn.Module, *, full: bool = False) -> dict[str, torch
         >>> _ = plain.load_state_dict(po.plain_state_dict(polar), strict=True)
     """
     plain_keys, polar_keys = _polar_keys(model)
-    at = {_base(path) + "original0": path for path in plain_keys}
+    at = {leaf_prefix(path) + "original0": path for path in plain_keys}
     weights = {id(t.polar): _weight(t, full) for t in polar_tensors(model)}
     out = {}
     for key, value in model.state_dict().items():
@@ -139,7 +130,7 @@ def load_plain_state_dict(model: nn.Module, state_dict: dict, strict: bool = Tru
         split[id(t.polar)] = (t, s, v)
     for t, s, v in split.values():
         for path in t.paths:
-            base = _base(path)
+            base = leaf_prefix(path)
             translated[base + "original0"], translated[base + "original1"] = s, v
             translated[base + "0._extra_state"] = t.polar.get_extra_state()
     model.load_state_dict(translated, strict=False)

@@ -29,6 +29,8 @@ import types
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .polar import leaf_prefix
+
 _SAVED = "_polaropt_hf"  # instance attribute of an adopted model: what it held before, restored by release
 _MAPS = ("_tied_weights_keys", "all_tied_weights_keys")
 _REPLACED = (*_MAPS, "resize_token_embeddings", "init_weights", "generate")  # instance attributes adopt sets
@@ -81,7 +83,7 @@ def adopt(model: nn.Module, polar_paths: dict, reinitialize) -> None:
                 rewritten[target] = source  # plain weights, or not one polar tensor: as the model says
                 continue
             polar = True
-            t_base, s_base = _leaf_base(target), _leaf_base(source)
+            t_base, s_base = leaf_prefix(target), leaf_prefix(source)
             for leaf in ("original0", "original1"):
                 rewritten[t_base + leaf] = s_base + leaf
         module.__dict__[_SAVED] = saved
@@ -141,9 +143,3 @@ def _init_weights(self, *, reinitialize) -> None:
             self.__dict__.update(adopted)
 
     reinitialize(self, run)
-
-
-def _leaf_base(path: str) -> str:
-    """``"lm_head.weight"`` -> ``"lm_head.parametrizations.weight."``"""
-    owner, _, name = path.rpartition(".")
-    return (owner + "." if owner else "") + f"parametrizations.{name}."

@@ -32,8 +32,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import fold, guard, hf
-from .polar import (DEFAULT_EPS, Polar, _is_fsdp_module, _own_class_on_copy, _remove, polar_tensors, polarize,
-                    resolve_scale)
+from .polar import (DEFAULT_EPS, Polar, _is_fsdp_module, _own_class_on_copy, _remove, polar_paths, polar_tensors,
+                    polarize, resolve_scale)
 from .steps import refuse_orphans
 
 SPEC_DEFAULTS = dict(scale="out", mode="absorb", trainable_scale=True, init="norm", batch_dims=0, eps=DEFAULT_EPS)
@@ -178,12 +178,8 @@ def polarize_model(model: nn.Module, *, include: Selector = None, exclude: Selec
         done += paths
         module, name = owners[0][1], owners[0][2]
         module.parametrizations[name][0]._label = owners[0][0]
-    hf.adopt(model, _polar_paths(model), reinitialize_)  # a Hugging Face model's tied-weight maps name the polar leaves
+    hf.adopt(model, polar_paths(model), reinitialize_)  # a Hugging Face model's tied-weight maps name the polar leaves
     return done
-
-
-def _polar_paths(model: nn.Module) -> dict:
-    return {path: t for t in polar_tensors(model) for path in t.paths}
 
 
 def unpolarize_model(model: nn.Module) -> list[str]:
@@ -202,7 +198,7 @@ def unpolarize_model(model: nn.Module) -> list[str]:
             _remove(module, name)
             setattr(module, name, plain)
         done += t.paths
-    hf.adopt(model, _polar_paths(model), reinitialize_)  # the maps of what stays polar; the model's own elsewhere
+    hf.adopt(model, polar_paths(model), reinitialize_)  # the maps of what stays polar; the model's own elsewhere
     return done
 
 

@@ -566,3 +566,16 @@ def polar_tensors(model: nn.Module) -> Iterator[PolarTensor]:
         qualname, module, name = owners[0]
         yield PolarTensor(qualname, module, name, plist[0], plist.original0, plist.original1, tuple(owners),
                           tuple(paths))
+
+
+def polar_paths(model: nn.Module) -> dict[str, PolarTensor]:
+    """``{qualified name: PolarTensor}`` under every name the model reaches a polar tensor by (tied owners, a
+    module used at two places)."""
+    return {path: t for t in polar_tensors(model) for path in t.paths}
+
+
+def leaf_prefix(path: str) -> str:
+    """Where a polar tensor's leaves sit in a state dict: ``"blocks.0.fc.weight"`` ->
+    ``"blocks.0.fc.parametrizations.weight."`` (then ``original0`` is ``s``, ``original1`` is ``V``)."""
+    owner, _, name = path.rpartition(".")
+    return (owner + "." if owner else "") + f"parametrizations.{name}."
