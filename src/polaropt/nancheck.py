@@ -208,9 +208,10 @@ class LazyCheck:
                 else:
                     self.groups = guard.group_sizes(optimizer)
             return
+        # the parameter each bad tensor belongs to (a state tensor: its parameter)
+        blamed = {id(scope[i] if i < len(scope) else owners[i - len(scope)]) for i in bad}
         if when is None and self.snapshot is not None:
-            held = {id(t) for t, _ in self.snapshot[0]}
-            if all(id(scope[i] if i < len(scope) else owners[i - len(scope)]) not in held for i in bad):
+            if blamed.isdisjoint(id(t) for t, _ in self.snapshot[0]):
                 # only in what the snapshot does not hold (added since): restoring would roll the rest
                 # back and fix nothing
                 when, forget = "in parameters added since the last snapshot", False
@@ -223,8 +224,7 @@ class LazyCheck:
         shown = ", ".join(named[:4]) + (f" and {len(named) - 4} more" if len(named) > 4 else "")
         if when is None and not self.restore:  # the default: no copy kept, so nothing to go back to
             clean_at = self.clean_at  # the values stay bad: every later read reports the same range
-            fresh = all(id(scope[i] if i < len(scope) else owners[i - len(scope)]) not in self.covered for i in bad)
-            if fresh:
+            if blamed.isdisjoint(self.covered):
                 where = "in parameters added since the last clean read"
             elif self.steps == clean_at:
                 where = f"with no step since the last clean read (step {clean_at} since attach), so not by a step"

@@ -349,16 +349,15 @@ def resolve_scale(module: nn.Module, tensor: torch.Tensor, scale: str, batch_dim
             raise ValueError(f"scale='in' on a tensor of shape {tuple(tensor.shape)} with batch_dims={batch_dims}: "
                              "there is no input dim; use 'row', 'tensor' or 'element'")
         return "row" if scale == "out" else "column"
-    groups = getattr(module, "groups", 1)
-    transposed = issubclass(parametrize.type_before_parametrizations(module), nn.modules.conv._ConvTransposeNd)
-    if isinstance(module, nn.modules.conv._ConvNd) and groups > 1 and (transposed or scale == "in"):
+    out_dim, groups = _output_dim(module, tensor), getattr(module, "groups", 1)
+    if isinstance(module, nn.modules.conv._ConvNd) and groups > 1 and (out_dim == 1 or scale == "in"):
         if groups == module.in_channels == module.out_channels:  # depthwise: dim 0 is one input = one output
             return "row"
-        raise ValueError(
+        raise ValueError(  # a convolution with out_dim 1 is a transposed one
             f"scale={scale!r} on {type(module).__name__}(groups={groups}): its weight {tuple(tensor.shape)} holds "
-            f"{'out' if transposed else 'in'}_channels/groups per group, so no dim has one scale per "
+            f"{'out' if out_dim == 1 else 'in'}_channels/groups per group, so no dim has one scale per "
             f"{'output' if scale == 'out' else 'input'} channel; use 'row' (dim 0), 'tensor' or 'element'")
-    return ("row", "column")[_output_dim(module, tensor) ^ (scale == "in")]
+    return ("row", "column")[out_dim ^ (scale == "in")]
 
 
 def _join(module: nn.Module, name: str, plist, spec: dict) -> nn.Module:
