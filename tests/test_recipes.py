@@ -357,3 +357,23 @@ def test_hyperball_leaves_a_vits_cls_token_to_adamw():
         model(torch.randn(2, 3, 8, 8)).square().mean().backward()
         opt.step()
     assert model.cls_token.norm() > 10 * before.norm()
+
+
+def test_recipes_keep_a_tied_parameter_named_only_under_its_second_owner_from_decay():
+    """param_groups read every name of a tied parameter; the recipes read one, so they decayed it."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.head(self.b(self.a(x)))
+
+        def no_weight_decay(self):
+            return {"b.weight"}
+
+    model = Tied()
+    opt = po.recipe("adamw", model, lr=1e-2, weight_decay=0.1)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(model.a.weight)] == 0.0 and decay[id(model.head.weight)] == 0.1

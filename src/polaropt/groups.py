@@ -99,6 +99,12 @@ def _no_decay(model: nn.Module, no_decay) -> "Callable[[str, torch.Tensor], bool
     return lambda name, tensor: tensor.ndim <= 1 or name in named
 
 
+def kept_from_decay(model: nn.Module, exempt) -> set[int]:
+    """The ids of the parameters ``exempt(name, tensor)`` keeps from decay under any of their names (a tied
+    parameter is named once per owner)."""
+    return {id(p) for name, p in model.named_parameters(remove_duplicate=False) if exempt(name, p)}
+
+
 def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: Mapping | None = None,
                  rest: Mapping | None = None, weight_decay: float | None = None,
                  split_scales: bool = False, no_decay="auto") -> list[dict]:
@@ -145,12 +151,10 @@ def param_groups(model: nn.Module, *, scale: Mapping | None = None, direction: M
             scales[on == "scale" and not kept].append(t.scale)
         directions[on == "direction" and not kept].append(t.direction)
     others = {True: [], False: []}
-    names: dict[int, list] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):  # a tied parameter under each of its names
+    kept = kept_from_decay(model, exempt)
+    for p in dict.fromkeys(model.parameters()):
         if id(p) not in seen and p.requires_grad:
-            names.setdefault(id(p), [p]).append(name)
-    for p, *qualnames in names.values():
-        others[not any(exempt(name, p) for name in qualnames)].append(p)
+            others[id(p) not in kept].append(p)
 
     def group(params, role, carries, options):
         return {"params": params, "polar_role": role, "polar_decay": carries,

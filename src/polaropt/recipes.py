@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .groups import _no_decay, param_groups
+from .groups import _no_decay, kept_from_decay, param_groups
 from .models import _candidates, _select, polarize_model
 from .polar import _own_class_on_copy
 from .steps import attach
@@ -261,8 +261,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     adam_kw = options
     # every recipe keeps the same parameters from decay as param_groups does: 1-D ones (biases, norm gains) and
     # those the model's no_weight_decay() names; read while the names are plain
-    exempt = _no_decay(model, "auto")
-    kept = {id(p) for q, p in model.named_parameters() if exempt(q, p)}
+    kept = kept_from_decay(model, _no_decay(model, "auto"))
     if name == "adamw":
         return _finish(name, [_adamw(model.parameters(), lr, weight_decay, kept, **adam_kw)])
     hidden, rest = _split(model, include, exclude)
