@@ -133,3 +133,20 @@ def test_the_memory_benchmark_runs_every_variant(variant):
 
     got = memory.worker(variant, "gpt", 1, "cpu")
     assert got["peak_bytes"] > got["param_bytes"] > 0
+
+
+def test_the_sgd_rescale_benchmark_runs_on_the_real_data(tmp_path):
+    from polaropt.experiments.bench import data
+
+    try:
+        data.fashion_mnist()
+    except data.DataMissing:
+        if __import__("os").environ.get("POLAROPT_REQUIRE_DATA"):
+            raise
+        pytest.skip("Fashion-MNIST missing: apt-get install -y dataset-fashion-mnist")
+    import polaropt.transport as transport
+    import sgd_rescale
+
+    record = sgd_rescale.main(["--steps", "3", "--variants", "keep", "rescale-gradient", "--out", str(tmp_path / "s.json")])
+    assert set(record["results"]) == {"keep", "rescale-gradient"}
+    assert transport.MOMENT_ORDER["momentum_buffer"] == -1  # the old rule was put back
