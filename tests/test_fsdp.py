@@ -466,12 +466,16 @@ def test_a_restore_after_an_eval_forward_writes_into_the_shards(tmp_path):
     assert result["raised"] == [True] * WORLD and result["unchanged"]
 
 
-def _nan_in_one_shard(rank, out_dir):
+def _one_sharded_layer():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4)).double()
     po.polarize_model(model, mode="absorb")
     fsdp.fully_shard(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _nan_in_one_shard(rank, out_dir):
+    model, opt = _one_sharded_layer()
     out = {}
     for check in ("step", "lazy"):
         handle = po.attach(opt, model, check=check, restore=check == "lazy")
@@ -495,6 +499,37 @@ def test_a_nan_in_one_rank_shard_only_makes_every_rank_raise(tmp_path):
     result = spawn(_nan_in_one_shard, tmp_path)
     for check in ("step", "lazy"):
         assert result[check]["raised"] == [True] * WORLD and result[check]["unchanged"], check
+
+
+def _nan_in_one_shard_default_check(rank, out_dir):
+    """The default attach (no snapshot) under FSDP2: a NaN that reaches rank 1's shard alone."""
+    model, opt = _one_sharded_layer()
+    po.attach(opt, model)
+    x, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    if rank == 1:
+        y = y.clone()
+        y[0, 3] = float("nan")  # only output row 3's gradient: a row that only rank 1's shard holds
+    opt.zero_grad()
+    F.mse_loss(model(x), y).backward()
+    opt.step()  # no error and no sync on the step
+    out = {}
+    for name, read in (("check_finite", lambda: po.check_finite(opt)), ("state_dict", opt.state_dict)):
+        try:
+            read()  # a collective: every rank reads, and every rank raises
+            out[name] = None
+        except FloatingPointError as e:
+            out[name] = str(e)
+    out["shard_finite"] = bool(torch.isfinite(po.direction_of(model[0]).to_local()).all())
+    return out
+
+
+def test_the_default_check_finds_a_nan_in_one_rank_shard_on_every_rank(tmp_path):
+    r0, r1 = spawned.spawn(_nan_in_one_shard_default_check, tmp_path, world=WORLD, timeout=60)
+    for r in (r0, r1):
+        for read in ("check_finite", "state_dict"):
+            assert r[read] is not None and "Nothing was restored" in r[read], (read, r[read])
+            assert "0.parametrizations.weight.original" in r[read]
+    assert r0["shard_finite"] and not r1["shard_finite"]  # nothing restored: the NaN stays in rank 1's shard
 
 
 def _uneven_normalize_column(rank, out_dir):

@@ -2,13 +2,9 @@
 
 Before the step (``register_step_pre_hook``):
 
-1. **Gradient guard** (with :func:`attach` and ``check="step"``): a reduction of every gradient the
-   optimizer is about to use and one host sync; a NaN or Inf refuses the step with
-   ``FloatingPointError`` naming the tensors, before the optimizer writes anything (with
-   ``step(closure)``, the closure is wrapped so that its gradients are checked as it returns). With
-   ``check="lazy"`` (the default) nothing happens here: :mod:`polaropt.nancheck` reads the
-   parameters every ``check_every`` steps and raises if one holds NaN or Inf (with
-   ``restore=True``, after restoring a snapshot). ``check="off"``: nothing.
+1. **NaN/Inf check** (:mod:`polaropt.nancheck`): with ``check="step"``, the gradients the step uses
+   (a closure's as it returns); with ``check="lazy"`` (the default), a read only when a load or a
+   param group added or grown happened since the last one; ``"off"``: nothing.
 2. **Step-time lr multipliers** (:class:`polaropt.TwoStageLR`, :class:`polaropt.RadiusSquaredLR`):
    each multiplies its groups' *current* lr, whatever other schedulers set it to, for the duration
    of this step.
@@ -22,7 +18,8 @@ After the step (``register_step_post_hook``, in this order):
    deliberately left until later (so :mod:`polaropt.guard` does not raise). The step count lives in
    ``optimizer.param_groups[0]["polar_steps"]``, so it is saved and restored with the optimizer's
    ``state_dict``.
-5. **Lazy check** (``check="lazy"``): every ``check_every``-th step, the parameters are read.
+5. **Lazy check** (``check="lazy"``): every ``check_every``-th eager step, the parameters and their state
+   are read.
 
 Under ``torch.compile`` (the hooks are traced with ``opt.step()``), nothing here reads a value that
 changes from step to step, so the compiled step is neither broken nor recompiled: the Python step
@@ -43,10 +40,9 @@ import torch
 from torch import nn
 
 from . import guard
-from .nancheck import LazyCheck, check_mode
+from .nancheck import LazyCheck, check_gradients, check_mode, checked_closure
 from .polar import _is_fsdp_module, polar_tensors
 from .renorm import Plan, _plan_transport, _targets, renormalize_targets
-from .slices import nonfinite, slice_norm
 from .transport import check_state_policy
 
 _controls = weakref.WeakKeyDictionary()  # optimizer -> _Control
@@ -57,87 +53,30 @@ class _Control:
 
     def __init__(self, optimizer: torch.optim.Optimizer):
         self.optimizer = weakref.ref(optimizer)
-        self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every", "plan"}
-        self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read (and its snapshot), with check="lazy"
-        self._lazy_hooks: list = []  # state_dict / load_state_dict hooks of the lazy check
+        self.attached: list[dict] = []     # {"model", "state", "every", "check", "check_every", "restore", "plan"}
+        self.lazy: LazyCheck | None = None  # the periodic NaN/Inf read, with check="lazy"
         self.multipliers: list = []        # weak methods: factors(optimizer) -> {group index: factor}
         self.applied: list[tuple[int, float]] | None = None  # (group, lr before) while a step runs
         self.handles = (optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post))
 
-    def start_lazy(self, optimizer, every: int, restore: bool = False) -> None:
-        # Nothing here may hold the optimizer (_controls maps it weakly to this controller), and the
-        # check and the hooks hold this controller weakly: no cycle, so dropping the optimizer frees
-        # the snapshot at once, and a model that outlives the optimizer does not keep it.
-        me = weakref.ref(self)
-        self.lazy = LazyCheck(optimizer, every, lambda: me()._fixed_leaves() if me() else [],
-                              lambda opt: _names(me()._models(), opt) if me() else {},
-                              lambda: me()._watch_new_modules() if me() else None, restore)
-        # an optimizer checkpoint never holds a NaN that no read has reported; a loaded state is the
-        # new point to go back to (read before the next step: a model and its optimizer load one
-        # after the other, and the half not yet loaded may still hold the NaN being recovered from)
-        self._lazy_hooks = [optimizer.register_state_dict_pre_hook(lambda opt: _read(me, opt)),
-                            optimizer.register_load_state_dict_post_hook(lambda opt: _loaded(me, opt))]
-
-    def watch_loads(self, entry: dict) -> None:
-        """Notice a ``load_state_dict`` of the attached model or of any of its modules: through a wrapper
-        (``ddp.module.load_state_dict``) or a part (``model.blocks[0]``) as well as the whole. Torch
-        runs a module's load post-hooks whenever a load passes through it, so one hook per module
-        sees every load that reaches it. A module added to the model later is hooked at the next
-        read; a param group added or grown for it starts one before the next step, and that read
-        covers a load into it made before (its snapshot holds what was loaded). The hooks go with
-        ``AttachHandle.remove()``, or with this controller when the optimizer is dropped."""
-        entry["load_watched"], entry["load_hooks"] = weakref.WeakSet(), []
-        entry["unhook"] = weakref.finalize(self, _remove_hooks, entry["load_hooks"])
-        self._watch_new_modules(entry)
-
-    def _watch_new_modules(self, *entries: dict) -> None:
-        me = weakref.ref(self)
-        for entry in entries or self.attached:
-            ours = entry.get("load_watched")
-            if ours is None:  # not watched (check="step"), or not yet (the read at attach)
-                continue
-            new = [m for m in entry["model"].modules() if m not in ours]
-            if not new:
-                continue
-
-            def loaded(module, keys, ours=ours):  # a copy of the model (deepcopy copies hooks) is not this model
-                ctl = me()
-                if ctl is not None and module in ours:
-                    _loaded(me, ctl.optimizer())
-
-            for m in new:
-                ours.add(m)
-                entry["load_hooks"].append(m.register_load_state_dict_post_hook(loaded))
-
-    def stop_lazy(self, read: bool = True) -> None:
-        """Drop the lazy check (and its snapshot's memory). With ``read``, a last read first, so
-        nothing is missed; without (leaving a ``with`` block by an exception) none, since under
-        FSDP2 a read is a collective that a rank raising alone would wait in forever."""
-        lazy, self.lazy = self.lazy, None
-        for h in self._lazy_hooks:
-            h.remove()
-        self._lazy_hooks = []
-        opt = self.optimizer()
-        if opt is not None and read:
-            lazy.read(opt)
-
     def _models(self):
         return [a["model"] for a in self.attached]
 
-    def _fixed_leaves(self):
-        """The attached models' s and V that no optimizer steps (a fixed scale absorb rescales)."""
-        return [x for m in self._models() for t in polar_tensors(m) for x in (t.scale, t.direction)
-                if not x.requires_grad]
-
     def release_if_unused(self, read: bool = True) -> None:
+        """Remove the hooks nothing uses. The lazy check goes with the last attached model, after a last
+        read unless ``read`` is False (leaving a ``with`` block by an exception: under FSDP2 a read is a
+        collective that the ranks which did not fail would not join)."""
+        opt = self.optimizer()
         if not self.attached and not self.multipliers:
             for h in self.handles:
                 h.remove()
-            opt = self.optimizer()
             if opt is not None:
                 _controls.pop(opt, None)
-        if self.lazy is not None and not self.attached:  # last: its final read may raise
-            self.stop_lazy(read)
+        if self.lazy is not None and not self.attached:
+            lazy, self.lazy = self.lazy, None
+            lazy.close()
+            if read and opt is not None:
+                lazy.read(opt)  # last: it may raise
 
     def _pre(self, optimizer, args, kwargs) -> None:
         self._restore(optimizer)  # a previous step that raised inside the optimizer left them applied
@@ -153,20 +92,9 @@ class _Control:
                 closure = None
                 check_gradients(optimizer, self._models())
             else:  # the closure computes the gradients inside step(): check them as it returns, before any update
-                models, me = self._models(), weakref.ref(self)
-                params = [p for g in optimizer.param_groups for p in g["params"]]
-                versions = [p._version for p in params]  # what the optimizer writes between closure calls shows
-
-                def checked():
-                    loss = closure()
-                    try:
-                        written = [p for p, v in zip(params, versions) if p._version != v]
-                        check_gradients(optimizer, models, written=written)
-                    except BaseException:
-                        if me() is not None:  # the step-time lr multipliers, applied before step() ran
-                            me()._restore(optimizer)
-                        raise
-                    return loss
+                me = weakref.ref(self)
+                closure = checked_closure(closure, optimizer, self._models(),
+                                          lambda: me() is not None and me()._restore(optimizer))
         if self.multipliers:
             # registered before the loop: if a schedule raises midway, what was applied is put back
             # at the next step's start (_restore) instead of staying multiplied
@@ -182,8 +110,8 @@ class _Control:
                     group["lr"] = group["lr"] * factor
         if closure is not None:  # step(closure) or step(closure=...): the optimizer gets the checked one, in its place
             if "closure" in kwargs:
-                return args, {**kwargs, "closure": checked}
-            return args[:1] + (checked,) + args[2:], kwargs
+                return args, {**kwargs, "closure": closure}
+            return args[:1] + (closure,) + args[2:], kwargs
 
     def _restore(self, optimizer) -> None:
         if self.applied is not None:
@@ -218,24 +146,6 @@ class _Control:
             self.lazy.stepped(optimizer)
 
 
-def _read(me, optimizer) -> None:
-    ctl = me()
-    if ctl is not None and ctl.lazy is not None and optimizer is not None:
-        ctl.lazy.read(optimizer, snapshot=False)  # a check: a checkpoint saved on one DDP rank moves nothing
-
-
-def _remove_hooks(handles: list) -> None:
-    for h in handles:
-        h.remove()
-    handles.clear()
-
-
-def _loaded(me, optimizer) -> None:
-    ctl = me()
-    if ctl is not None and ctl.lazy is not None:
-        ctl.lazy.reload = True
-
-
 @torch._dynamo.disable  # under torch.compile: one graph break, where every > 1 needs the count
 def _count_step(group: dict) -> int:
     group["polar_steps"] = count = group.get("polar_steps", 0) + 1
@@ -254,59 +164,6 @@ def control(optimizer: torch.optim.Optimizer) -> _Control:
     if c is None:
         c = _controls[optimizer] = _Control(optimizer)
     return c
-
-
-def _names(models, optimizer) -> dict[int, str]:
-    names = {}
-    for model in models:
-        for qualname, p in model.named_parameters(remove_duplicate=False):
-            names.setdefault(id(p), qualname)
-    for gi, group in enumerate(optimizer.param_groups):
-        for pi, p in enumerate(group["params"]):
-            names.setdefault(id(p), f"group {gi} param {pi} {tuple(p.shape)}")
-    return names
-
-
-def _zero_slices(models) -> list[str]:
-    """Tensors whose normalize-mode V has an all-zero slice (the fused kernel's 0/0)."""
-    out = []
-    for model in models:
-        for t in polar_tensors(model):
-            if t.polar.mode == "normalize":
-                k = int((slice_norm(t.direction.detach(), t.polar.dims) == 0).sum())
-                if k:
-                    out.append(f"{t.qualname} ({k} slice(s) of V are exactly zero, so V/‖V‖ is 0/0)")
-    return out
-
-
-@torch.no_grad()
-def check_gradients(optimizer: torch.optim.Optimizer, models=(), written=()) -> None:
-    """Raise ``FloatingPointError`` if any gradient the optimizer is about to use holds NaN or Inf.
-
-    The test is :func:`polaropt.slices.nonfinite` (a sum per gradient, one host sync, alarms
-    confirmed per tensor, global under FSDP2). Nothing is modified. ``written``: parameters the
-    optimizer already changed in this step (between the calls of a closure, as LBFGS does), which
-    the message names instead of saying that nothing was written.
-    """
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    bad_at = nonfinite([p.grad._values() if p.grad.is_sparse else p.grad for p in params])
-    if not bad_at:
-        return
-    names = _names(models, optimizer)
-    bad = [names[id(params[i])] for i in bad_at]
-    why = _zero_slices(models)
-    if written:
-        moved = [names.get(id(p), f"a tensor of shape {tuple(p.shape)}") for p in written]
-        done = (f"the step was stopped, but {type(optimizer).__name__} had already changed {', '.join(moved[:4])}"
-                + (f" and {len(moved) - 4} more" if len(moved) > 4 else "") + " in this step (between calls of its "
-                "closure); those are not restored")
-    else:
-        done = (f"the step was refused before {type(optimizer).__name__} wrote anything, so every parameter and "
-                "optimizer state is as it was")
-    raise FloatingPointError(
-        f"non-finite gradient (NaN or Inf) in {', '.join(bad)}; {done}"
-        + (f". Cause found: {'; '.join(why)}" if why else " (lower the learning rate, or check the loss and inputs)")
-    )
 
 
 class AttachHandle:
@@ -328,9 +185,8 @@ class AttachHandle:
                     ctl.lazy.read(opt)
             finally:
                 ctl.attached.remove(self._entry)
-                if "unhook" in self._entry:  # runs once, and unregisters
-                    self._entry.pop("unhook")()
-                self._entry.pop("load_watched", None)
+                if ctl.lazy is not None:
+                    ctl.lazy.unwatch(self._entry["model"])
                 ctl.release_if_unused(read)  # the last model: its final read happens here
 
     def __enter__(self):
@@ -436,16 +292,17 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
     ctl.attached.append(entry)
     if check == "lazy":
         try:
-            if ctl.lazy is None:
-                ctl.start_lazy(optimizer, check_every, restore)
+            if ctl.lazy is None:  # the check holds the controller weakly: no cycle through the optimizer
+                me = weakref.ref(ctl)
+                ctl.lazy = LazyCheck(optimizer, check_every, restore, lambda: me()._models() if me() else [])
             else:  # a clean read: the snapshot now covers this model too (a bad one restores nothing)
-                ctl.lazy.read(optimizer, when="in the model being attached", forget=False)
+                ctl.lazy.read(optimizer, where="in the model being attached")
         except BaseException:  # e.g. a NaN already there: attach leaves nothing behind
             ctl.attached.remove(entry)
-            ctl.lazy = None if not ctl.attached else ctl.lazy
-            ctl.release_if_unused()
+            if ctl.lazy is not None:
+                ctl.lazy.unwatch(model)
+            ctl.release_if_unused(read=False)
             raise
-        ctl.watch_loads(entry)
     return AttachHandle(ctl, entry)
 
 
