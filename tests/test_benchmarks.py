@@ -150,3 +150,13 @@ def test_the_sgd_rescale_benchmark_runs_on_the_real_data(tmp_path):
     record = sgd_rescale.main(["--steps", "3", "--variants", "keep", "rescale-gradient", "--out", str(tmp_path / "s.json")])
     assert set(record["results"]) == {"keep", "rescale-gradient"}
     assert transport.MOMENT_ORDER["momentum_buffer"] == -1  # the old rule was put back
+
+
+def test_the_orthogonalize_benchmark_runs_and_reports_every_backend(tmp_path):
+    import orthogonalize
+
+    record = orthogonalize.main(["--blocks", "2", "--repeats", "1", "--calls", "1", "--out", str(tmp_path / "o.json")])
+    backends = record["results"]["backends"]
+    assert set(backends) == set(orthogonalize.BACKENDS)
+    assert backends["svd"]["max_sigma_error_one"] < 1e-4 < backends["torch-bf16"]["max_sigma_error_one"]
+    assert (tmp_path / "o.json").exists()

@@ -28,6 +28,8 @@ from .polar import (
 from .recipes import RECIPES, RecipeOptimizer, hidden_matrices, recipe
 from .renorm import renormalize_
 from .slices import SCALES
+from .muon import Muon
+from .orthogonalize import orthogonalize
 from .steepest import NORMS, SteepestDescent, steepest_step
 from .steps import attach, check_finite
 from .transport import STATES
@@ -42,7 +44,9 @@ __all__ = [
     "ROLES",
     "SCALES",
     "STATES",
+    "Muon",
     "SteepestDescent",
+    "orthogonalize",
     "Polar",
     "PolarTensor",
     "RadiusSquaredLR",

@@ -36,46 +36,32 @@ import math
 import torch
 from torch.optim import Optimizer
 
+from .orthogonalize import orthogonalize
+
 NORMS = ("l2", "linf", "rms", "spectral")
 ORTHOGONALIZERS = ("svd", "newton_schulz")
 
 
 # ---- the math, one small function each ------------------------------------------------------------
 
-def polar_factor_svd(G: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
-    """UVᵀ from the reduced SVD of the matrix ``G``, over singular values above ``rtol·σ_max``."""
-    U, S, Vh = torch.linalg.svd(G, full_matrices=False)
-    if rtol is None:
-        rtol = max(G.shape) * torch.finfo(G.dtype).eps
-    keep = (S > rtol * S.amax()).to(G.dtype) if S.numel() else S
-    return (U * keep) @ Vh
+def polar_factor_svd(G: torch.Tensor) -> torch.Tensor:
+    """UVᵀ from the reduced SVD of the matrix ``G``, over singular values above ``max(G.shape)·eps·σ_max``
+    (:func:`polaropt.orthogonalize.orthogonalize`, backend ``"svd"``)."""
+    return orthogonalize(G, "svd")
 
 
 def polar_factor_newton_schulz(G: torch.Tensor, steps: int = 30) -> torch.Tensor:
-    """UVᵀ by the cubic Newton–Schulz iteration X ← 1.5·X − 0.5·X·XᵀX from X₀ = G/‖G‖_F.
+    """UVᵀ by the cubic Newton–Schulz iteration X ← 1.5·X − 0.5·X·XᵀX from X₀ = G/‖G‖_F
+    (:func:`polaropt.orthogonalize.orthogonalize`, backend ``"newton-schulz"``, in float32 at least).
 
     Every singular value of X₀ lies in (0, 1], where the map σ ↦ 1.5σ − 0.5σ³ increases towards its
     fixed point 1 (quadratically near 1; a small σ grows by ×1.5 per step), and zero stays zero. So
     ``steps`` must cover log(‖G‖_F/σ_min)/log(1.5) plus a few steps for the final digits; the default
     30 converges to float32 precision for σ_min/‖G‖_F ≳ 1e-4. Zero singular values stay zero only in
     exact arithmetic: rounding noise there also grows ×1.5 a step, so for a rank-deficient G keep
-    ``steps`` well below ~80 (float64) or use the SVD. Runs in float32 at least (the cubic amplifies
-    bfloat16 rounding).
+    ``steps`` well below ~80 (float64) or use the SVD.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    dtype = G.dtype if G.dtype in (torch.float32, torch.float64) else torch.float32
-    X = G.to(dtype)
-    norm = torch.linalg.matrix_norm(X)  # Frobenius
-    if not torch.is_nonzero(norm > 0):
-        return torch.zeros_like(G)
-    X = X / norm
-    tall = X.shape[0] > X.shape[1]
-    if tall:  # iterate on the wide side: X·Xᵀ is then the smaller Gram matrix
-        X = X.mT
-    for _ in range(steps):
-        X = 1.5 * X - 0.5 * (X @ X.mT) @ X
-    return (X.mT if tall else X).to(G.dtype)
+    return orthogonalize(G, "newton-schulz", steps, dtype=torch.promote_types(G.dtype, torch.float32))
 
 
 def dual_norm_and_direction(g: torch.Tensor, norm: str, *, orthogonalize: str = "svd",
