@@ -154,7 +154,7 @@ def test_hyperball_radius_is_the_start_norm_and_survives_a_checkpoint():
     opt = po.recipe("hyperball-adamw", m, lr=0.05)
     train(m, opt, 3)
     base = opt.optimizers[0]
-    assert torch.equal(base.state[m.qkv.weight]["hyperball_radius"], r0)
+    assert base.state[m.qkv.weight]["hyperball_radius"] == float(r0.double())
     assert torch.allclose(m.qkv.weight.norm(), r0)
     sd = copy.deepcopy(opt.state_dict())
     other = model(seed=5)  # another start norm: the checkpoint's radius must win
@@ -162,7 +162,7 @@ def test_hyperball_radius_is_the_start_norm_and_survives_a_checkpoint():
     other.load_state_dict(m.state_dict())
     oopt.load_state_dict(sd)
     train(other, oopt, 1, seed=7)
-    assert torch.equal(oopt.optimizers[0].state[other.qkv.weight]["hyperball_radius"], r0)
+    assert oopt.optimizers[0].state[other.qkv.weight]["hyperball_radius"] == float(r0.double())
     assert torch.allclose(other.qkv.weight.norm(), r0)
 
 
@@ -377,3 +377,38 @@ def test_recipes_keep_a_tied_parameter_named_only_under_its_second_owner_from_de
     opt = po.recipe("adamw", model, lr=1e-2, weight_decay=0.1)
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decay[id(model.a.weight)] == 0.0 and decay[id(model.head.weight)] == 0.1
+
+
+def _hyperball_travel(dtype, steps=100, lr=1e-4):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.GELU(), nn.Linear(256, 10)).to(dtype)
+    opt = po.recipe("hyperball-adamw", m, lr=lr)
+    w0 = m[2].weight.detach().float().clone()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        m(torch.randn(32, 64, generator=gen).to(dtype)).float().square().mean().backward()
+        opt.step()
+    w = m[2].weight.detach().float()
+    assert m[2].weight.dtype == dtype and opt.optimizers[0].state[m[2].weight]["exp_avg"].dtype == torch.float32
+    return float((w - w0).norm() / w0.norm()), float(w.norm() / w0.norm() - 1), float((w != w0).float().mean())
+
+
+def test_hyperball_on_bfloat16_weights_travels_as_float32_and_keeps_its_radius():
+    # 0.3.0 stepped in bfloat16 and rounded each step to nearest: at lr 1e-4 most entries never moved (14% changed),
+    # the weight travelled half as far as in float32 and the radius drifted 1.2e-3 in 100 steps
+    travel32, drift32, _ = _hyperball_travel(torch.float32)
+    travel16, drift16, changed = _hyperball_travel(torch.bfloat16)
+    assert 0.7 < travel16 / travel32 < 1.6, (travel16, travel32)
+    assert abs(drift32) < 1e-6 and abs(drift16) < 1e-4, (drift32, drift16)  # HeavyBall: 2e-5
+    assert changed > 0.5
+
+
+def test_stochastic_rounding_is_unbiased():
+    from polaropt.recipes import round_stochastic_
+
+    x = torch.full((100_000,), 1.0 + 2 ** -10)  # a quarter of the way from 1 to the next bfloat16 (1 + 2^-7·…)
+    out = round_stochastic_(torch.empty(100_000, dtype=torch.bfloat16), x, torch.Generator().manual_seed(0))
+    assert set(out.float().unique().tolist()) == {1.0, 1.0 + 2 ** -7}
+    assert abs(out.double().mean().item() - x[0].item()) < 2e-5  # E[round(x)] = x, to the sampling error
+    assert out.to(torch.float32).eq(1.0).float().mean().item() == pytest.approx(0.875, abs=0.01)
