@@ -84,8 +84,10 @@ def test_muon_recipe_steps_equal_torch_muon():
     a, b = model(), model()
     opt = po.recipe("muon", a, lr=0.02, weight_decay=0.1)
     mats = [b.qkv.weight, b.proj.weight]
-    rest = [p for p in b.parameters() if all(p is not q for q in mats)]
+    rest = [p for p in b.parameters() if all(p is not q for q in mats + [b.conv.weight])]
+    # torch's Muon takes 2-D matrices only; the conv kernel is the matrix out × in·k (tested in test_muon.py)
     peer = [torch.optim.Muon(mats, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+            po.Muon([b.conv.weight], lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", dtype=torch.bfloat16),
             torch.optim.AdamW(decay_groups(rest, 0.1), lr=0.02)]
     for t in range(4):
         train(a, opt, 1, seed=t)
@@ -180,7 +182,7 @@ def test_multipliers_start_at_the_weights_and_decay_only_v():
 def test_recipes_refuse_bad_input():
     with pytest.raises(ValueError, match="unknown recipe 'adam'; valid recipes are adamw, adamw-weight-norm"):
         po.recipe("adam", model(), lr=1e-3)
-    with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, eps"):
+    with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, direction_options, eps, radial_lr"):
         po.recipe("muon", model(), lr=1e-3, every=2)
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
         po.recipe("adamw", model(), lr=-1)
@@ -405,7 +407,7 @@ def test_hyperball_on_bfloat16_weights_travels_as_float32_and_keeps_its_radius()
 
 
 def test_stochastic_rounding_is_unbiased():
-    from polaropt.recipes import round_stochastic_
+    from polaropt.hyperball import round_stochastic_
 
     x = torch.full((100_000,), 1.0 + 2 ** -10)  # a quarter of the way from 1 to the next bfloat16 (1 + 2^-7·…)
     out = round_stochastic_(torch.empty(100_000, dtype=torch.bfloat16), x, torch.Generator().manual_seed(0))

@@ -25,9 +25,10 @@ from .polar import (
     scale_of,
     unpolarize,
 )
-from .recipes import RECIPES, RecipeOptimizer, hidden_matrices, recipe
+from .recipes import DIRECTIONS, NAMED, RADIALS, RECIPES, RecipeOptimizer, compose, hidden_matrices, recipe
 from .renorm import renormalize_
 from .slices import SCALES
+from .lion import Lion
 from .muon import Muon
 from .orthogonalize import orthogonalize
 from .steepest import NORMS, SteepestDescent, steepest_step
@@ -44,7 +45,12 @@ __all__ = [
     "ROLES",
     "SCALES",
     "STATES",
+    "DIRECTIONS",
+    "Lion",
     "Muon",
+    "NAMED",
+    "RADIALS",
+    "compose",
     "SteepestDescent",
     "orthogonalize",
     "Polar",

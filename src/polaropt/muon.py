@@ -41,7 +41,7 @@ ADJUST = (None, "original", "match_rms_adamw")
 def adjusted_lr(lr: float, adjust: str | None, rows: int, cols: int) -> float:
     if adjust is None or adjust == "original":
         return lr * math.sqrt(max(1, rows / cols))
-    return lr * 0.2 * math.sqrt(max(rows, cols))
+    return lr * (0.2 * math.sqrt(max(rows, cols)))  # torch's order of the products (bitwise)
 
 
 def as_matrices(t: torch.Tensor, batch_dims: int) -> torch.Tensor:

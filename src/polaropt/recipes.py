@@ -22,12 +22,33 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .groups import _no_decay, kept_from_decay, param_groups
+from .hyperball import Hyperball
+from .lion import Lion
 from .models import _candidates, _select, polarize_model
+from .muon import Muon
 from .polar import _own_class_on_copy
+from .slices import SCALES
+from .steepest import SteepestDescent
 from .steps import attach
 
-RECIPES = ("adamw", "adamw-weight-norm", "polar-normalize", "polar-project", "polar-absorb", "polar-absorb-rescale",
-           "muon", "hyperball-adamw", "hyperball-muon", "multipliers", "absorb-muon")
+DIRECTIONS = ("adamw", "muon", "normuon", "lion", "l2", "linf", "rms", "spectral")
+RADIALS = ("none", "free", "normalize", "project", "absorb", "fixed", "multipliers")
+# the field's methods, each one cell of compose's grid; "adamw" and "adamw-weight-norm" are the plain
+# baselines (torch's AdamW, torch's weight_norm)
+MUON_AS_TORCH = {"dtype": torch.bfloat16, "adjust_lr_fn": "match_rms_adamw"}  # torch.optim.Muon's arithmetic
+NAMED = {
+    "polar-normalize": dict(direction="adamw", radial="normalize", scale="out"),
+    "polar-project": dict(direction="adamw", radial="project", scale="out"),
+    "polar-absorb": dict(direction="adamw", radial="absorb", scale="out"),
+    "polar-absorb-rescale": dict(direction="adamw", radial="absorb", scale="out", state="rescale"),
+    "muon": dict(direction="muon", radial="none", direction_options=MUON_AS_TORCH),
+    "normuon": dict(direction="normuon", radial="none", direction_options={"adjust_lr_fn": "match_rms_adamw"}),
+    "hyperball-adamw": dict(direction="adamw", radial="fixed", scale="tensor"),
+    "hyperball-muon": dict(direction="muon", radial="fixed", scale="tensor", direction_options=MUON_AS_TORCH),
+    "multipliers": dict(direction="adamw", radial="multipliers"),
+    "absorb-muon": dict(direction="muon", radial="absorb", scale="tensor", direction_options=MUON_AS_TORCH),
+}
+RECIPES = ("adamw", "adamw-weight-norm", *NAMED)
 
 
 class _ChildStates(collections.ChainMap):
@@ -149,10 +170,6 @@ def _adamw(params, lr, weight_decay, kept, **kw):
     return torch.optim.AdamW(groups, lr=lr, **kw) if groups else None
 
 
-def _muon(params, lr, weight_decay):
-    return torch.optim.Muon(params, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
-
-
 def _finish(name: str, optimizers: list, handles: Callable | None = None) -> torch.optim.Optimizer:
     """One optimizer for the recipe: the torch optimizer itself when there is one (so polaropt's state
     transport sees its state), else a ``RecipeOptimizer``; ``hooks(opt)`` attaches what the recipe needs.
@@ -179,114 +196,174 @@ class Multipliers(nn.Module):
         return self.r.view(view) * v * self.c.view(col)
 
 
-def round_stochastic_(dst: torch.Tensor, src: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Write float32 ``src`` into bfloat16 ``dst``, rounding each entry up or down with the probability that
-    makes the rounding unbiased (E[dst] = src): a random 16-bit integer is added below bfloat16's mantissa
-    and the low bits are cut. A step far below bfloat16's resolution then still moves the weight on
-    average, as in float32, where rounding to nearest would drop it (HeavyBall rounds this way)."""
-    bits = src.contiguous().view(torch.int32)
-    noise = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=generator)
-    cut = (bits + noise) & -65536  # 0xFFFF0000: keep sign, exponent and bfloat16's 7 mantissa bits
-    return dst.copy_(cut.view(torch.float32))  # exact: the low 16 bits are zero
-
-
-class Hyperball:
-    """``W ← R·N(W − η·R·N(u))`` after the base optimizer's step, N(x) = x/‖x‖_F per tensor, u the base
-    optimizer's update (recovered as the step it took: W' − W = −η·u), η the group's lr at that step,
-    R = ‖W‖_F before the tensor's first step (so weights loaded after ``recipe()`` keep their norm),
-    kept in the optimizer's state (``"hyperball_radius"``, a Python float: torch would cast a tensor to the
-    weight's dtype on load, and a bfloat16 radius is off by up to 0.4%) so a checkpoint carries it (Wen et al.,
-    "Hyperball"; the radius stored as HeavyBall does). A tensor without a gradient is left alone.
-
-    bfloat16/float16 weights are stepped in float32 and rounded once: for the step, the parameter and its
-    gradient are float32 copies (the base optimizer's state is then float32 too), and the result is written
-    back into the weight's own storage, stochastically rounded for bfloat16 (unbiased: a step below its
-    resolution still moves the weight on average), to nearest for float16. Rounding each step in the weight's
-    dtype instead (0.3.0) kept 14% of entries still at lr 1e-4, travelled half as far as float32 and let the
-    radius drift 1.2·10⁻³ over 100 steps (``tests/test_recipes.py``)."""
-
-    def __init__(self, params: list[torch.Tensor], names: list[str]):
-        self.params, self.names = params, names
-        self.before: list[torch.Tensor | None] = []
-        self.low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(p) -> (its low-precision data, grad)
-
-    def pre(self, opt, args, kwargs):
-        for p, name in zip(self.params, self.names):  # before anything moves
-            if p.grad is not None and "hyperball_radius" not in opt.state.get(p, {}) and not bool(p.detach().any()):
-                raise ValueError(
-                    f"{name} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be 0 and it could "
-                    "never move (the radius is fixed); initialize it, or leave it out of the hidden matrices with "
-                    "exclude= (a zero-initialized output projection trains under polar-absorb: its scale starts at 0)")
-        for p in self.params:
-            if p.grad is not None and p.dtype in LOW:
-                self.low[id(p)] = (p.data, p.grad)
-                p.data = p.data.float()
-                p.grad = p.grad.float()
-                state = opt.state.get(p, {})
-                for k, v in list(state.items()):  # a state loaded into low-precision weights: float32 again
-                    if isinstance(v, torch.Tensor) and v.dtype in LOW:
-                        state[k] = v.float()
-        self.before = [p.detach().clone() if p.grad is not None else None for p in self.params]
-
-    @torch.no_grad()
-    def post(self, opt, args, kwargs):
-        lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}  # at step time (schedulers)
-        for p, w in zip(self.params, self.before):
-            if w is None:
-                continue
-            state = opt.state[p]  # the base optimizer has created it by now
-            if "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into bfloat16 weights keeps it
-                state["hyperball_radius"] = float(w.norm(dtype=torch.float64))  # one host sync, at the first step
-            R = state["hyperball_radius"]
-            step = p - w  # = −η·u
-            n = step.norm()
-            moved = w + lr[id(p)] * R * step / n if n > 0 else w  # W − η·R·N(u)
-            new = R * moved / moved.norm()
-            low = self.low.pop(id(p), None)
-            if low is None:
-                p.copy_(new)
-                continue
-            data, grad = low
-            if data.dtype == torch.bfloat16:
-                round_stochastic_(data, new)
-            else:
-                data.copy_(new)
-            p.data, p.grad = data, grad  # the weight's own storage and gradient again
-        self.before = []
-
-
-LOW = (torch.float16, torch.bfloat16)
 ATTACHED = ("polar-project", "polar-absorb", "polar-absorb-rescale", "absorb-muon")  # recipes with po.attach
+
+
+def _weight_owners(model: nn.Module, hidden, name: str) -> list[nn.Module]:
+    """The module whose own ``weight`` each hidden matrix is (what a parametrization or weight_norm wraps);
+    refused, naming them, for a matrix that is not one (tied, or an LSTM's ``weight_ih_l0``)."""
+    owners = {id(p): own for p, own, _ in _candidates(model)}
+    odd = [q for q, p in hidden if len(owners[id(p)]) != 1 or owners[id(p)][0][2] != "weight"]
+    if odd:
+        raise ValueError(f"{name!r} wraps a module's `weight`; {', '.join(odd)} is not one module's own `weight` "
+                         "(tied, or named otherwise, e.g. LSTM/MultiheadAttention): leave it out with exclude=")
+    return [owners[id(p)][0][1] for _, p in hidden]
+
+
+def _direction_optimizer(rule: str, groups: list[dict], lr: float, options: dict, adam: dict):
+    """The optimizer of direction rule ``rule`` over ``groups`` (each with its weight decay)."""
+    if rule == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **{**adam, **options})
+    if rule in ("muon", "normuon"):
+        return Muon(groups, lr=lr, normuon=rule == "normuon", **options)
+    if rule == "lion":
+        return Lion(groups, lr=lr, **options)
+    return SteepestDescent(groups, lr=lr, norm=rule, **options)
+
+
+def _choice(kind: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid choices are {', '.join(map(repr, valid))}")
+
+
+def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none", scale: str = "out", lr: float,
+            radial_lr: float | None = None, weight_decay: float = 0.0, include=None, exclude=None,
+            direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
+            every: int = 1, check: str | None = "lazy", check_every: int = 100, restore: bool = False,
+            name: str | None = None) -> torch.optim.Optimizer:
+    """One optimizer for ``model``: a direction rule × a radial rule × a scale granularity on its hidden
+    matrices (:func:`hidden_matrices`), AdamW on everything else (embeddings, head, biases, gains).
+
+    - ``direction`` (what steps the matrix, or its direction V): ``"adamw"`` (torch's AdamW), ``"muon"`` and
+      ``"normuon"`` (:class:`polaropt.Muon`; conv kernels as out × in·kh·kw), ``"lion"`` (:class:`polaropt.Lion`),
+      ``"l2"``/``"linf"``/``"rms"``/``"spectral"`` (:class:`polaropt.SteepestDescent`, CS182's norms).
+      ``direction_options``: that optimizer's own options (Muon's ``backend``, ``ns_steps``, ``dtype``,
+      ``adjust_lr_fn``, ``batch_dims``, ``momentum``; Lion's ``betas``; ...).
+    - ``radial`` (what happens to the norm): ``"none"`` (plain W, decayed by ``weight_decay``), the polar modes
+      ``"free"`` (W = s ⊙ V, both trained: learnable multipliers), ``"normalize"`` (weight normalization),
+      ``"project"`` (V back on the sphere after each step), ``"absorb"`` (Liu: ‖V‖ moved into s), each with a
+      trainable scale stepped by AdamW at ``radial_lr`` (default ``lr``); ``"fixed"`` (Hyperball: the norm fixed
+      at its value at the first step, the step normalized per tensor, W ← R·N(W − η·R·N(u)); at a finer
+      ``scale`` each slice's norm is fixed); ``"multipliers"`` (W_ij = r_i·V_ij·c_j, Falcon's row × column
+      multipliers; ``scale`` does not apply).
+    - ``scale``: the granularity of the polar scale (``"out"``/``"in"`` by the layer's layout, ``"tensor"``,
+      ``"row"``, ``"column"``, ``"element"``).
+
+    Weight decay λ lands where each radial rule carries W's norm (:func:`polaropt.param_groups`): on V for
+    ``free``/``absorb``, on s for ``normalize``/``project``, nowhere for ``fixed`` (its norm is fixed); 1-D
+    parameters and a model's ``no_weight_decay()`` names are kept from it. ``state``, ``every``, ``check``,
+    ``check_every``, ``restore``: :func:`polaropt.attach`'s, for ``project``/``absorb``/``fixed``. Returns one
+    optimizer (a :class:`RecipeOptimizer` when two are needed) with ``polar_handles`` and ``polar_recipe``.
+    A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
+    would be fixed; ``"normalize"`` with ``"element"``: V/|V| is a sign, it has no gradient).
+    """
+    _choice("direction rule", direction, DIRECTIONS)
+    _choice("radial rule", radial, RADIALS)
+    _choice("scale", scale, SCALES + ("out", "in"))
+    for key, value in (("lr", lr), ("radial_lr", lr if radial_lr is None else radial_lr)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{key} must be a positive finite number, got {value!r}")
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if radial == "fixed" and scale == "element":
+        raise ValueError("radial='fixed' with scale='element' fixes every entry's magnitude: only its sign could "
+                         "change. Use 'tensor' (Hyperball), 'row'/'out' or 'column'/'in'")
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        raise ValueError("compose() takes a plain model and parametrizes it itself; this one is already "
+                         "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
+    options, adam = dict(direction_options or {}), dict(adam_options or {})
+    radial_lr = lr if radial_lr is None else radial_lr
+    name = name or f"{direction}/{radial}" + ("" if radial in ("none", "multipliers") else f"/{scale}")
+    checks = dict(every=every, check=check, check_every=check_every, restore=restore)
+    # kept from decay as param_groups keeps them (1-D, no_weight_decay()), read while the names are plain
+    kept = kept_from_decay(model, _no_decay(model, "auto"))
+    hidden, rest = _split(model, include, exclude)
+    if not hidden:
+        raise ValueError(f"{name}: found no hidden matrix in the model; name them with include=")
+    mats, names = [p for _, p in hidden], [q for q, _ in hidden]
+    if radial == "none" or (radial == "fixed" and scale == "tensor"):
+        fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
+        base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
+                                    options, adam)
+        ball = Hyperball(mats, names) if fixed else None
+        return _finish(name, [base, _adamw(rest, lr, weight_decay, kept, **adam)],
+                       (lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
+                       if fixed else None)
+    if radial == "multipliers":
+        directions, factors = [], []
+        for (q, p), module in zip(hidden, _weight_owners(model, hidden, name)):
+            parametrize.register_parametrization(module, "weight", Multipliers(p.shape, p.dtype, p.device))
+            _own_class_on_copy(module)  # a deepcopy gets its own parametrized class
+            directions.append(module.parametrizations.weight.original)
+            factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
+        if direction == "adamw":  # one AdamW, as the method's paper trains it
+            groups = [{"params": directions, "weight_decay": weight_decay},
+                      {"params": factors, "weight_decay": 0.0, "lr": radial_lr}, *_decay_groups(rest, kept, weight_decay)]
+            return _finish(name, [torch.optim.AdamW(groups, lr=lr, **adam)])
+        return _finish(name, [_direction_optimizer(direction, [{"params": directions, "weight_decay": weight_decay}],
+                                                   lr, options, adam),
+                              torch.optim.AdamW([{"params": factors, "weight_decay": 0.0, "lr": radial_lr},
+                                                 *_decay_groups(rest, kept, weight_decay)], lr=lr, **adam)])
+    mode = "project" if radial == "fixed" else radial
+    polarize_model(model, include=names, scale=scale, mode=mode, trainable_scale=radial != "fixed")
+    groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr})
+    if direction == "adamw":
+        base = torch.optim.AdamW(groups, lr=lr, **adam)
+        optimizers = [base]
+    else:
+        base = _direction_optimizer(direction, [g for g in groups if g["polar_role"] == "direction"], lr, options, adam)
+        others = [g for g in groups if g["polar_role"] != "direction"]
+        optimizers = [base, torch.optim.AdamW(others, lr=lr, **adam) if others else None]
+    leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
+
+    def hooks(opt):
+        handles = []
+        if radial == "fixed":  # the step on V normalized per tensor, before the renormalization projects each slice
+            ball = Hyperball(leaves, names, project=False)
+            handles += [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)]
+        if mode in ("project", "absorb"):
+            handles.append(attach(opt, model, state=state, **checks))
+        return handles
+    return _finish(name, optimizers, hooks)
 
 
 def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0, include=None, exclude=None,
            **options) -> torch.optim.Optimizer:
-    """The optimizer of recipe ``name`` for ``model`` (polarized or parametrized in place where the recipe
-    says), with its hooks attached: ``optimizer.polar_handles`` (each ``.remove()``) and
+    """The optimizer of the named method ``name`` for ``model``: one cell of :func:`compose`'s grid
+    (:data:`NAMED`), or a plain baseline. ``optimizer.polar_handles`` (each ``.remove()``) and
     ``optimizer.polar_recipe`` (the name) are reachable from it.
 
-    | name | update |
-    |---|---|
-    | adamw | torch AdamW on everything |
-    | adamw-weight-norm | torch ``weight_norm(dim=0)`` on hidden matrices; AdamW, decay on the direction only |
-    | polar-normalize / -project / -absorb | ``polarize_model(mode=…, scale="out")`` on hidden matrices, AdamW with ``param_groups(weight_decay=)`` |
-    | polar-absorb-rescale | polar-absorb with ``attach(state="rescale")`` (Adam's moments carried into the new coordinates) |
-    | muon | ``torch.optim.Muon`` on hidden 2-D matrices (conv kernels, which torch's Muon refuses, go to AdamW) |
-    | hyperball-adamw / -muon | ``W ← R·N(W − η·R·N(u))`` on hidden matrices (Muon: the 2-D ones), no decay there |
-    | multipliers | ``W_ij = r_i·V_ij·c_j`` (``Multipliers``), decay on V only |
-    | absorb-muon | Liu's absorb (one scale per matrix) with Muon on the direction and AdamW on the scale |
+    | name | cell: direction × radial × scale | the method |
+    |---|---|---|
+    | adamw | – | torch AdamW on everything |
+    | adamw-weight-norm | – | torch ``weight_norm(dim=0)`` on hidden matrices; AdamW, decay on the direction only |
+    | polar-normalize / -project / -absorb | adamw × normalize/project/absorb × out | polaropt's modes |
+    | polar-absorb-rescale | adamw × absorb × out, ``state="rescale"`` | Adam's moments carried into the new coordinates |
+    | muon | muon × none | ``torch.optim.Muon`` (bf16, ``match_rms_adamw``) bit for bit on 2-D matrices; conv kernels too |
+    | normuon | normuon × none | NorMuon (per-row normalized Muon) |
+    | hyperball-adamw / -muon | adamw/muon × fixed × tensor | Hyperball / MuonH: ``W ← R·N(W − η·R·N(u))`` |
+    | multipliers | adamw × multipliers | ``W_ij = r_i·V_ij·c_j`` (Falcon), decay on V only |
+    | absorb-muon | muon × absorb × tensor | Liu's absorb, Muon on the direction, AdamW on the scale |
 
-    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``every``, ``check``, ``check_every`` and
-    ``restore`` for the recipes that :func:`polaropt.attach` (:data:`ATTACHED`: its renormalization period
-    and NaN/Inf check). Unknown names and options are refused, naming the valid ones.
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``radial_lr`` and ``direction_options`` (as
+    :func:`compose`); ``every``, ``check``, ``check_every`` and ``restore`` for the recipes that
+    :func:`polaropt.attach` (:data:`ATTACHED`). Unknown names and options are refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
-    valid = {"betas", "eps"} | ({"every", "check", "check_every", "restore"} if name in ATTACHED else set())
+    cell = NAMED.get(name, {})
+    valid = ({"betas", "eps"} | ({"radial_lr", "direction_options"} if cell else set())
+             | ({"every", "check", "check_every", "restore"} if name in ATTACHED else set()))
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
                          f"{', '.join(sorted(valid))}")
+    adam = {k: options.pop(k) for k in ("betas", "eps") if k in options}
+    if cell:
+        given = options.pop("direction_options", None) or {}
+        return compose(model, **{**cell, "direction_options": {**cell.get("direction_options", {}), **given}},
+                       lr=lr, weight_decay=weight_decay, include=include, exclude=exclude, adam_options=adam,
+                       name=name, **options)
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
@@ -294,68 +371,17 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("recipe() takes a plain model and parametrizes it itself; this one is already "
                          "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
-    every = options.pop("every", 1)
-    checks = {k: options.pop(k) for k in ("check", "check_every", "restore") if k in options}
-    adam_kw = options
-    # every recipe keeps the same parameters from decay as param_groups does: 1-D ones (biases, norm gains) and
-    # those the model's no_weight_decay() names; read while the names are plain
     kept = kept_from_decay(model, _no_decay(model, "auto"))
     if name == "adamw":
-        return _finish(name, [_adamw(model.parameters(), lr, weight_decay, kept, **adam_kw)])
+        return _finish(name, [_adamw(model.parameters(), lr, weight_decay, kept, **adam)])
+    # adamw-weight-norm: torch's weight_norm on each hidden matrix, which must be one module's own `weight`
     hidden, rest = _split(model, include, exclude)
-    if name in ("adamw-weight-norm", "multipliers"):
-        # each hidden matrix must be one module's ``weight``: that is what weight_norm / a parametrization wraps
-        owners = {id(p): [(q, m, n) for q, m, n in own] for p, own, _ in _candidates(model)}
-        odd = [q for q, p in hidden if len(owners[id(p)]) != 1 or owners[id(p)][0][2] != "weight"]
-        if odd:
-            raise ValueError(f"recipe {name!r} wraps a module's `weight`; {', '.join(odd)} is not one module's "
-                             "own `weight` (tied, or named otherwise, e.g. LSTM/MultiheadAttention): leave it out "
-                             "with exclude=")
-        direction, factors = [], []
-        for q, p in hidden:
-            module = owners[id(p)][0][1]
-            if name == "multipliers":
-                parametrize.register_parametrization(module, "weight", Multipliers(p.shape, p.dtype, p.device))
-                direction.append(module.parametrizations.weight.original)
-                factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
-            else:
-                torch.nn.utils.parametrizations.weight_norm(module, "weight", dim=0)
-                factors.append(module.parametrizations.weight.original0)
-                direction.append(module.parametrizations.weight.original1)
-            _own_class_on_copy(module)  # a deepcopy gets its own parametrized class
-        groups = [{"params": direction, "weight_decay": weight_decay}, {"params": factors, "weight_decay": 0.0},
-                  *_decay_groups(rest, kept, weight_decay)]
-        return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam_kw)])
-    if name.startswith("polar-"):
-        mode = name.split("-")[1]
-        polarize_model(model, include=[q for q, _ in hidden], scale="out", mode=mode)
-        opt = torch.optim.AdamW(param_groups(model, weight_decay=weight_decay), lr=lr, **adam_kw)
-        state = "rescale" if name.endswith("rescale") else "keep"
-        return _finish(name, [opt], (lambda o: [attach(o, model, state=state, every=every, **checks)])
-                       if mode in ("project", "absorb") else None)
-    if name == "muon":
-        mats = [p for _, p in hidden if p.ndim == 2]
-        others = [p for _, p in hidden if p.ndim != 2] + rest
-        return _finish(name, [_muon(mats, lr, weight_decay) if mats else None,
-                              _adamw(others, lr, weight_decay, kept, **adam_kw)])
-    if name.startswith("hyperball-"):
-        on_muon = name.endswith("muon")
-        mats = [p for _, p in hidden if p.ndim == 2 or not on_muon]
-        names = [q for q, p in hidden if any(p is m for m in mats)]
-        others = [p for _, p in hidden if all(p is not m for m in mats)] + rest
-        if not mats:
-            raise ValueError(f"recipe {name!r} found no hidden matrix{' (2-D)' if on_muon else ''} in the model; "
-                             "name them with include=")
-        base = _muon(mats, lr, 0.0) if on_muon else torch.optim.AdamW(mats, lr=lr, weight_decay=0.0, **adam_kw)
-        ball = Hyperball(mats, names)
-        return _finish(name, [base, _adamw(others, lr, weight_decay, kept, **adam_kw)],
-                       lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
-    # absorb-muon: a sphere per matrix whose scale grows multiplicatively, Muon stepping on the sphere;
-    # weight decay on V (DECAY_ON["absorb"]), as polar-absorb
-    polarize_model(model, include=[q for q, p in hidden if p.ndim == 2], scale="tensor", mode="absorb")
-    groups = param_groups(model, weight_decay=weight_decay)
-    directions = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
-    others = [g for g in groups if g["polar_role"] != "direction"]
-    return _finish(name, [_muon(directions, lr, weight_decay) if directions else None,
-                          torch.optim.AdamW(others, lr=lr, **adam_kw) if others else None],
-                   lambda o: [attach(o, model, every=every, **checks)])
+    gains, directions = [], []
+    for module in _weight_owners(model, hidden, name):
+        torch.nn.utils.parametrizations.weight_norm(module, "weight", dim=0)
+        _own_class_on_copy(module)
+        gains.append(module.parametrizations.weight.original0)
+        directions.append(module.parametrizations.weight.original1)
+    groups = [{"params": directions, "weight_decay": weight_decay}, {"params": gains, "weight_decay": 0.0},
+              *_decay_groups(rest, kept, weight_decay)]
+    return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam)])

@@ -1,0 +1,190 @@
+"""compose(): every cell of direction rule × radial rule × scale trains a real model or is refused naming why; the
+named methods equal references written from their update rules; Lion."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import polaropt as po
+from polaropt.recipes import DIRECTIONS, RADIALS
+
+
+class Net(nn.Module):
+    """Embedding + tied head, a fused qkv, a conv and an LSTM: the shapes the grid must handle."""
+
+    def __init__(self, d=16, vocab=20):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1)
+        self.lstm = nn.LSTM(d, d, batch_first=True)
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        h = self.emb(x)
+        q, k, v = self.qkv(h).chunk(3, -1)
+        h = h + v * torch.sigmoid(q * k)
+        h = h + self.conv(h.transpose(1, 2)).transpose(1, 2)
+        h = h + self.lstm(h)[0]
+        return self.head(self.ln(h))
+
+
+def batch(t):
+    g = torch.Generator().manual_seed(t)
+    return torch.randint(0, 20, (4, 8), generator=g), torch.randint(0, 20, (4, 8), generator=g)
+
+
+def loss(m, t):
+    x, y = batch(t)
+    return F.cross_entropy(m(x).flatten(0, 1), y.flatten())
+
+
+def train(m, opt, steps=3, start=0):
+    for t in range(start, start + steps):
+        opt.zero_grad()
+        loss(m, t).backward()
+        opt.step()
+
+
+def net():
+    torch.manual_seed(0)
+    return Net().double()
+
+
+def _slice_norms(m, name):
+    module = m.get_submodule(name)
+    dims = po.polar_spec(module).dims if po.is_polarized(module) else tuple(range(module.weight.ndim))
+    return torch.linalg.vector_norm(module.weight.detach(), dim=dims)
+
+
+SCALED = [r for r in RADIALS if r not in ("none", "multipliers")]
+CELLS = ([(d, r, "out") for d in DIRECTIONS for r in ("none", "multipliers")]
+         + [(d, r, s) for d in DIRECTIONS for r in SCALED for s in ("tensor", "out", "in", "element")])
+LR = {"adamw": 1e-2, "muon": 1e-2, "normuon": 1e-2, "lion": 1e-3, "l2": 1e-1, "linf": 1e-4, "rms": 1e-4,
+      "spectral": 1e-3}
+REFUSED = {("fixed", "element"): "fixes every entry's magnitude", ("normalize", "element"): "each slice is one entry"}
+
+
+@pytest.mark.parametrize("direction,radial,scale", CELLS)
+def test_every_cell_trains_a_real_model_or_is_refused_naming_why(direction, radial, scale):
+    m = net()
+    exclude = "lstm.*" if radial == "multipliers" else None  # it wraps one module's own `weight`, refused on an LSTM
+    if (radial, scale) in REFUSED:
+        with pytest.raises(ValueError, match=REFUSED[radial, scale]):
+            po.compose(m, direction=direction, radial=radial, scale=scale, lr=LR[direction])
+        assert not any(torch.nn.utils.parametrize.is_parametrized(x) for x in m.modules())  # nothing half-done
+        return
+    opt = po.compose(m, direction=direction, radial=radial, scale=scale, lr=LR[direction], weight_decay=0.01,
+                     exclude=exclude)
+    before = {k: v.detach().clone() for k, v in m.state_dict().items() if torch.is_tensor(v) and v.is_floating_point()}
+    fixed = ("qkv", "conv") if radial == "fixed" else ()
+    norms = {q: _slice_norms(m, q) for q in fixed}
+    train(m, opt)
+    assert torch.isfinite(loss(m, 9))
+    assert torch.equal(m.head.weight, m.emb.weight)  # the tie holds
+    moved = [k for k, v in m.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert any("qkv" in k for k in moved) and any("conv" in k for k in moved), moved
+    for t in po.polar_tensors(m):
+        if t.polar.mode in ("project", "absorb"):  # on the sphere after every step
+            n = torch.linalg.vector_norm(t.direction.detach(), dim=t.polar.dims) if t.polar.dims else t.direction.abs()
+            torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-9, atol=1e-9)
+    for q, n0 in norms.items():  # fixed: every slice of W keeps its norm
+        torch.testing.assert_close(_slice_norms(m, q), n0, rtol=1e-9, atol=1e-12)
+
+
+def test_the_cells_name_their_choices():
+    m = net()
+    with pytest.raises(ValueError, match=r"unknown direction rule 'sgd'; valid choices are 'adamw', 'muon'"):
+        po.compose(m, direction="sgd", lr=1e-3)
+    with pytest.raises(ValueError, match=r"unknown radial rule 'sphere'; valid choices are 'none', 'free'"):
+        po.compose(m, radial="sphere", lr=1e-3)
+    with pytest.raises(ValueError, match=r"unknown scale 'rows'; valid choices are 'tensor', 'row'"):
+        po.compose(m, radial="absorb", scale="rows", lr=1e-3)
+    with pytest.raises(ValueError, match=r"radial_lr must be a positive finite number, got 0"):
+        po.compose(m, radial="absorb", lr=1e-3, radial_lr=0)
+
+
+def test_the_radial_lr_steps_the_scales_alone():
+    a, b = net(), net()
+    oa = po.compose(a, direction="muon", radial="absorb", scale="tensor", lr=1e-2)
+    ob = po.compose(b, direction="muon", radial="absorb", scale="tensor", lr=1e-2, radial_lr=1e-1)
+    lrs = {g["lr"] for o in ob.optimizers for g in o.param_groups if g.get("polar_role") == "scale"}
+    assert lrs == {1e-1}
+    train(a, oa, 1)
+    train(b, ob, 1)
+    assert torch.equal(po.direction_of(a.qkv), po.direction_of(b.qkv))  # the first direction step is the same
+    assert not torch.equal(po.scale_of(a.qkv), po.scale_of(b.qkv))
+
+
+def test_hyperball_adamw_equals_its_formula_over_50_steps():
+    """W ← R·N(W − η·R·N(u)), u = Adam's bias-corrected update (HeavyBall's hyperball step with an Adam base),
+    written out here with its own Adam."""
+    m = net()
+    ref = {q: m.get_parameter(q).detach().clone() for q in ("qkv.weight", "conv.weight", "lstm.weight_ih_l0")}
+    R = {q: w.norm() for q, w in ref.items()}
+    mom = {q: (torch.zeros_like(w), torch.zeros_like(w)) for q, w in ref.items()}
+    opt = po.recipe("hyperball-adamw", m, lr=0.02)
+    for t in range(50):
+        opt.zero_grad()
+        loss(m, t).backward()
+        grads = {q: m.get_parameter(q).grad.clone() for q in ref}
+        opt.step()
+        for q, g in grads.items():
+            m1, v = mom[q]
+            m1.lerp_(g, 0.1)
+            v.mul_(0.999).addcmul_(g, g, value=0.001)
+            u = (m1 / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
+            moved = ref[q] - 0.02 * R[q] * u / u.norm()
+            ref[q] = R[q] * moved / moved.norm()
+            torch.testing.assert_close(m.get_parameter(q).detach(), ref[q], rtol=1e-8, atol=1e-10)
+
+
+def test_fixed_row_norms_are_kept_and_the_step_on_v_is_normalized():
+    m = net()
+    opt = po.compose(m, direction="adamw", radial="fixed", scale="row", lr=0.05)
+    rows0 = m.qkv.weight.detach().norm(dim=1)
+    v0 = po.direction_of(m.qkv).detach().clone()
+    train(m, opt, 1)
+    torch.testing.assert_close(m.qkv.weight.detach().norm(dim=1), rows0, rtol=1e-12, atol=1e-12)
+    # V moved by η·N(u) (norm 0.05 per tensor), then each row back on the sphere: a step of about η
+    assert 0.03 < (po.direction_of(m.qkv).detach() - v0).norm() < 0.06
+
+
+def test_normuon_recipe_is_po_muon_with_normuon_on_the_hidden_matrices():
+    a, b = net(), net()
+    opt = po.recipe("normuon", a, lr=0.02, weight_decay=0.1)
+    mats = [b.qkv.weight, b.conv.weight, b.lstm.weight_ih_l0, b.lstm.weight_hh_l0]
+    rest = [p for p in b.parameters() if all(p is not q for q in mats)]
+    peer = [po.Muon(mats, lr=0.02, weight_decay=0.1, normuon=True, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": 0.1},
+                               {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.02)]
+    for t in range(5):
+        train(a, opt, 1, start=t)
+        for o in peer:
+            o.zero_grad()
+        loss(b, t).backward()
+        for o in peer:
+            o.step()
+    for (k, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), k
+
+
+def test_lion_is_its_update_rule():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 3))
+    ref, m = w.detach().clone(), torch.zeros(5, 3)
+    opt = po.Lion([w], lr=0.01, betas=(0.9, 0.99), weight_decay=0.1)
+    for t in range(20):
+        g = torch.randn(5, 3, generator=torch.Generator().manual_seed(t))
+        w.grad = g.clone()
+        opt.step()
+        c = 0.9 * m + 0.1 * g
+        ref = ref * (1 - 0.01 * 0.1) - 0.01 * torch.sign(c)
+        m = 0.99 * m + 0.01 * g
+        torch.testing.assert_close(w.detach(), ref, rtol=1e-6, atol=1e-7)
+    assert math.isclose(float((w.detach() - ref).abs().max()), 0.0, abs_tol=1e-6)
