@@ -28,6 +28,7 @@ from .polar import (
 from .recipes import DIRECTIONS, NAMED, RADIALS, RECIPES, RecipeOptimizer, compose, hidden_matrices, recipe
 from .renorm import renormalize_
 from .slices import SCALES
+from .diagnostics import UpdateStats
 from .lion import Lion
 from .muon import Muon
 from .orthogonalize import orthogonalize
@@ -47,6 +48,7 @@ __all__ = [
     "STATES",
     "DIRECTIONS",
     "Lion",
+    "UpdateStats",
     "Muon",
     "NAMED",
     "RADIALS",
