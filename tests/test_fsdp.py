@@ -547,3 +547,48 @@ def test_plain_export_of_uneven_shards(tmp_path):
     po.polarize_model(ref, mode="normalize", scale="column")
     torch.testing.assert_close(result["full"]["0.weight"], ref[0].weight.detach(), rtol=1e-14, atol=1e-15)
     assert result["sharded_type"] == "DTensor"
+
+
+def _muon_mlp(shard, normuon):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+    if shard:
+        for m in (model[0], model[2], model[4]):
+            fsdp.fully_shard(m)
+        fsdp.fully_shard(model)
+    hidden = [model[0].weight, model[2].weight]
+    rest = [p for p in model.parameters() if all(p is not q for q in hidden)]
+    opts = [po.Muon(hidden, lr=0.02, weight_decay=0.01, backend="polar-express", ns_steps=8, normuon=normuon),
+            torch.optim.AdamW(rest, lr=1e-2)]
+    return model, opts
+
+
+def _train_muon(model, opts, rank=None):
+    for step in range(10):
+        x, y = batch("mlp", step, rank)
+        for o in opts:
+            o.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        for o in opts:
+            o.step()
+
+
+def _muon_sharded(rank, out_dir):
+    out = {}
+    for normuon in (False, True):
+        model, opts = _muon_mlp(True, normuon)
+        _train_muon(model, opts, rank)
+        out[normuon] = {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
+    return out
+
+
+def test_muon_under_fsdp2_orthogonalizes_whole_matrices_as_one_process_does(tmp_path):
+    # a dim-0 shard orthogonalized alone is not Muon: each rank's half of a 16 x 16 matrix would get
+    # orthonormal rows of its own, and the run would drift from the one-process run at the first step
+    sharded = spawn(_muon_sharded, tmp_path)
+    for normuon in (False, True):
+        model, opts = _muon_mlp(False, normuon)
+        _train_muon(model, opts)
+        for key, ref in model.state_dict().items():
+            torch.testing.assert_close(sharded[normuon][key], ref, rtol=1e-5, atol=1e-5,
+                                       msg=lambda m: f"normuon={normuon} {key}: {m}")

@@ -23,8 +23,11 @@ decay carry over). Beyond ``torch.optim.Muon``:
 
 With ``backend="torch"``, ``dtype=torch.bfloat16`` and 2-D parameters it is ``torch.optim.Muon`` bit for
 bit (tested), and its state (``momentum_buffer``) loads from torch's. NorMuon adds
-``second_momentum_buffer`` (one entry per row). Sharded (FSDP2 DTensor) parameters are refused: a
-shard orthogonalized alone is not Muon.
+``second_momentum_buffer`` (one entry per row). Under FSDP2 (DTensor parameters sharded along dim 0) each
+update is gathered whole on every rank and orthogonalized there, and each rank keeps its shard of the result:
+a shard orthogonalized alone would not be Muon (Megatron-LM #5961). That costs one all-gather of every
+update per step and the whole Newton–Schulz on every rank (Dion and muon-fsdp2 also spread that work over the
+ranks, which this does not yet); NorMuon's row statistics are then kept whole on every rank.
 """
 
 from __future__ import annotations
@@ -48,6 +51,22 @@ def as_matrices(t: torch.Tensor, batch_dims: int) -> torch.Tensor:
     """``t`` viewed as ``(*batch, rows, cols)``: the first ``batch_dims`` dims a batch, the next the rows,
     the rest the columns."""
     return t.reshape(*t.shape[:batch_dims + 1], -1)
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """The whole matrix of a sharded (FSDP2 DTensor) update, gathered on every rank (a collective, the same on
+    every rank that steps this optimizer); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "placements") else t
+
+
+def _like(O: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``O`` (whole, the same on every rank) as ``p`` is laid out: each rank keeps its own shard, no
+    communication."""
+    if not hasattr(p, "placements"):
+        return O
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(O, p.device_mesh, p.placements, src_data_rank=None)
 
 
 class Muon(torch.optim.Optimizer):
@@ -97,11 +116,6 @@ class Muon(torch.optim.Optimizer):
             if p.ndim < group["batch_dims"] + 2:
                 raise ValueError(f"Muon steps matrices: a parameter of shape {tuple(p.shape)} has no matrix after "
                                  f"batch_dims={group['batch_dims']} batch dims (give vectors and scalars to AdamW)")
-            if hasattr(p, "placements"):
-                raise NotImplementedError(
-                    f"a sharded (FSDP2 DTensor) parameter of shape {tuple(p.shape)}: orthogonalizing a shard alone "
-                    "is not Muon, and polaropt.Muon does not gather whole matrices yet; use it on unsharded "
-                    "parameters")
             if p.is_complex():
                 raise ValueError("Muon does not step complex parameters")
 
@@ -125,14 +139,15 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - beta)
-                updates.append(as_matrices(p.grad.lerp(buf, beta) if group["nesterov"] else buf, k))
+                u = p.grad.lerp(buf, beta) if group["nesterov"] else buf
+                updates.append(as_matrices(_whole(u), k))
             ortho = orthogonalize_many(updates, group["backend"], group["ns_steps"], group["dtype"], group["eps"])
             for p, O in zip(params, ortho):
                 if group["normuon"]:
                     O = self._normuon(self.state[p], O, group["beta2"])
                 rows, cols = O.shape[-2:]
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(O.view_as(p), alpha=-adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols))
+                p.add_(_like(O.reshape(p.shape), p), alpha=-adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols))
         return loss
 
     @staticmethod
