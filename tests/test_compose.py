@@ -188,3 +188,97 @@ def test_lion_is_its_update_rule():
         m = 0.99 * m + 0.01 * g
         torch.testing.assert_close(w.detach(), ref, rtol=1e-6, atol=1e-7)
     assert math.isclose(float((w.detach() - ref).abs().max()), 0.0, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(direction="muon", radial="absorb", direction_options={"backend": "nope"}), "unknown backend 'nope'"),
+    (dict(direction="muon", radial="absorb", direction_options={"bogus": 1}),
+     r"direction 'muon' takes no option 'bogus' in direction_options; its options are .*backend"),
+    (dict(direction="muon", radial="multipliers", exclude="lstm.*", direction_options={"batch_dims": 2}),
+     "has no matrix after"),
+    (dict(radial="absorb", check="bogus"), "unknown check 'bogus'"),
+    (dict(radial="absorb", every=0), "every must be a positive int"),
+    (dict(radial="normalize", every=2), "state= and every= set the renormalization"),
+    (dict(direction="muon", radial="absorb", state="nope"), "unknown state policy 'nope'"),
+    (dict(direction="lion", radial="project", direction_options={"betas": (0.9, 1.5)}), "betas must be"),
+])
+def test_a_refused_cell_leaves_the_model_as_it_came(kwargs, match):
+    # review finding: the model was parametrized before the direction optimizer or attach refused
+    m = net()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        po.compose(m, lr=1e-2, **kwargs)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(x) for x in m.modules())
+    assert m.state_dict().keys() == before.keys() and all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    po.compose(m, lr=1e-2, direction=kwargs.get("direction", "adamw"), radial=kwargs["radial"],
+               exclude=kwargs.get("exclude"))  # a retry works
+
+
+@pytest.mark.parametrize("name", ["hyperball-adamw", "muon", "polar-normalize", "multipliers"])
+def test_every_cell_is_guarded_against_nan(name):
+    # review finding: the Hyperball cells had no NaN check, and a NaN gradient froze the weight silently
+    m = net()
+    opt = po.recipe(name, m, lr=1e-2, exclude="lstm.*" if name == "multipliers" else None)
+    train(m, opt, 2)
+    opt.zero_grad()
+    loss(m, 2).backward()
+    next(p for p in m.parameters() if p.ndim >= 2 and p.grad is not None and p is not m.emb.weight).grad[0, 0] = \
+        float("nan")
+    opt.step()
+    with pytest.raises(FloatingPointError, match="NaN or Inf entered in the last"):
+        opt.state_dict()  # a checkpoint never holds it
+    with pytest.raises(FloatingPointError):
+        po.check_finite(opt)
+
+
+@pytest.mark.parametrize("cell", [dict(direction="adamw", radial="fixed", scale="tensor"),
+                                  dict(direction="muon", radial="fixed", scale="tensor"),
+                                  dict(direction="normuon", radial="fixed", scale="row")])
+def test_a_bfloat16_hyperball_run_resumes_bit_for_bit(cell, tmp_path):
+    # review finding: torch's load cast the float32 base state to bfloat16, so the resumed run drifted (4e-3)
+    def make():
+        torch.manual_seed(0)
+        m = Net().to(torch.bfloat16)
+        return m, po.compose(m, lr=1e-2, **cell)
+
+    def run(m, opt, start, stop):
+        for t in range(start, stop):
+            opt.zero_grad()
+            x, y = batch(t)
+            F.cross_entropy(m(x).float().flatten(0, 1), y.flatten()).backward()
+            opt.step()
+    a, oa = make()
+    run(a, oa, 0, 3)
+    torch.save({"model": a.state_dict(), "opt": oa.state_dict()}, tmp_path / "ckpt.pt")
+    b, ob = make()
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    b.load_state_dict(ckpt["model"])
+    ob.load_state_dict(ckpt["opt"])
+    run(a, oa, 3, 6)
+    run(b, ob, 3, 6)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+
+
+def test_stochastic_rounding_takes_nothing_from_the_global_generator():
+    m = net().to(torch.bfloat16)
+    opt = po.compose(m, radial="fixed", scale="tensor", lr=1e-2)
+    opt.zero_grad()
+    x, y = batch(0)
+    F.cross_entropy(m(x).float().flatten(0, 1), y.flatten()).backward()
+    state = torch.get_rng_state()
+    opt.step()
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_cell_refused_after_parametrizing_takes_its_parametrizations_off():
+    m = net()
+    with torch.no_grad():
+        m.ln.weight[0] = float("nan")  # not a hidden matrix: polarizing goes through, attach's first read refuses
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(FloatingPointError, match=r"NaN or Inf at attach: 1 tensor holds one now \(ln.weight\)"):
+        po.compose(m, direction="muon", radial="absorb", lr=1e-2)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(x) for x in m.modules())
+    assert m.state_dict().keys() == before.keys()
+    for k, v in before.items():  # the weights as they came (recomposed from s and V: to rounding)
+        torch.testing.assert_close(m.state_dict()[k], v, equal_nan=True, rtol=1e-12, atol=1e-12)

@@ -165,3 +165,11 @@ def test_bad_input_names_the_value_and_the_choices():
         po.Muon([w], batch_dims=1)
     with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, got -1"):
         po.Muon([w], lr=-1)
+
+
+def test_a_refused_param_group_is_not_added():
+    w, v = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(5))
+    opt = po.Muon([w], lr=0.1)
+    with pytest.raises(ValueError, match=r"shape \(5,\) has no matrix"):
+        opt.add_param_group({"params": [v]})
+    assert len(opt.param_groups) == 1

@@ -499,7 +499,7 @@ def test_a_failed_second_attach_does_not_roll_the_first_model_back():
     with torch.no_grad():
         po.scale_of(other)[0] = float("nan")
     before = {k: v.clone() for k, v in model.named_parameters()}
-    with pytest.raises(FloatingPointError, match="in the model being attached.*Nothing was restored"):
+    with pytest.raises(FloatingPointError, match="in parameters added since the last clean read.*Nothing was restored"):
         attach_restoring(opt, other, check_every=1000)
     assert same({k: v for k, v in model.named_parameters()}, before)
     step(model, opt, 1)  # the first attachment goes on
@@ -764,3 +764,54 @@ def test_compiled_every_k_renormalizes_on_the_right_steps():
         n = po.direction_of(model.up).norm(dim=1)
         assert torch.allclose(n, torch.ones_like(n)) == ((t + 1) % 3 == 0), t
     assert opt.param_groups[0]["polar_steps"] == 6
+
+
+def test_a_bad_loaded_state_refuses_every_step_until_a_clean_one_is_loaded():
+    # review finding: the failed read cleared the reload flag, the next steps trained on the NaN and a later
+    # read blamed them ("entered in the last 10 step(s)")
+    model, opt, _ = build(check="lazy", check_every=10)
+    for t in range(3):
+        step(model, opt, t)
+    good = copy.deepcopy(opt.state_dict())
+    bad = copy.deepcopy(good)
+    next(iter(bad["state"].values()))["exp_avg"].view(-1)[0] = float("nan")
+    opt.load_state_dict(bad)
+    for t in (3, 4):
+        with pytest.raises(FloatingPointError, match="in the state loaded since the last step"):
+            step(model, opt, t)
+    with pytest.raises(FloatingPointError, match="in the state loaded since the last step"):
+        opt.state_dict()  # nor is it saved
+    opt.load_state_dict(good)
+    step(model, opt, 5)  # a clean state: training goes on
+
+
+def test_a_second_attach_blames_the_steps_for_a_nan_the_first_model_already_held():
+    model, opt, _ = build(check="lazy", check_every=1000)
+    for t in range(3):
+        step(model, opt, t)
+    po.check_finite(opt)  # snapshot at step 3
+    params, _ = snapshot(model, opt)
+    step(model, opt, 3, poison=True)
+    other = po.polarize(nn.Linear(3, 3), scale="row", mode="absorb", trainable_scale=False)
+    with pytest.raises(FloatingPointError, match=r"entered in the last 1 step\(s\).*restored to step 3"):
+        attach_restoring(opt, other, check_every=1000)
+    assert same(snapshot(model, opt)[0], params)
+
+
+def test_an_attached_model_and_its_copy_can_be_saved_whole(tmp_path):
+    # torch refuses to pickle a parametrized module; a plain attached model (the NaN check alone) pickles,
+    # its load hooks as inert ones (a lambda could not be pickled)
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    po.attach(opt, model)
+    step(model, opt, 0)
+    torch.save(model, tmp_path / "model.pt")
+    twin = copy.deepcopy(model)
+    torch.save(twin, tmp_path / "twin.pt")
+    loaded = torch.load(tmp_path / "twin.pt", weights_only=False)
+    loaded.load_state_dict(model.state_dict())
+    twin.load_state_dict(model.state_dict())
+    assert not po.steps._controls[opt].lazy.reload  # a copy's load is not the attached model's
+    model.load_state_dict(twin.state_dict())
+    assert po.steps._controls[opt].lazy.reload  # the attached model's own load is noticed

@@ -182,7 +182,8 @@ def test_multipliers_start_at_the_weights_and_decay_only_v():
 def test_recipes_refuse_bad_input():
     with pytest.raises(ValueError, match="unknown recipe 'adam'; valid recipes are adamw, adamw-weight-norm"):
         po.recipe("adam", model(), lr=1e-3)
-    with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, direction_options, eps, radial_lr"):
+    with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, check, check_every, direction_options, eps, "
+                                         "radial_lr, restore"):
         po.recipe("muon", model(), lr=1e-3, every=2)
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
         po.recipe("adamw", model(), lr=-1)

@@ -39,12 +39,43 @@ class Hyperball:
     back into the weight's own storage, stochastically rounded for bfloat16 (unbiased: a step below its
     resolution still moves the weight on average), to nearest for float16. Rounding each step in the weight's
     dtype instead (0.3.0) kept 14% of entries still at lr 1e-4, travelled half as far as float32 and let the
-    radius drift 1.2·10⁻³ over 100 steps (``tests/test_recipes.py``)."""
+    radius drift 1.2·10⁻³ over 100 steps (``tests/test_recipes.py``). The rounding draws from a generator of
+    its own, seeded per tensor and step from ``"hyperball_seed"`` and ``"hyperball_rounds"`` in the optimizer's
+    state: it takes nothing from torch's global generator (dropout sees the same numbers as in float32), and a
+    resumed run rounds as the uninterrupted one. A checkpoint's float32 base state is put back as float32 after
+    ``load_state_dict`` (torch casts it to the weight's dtype), so a bfloat16 run resumes bit for bit.
+
+    ``hooks(base)`` registers what a base optimizer needs (the step hooks, the load hooks) and returns the
+    handles."""
 
     def __init__(self, params: list[torch.Tensor], names: list[str], project: bool = True):
         self.params, self.names, self.project = params, names, project
         self.before: list[torch.Tensor | None] = []
         self.low: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(p) -> (its low-precision data, grad)
+        self._incoming = None  # the state dict being loaded
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def hooks(self, base: torch.optim.Optimizer) -> list:
+        return [base.register_step_pre_hook(self.pre), base.register_step_post_hook(self.post),
+                base.register_load_state_dict_pre_hook(self.load_pre),
+                base.register_load_state_dict_post_hook(self.load_post)]
+
+    def load_pre(self, opt, state_dict):
+        self._incoming = state_dict
+
+    @torch.no_grad()
+    def load_post(self, opt) -> None:
+        """Put back as float32 the base state of low-precision weights that torch's load cast to their dtype."""
+        incoming, self._incoming = self._incoming, None
+        if incoming is None:
+            return
+        mine = {id(p) for p in self.params if p.dtype in LOW}
+        for saved, group in zip(incoming["param_groups"], opt.param_groups):
+            for index, p in zip(saved["params"], group["params"]):
+                if id(p) in mine and index in incoming["state"]:
+                    for k, v in incoming["state"][index].items():
+                        if isinstance(v, torch.Tensor) and v.dtype == torch.float32 and k != "step":
+                            opt.state[p][k] = v.detach().to(p.device, copy=True)
 
     def pre(self, opt, args, kwargs):
         for p, name in zip(self.params, self.names):  # before anything moves
@@ -63,7 +94,20 @@ class Hyperball:
                 for k, v in list(state.items()):  # a state loaded into low-precision weights: float32 again
                     if isinstance(v, torch.Tensor) and v.dtype in LOW:
                         state[k] = v.float()
-        self.before = [p.detach().clone() if p.grad is not None else None for p in self.params]
+        self.before = [torch.empty_like(p).copy_(p) if p.grad is not None else None for p in self.params]
+
+    def _generator(self, state: dict, p: torch.Tensor, device) -> torch.Generator:
+        """This tensor's rounding generator for this step: seeded from its state, so a resume repeats it."""
+        seed = state.setdefault("hyperball_seed", (torch.initial_seed() + 7919 * self._index(p)) % (1 << 62))
+        rounds = state.get("hyperball_rounds", 0)
+        state["hyperball_rounds"] = rounds + 1
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+        return gen.manual_seed(seed + rounds)
+
+    def _index(self, p) -> int:
+        return next(i for i, q in enumerate(self.params) if q is p)
 
     @torch.no_grad()
     def post(self, opt, args, kwargs):
@@ -72,26 +116,23 @@ class Hyperball:
             if w is None:
                 continue
             state = opt.state[p]  # the base optimizer has created it by now
-            step = p - w  # = −η·u
-            n = step.norm()
+            if self.project and "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into
+                state["hyperball_radius"] = float(w.norm(dtype=torch.float64))  # bf16 weights keeps it; one sync, once
+            # in place in p, no allocation and no host sync: p − w = −η·u, then W − η·(R·)N(u), then R·N(·)
+            R = state["hyperball_radius"] if self.project else 1.0
+            step = p.sub_(w)
+            step.mul_(lr[id(p)] * R / torch.linalg.vector_norm(step).clamp_min(torch.finfo(step.dtype).tiny))
+            moved = step.add_(w)  # a zero step leaves W as it was
             if self.project:
-                if "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into bf16 weights keeps it
-                    state["hyperball_radius"] = float(w.norm(dtype=torch.float64))  # one host sync, at the first step
-                R = state["hyperball_radius"]
-                moved = w + lr[id(p)] * R * step / n if n > 0 else w  # W − η·R·N(u)
-                new = R * moved / moved.norm()
-            else:
-                new = w + lr[id(p)] * step / n if n > 0 else w  # W − η·N(u); the slices are projected after
+                moved.mul_(R / torch.linalg.vector_norm(moved))
             low = self.low.pop(id(p), None)
-            if low is None:
-                p.copy_(new)
-                continue
-            data, grad = low
-            if data.dtype == torch.bfloat16:
-                round_stochastic_(data, new)
-            else:
-                data.copy_(new)
-            p.data, p.grad = data, grad  # the weight's own storage and gradient again
+            if low is not None:
+                data, grad = low
+                if data.dtype == torch.bfloat16:
+                    round_stochastic_(data, moved, self._generator(state, p, moved.device))
+                else:
+                    data.copy_(moved)
+                p.data, p.grad = data, grad  # the weight's own storage and gradient again
         self.before = []
 
 

@@ -22,7 +22,8 @@ decay carry over). Beyond ``torch.optim.Muon``:
   O ← O/(√v + 10⁻¹⁰), then O is rescaled to its Frobenius norm before that division.
 
 With ``backend="torch"``, ``dtype=torch.bfloat16`` and 2-D parameters it is ``torch.optim.Muon`` bit for
-bit (tested), and its state (``momentum_buffer``) loads from torch's. NorMuon adds
+bit on CPU (tested; on CUDA the batched matmuls of a stack may round differently from torch's one at a
+time), and its state (``momentum_buffer``) loads from torch's. NorMuon adds
 ``second_momentum_buffer`` (one entry per row). Under FSDP2 (DTensor parameters sharded along dim 0) each
 update is gathered whole on every rank and orthogonalized there, and each rank keeps its shard of the result:
 a shard orthogonalized alone would not be Muon (Megatron-LM #5961). That costs one all-gather of every
@@ -110,14 +111,17 @@ class Muon(torch.optim.Optimizer):
                 group.setdefault(key, value)
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for p in group["params"]:
-            if p.ndim < group["batch_dims"] + 2:
+        """torch's, after checking the group (a refused group is not added)."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        k = param_group.get("batch_dims", self.defaults["batch_dims"])
+        for p in params:
+            if p.ndim < k + 2:
                 raise ValueError(f"Muon steps matrices: a parameter of shape {tuple(p.shape)} has no matrix after "
-                                 f"batch_dims={group['batch_dims']} batch dims (give vectors and scalars to AdamW)")
+                                 f"batch_dims={k} batch dims (give vectors and scalars to AdamW)")
             if p.is_complex():
                 raise ValueError("Muon does not step complex parameters")
+        super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -184,8 +184,7 @@ class LazyCheck:
         for model in self._models():
             for m in model.modules():
                 if m not in self._watched:
-                    self._watched[m] = m.register_load_state_dict_post_hook(
-                        lambda module, keys, me=self._me: _call(me, "loaded", module))
+                    self._watched[m] = m.register_load_state_dict_post_hook(_LoadHook(self._me))
 
     def unwatch(self, model) -> None:
         for m in model.modules():
@@ -228,7 +227,8 @@ class LazyCheck:
         ``restore``); a bad one raises (with ``restore``, after putting the snapshot back when it holds
         a bad tensor and the read is not of a load). ``where`` names a read with no step to blame."""
         self._watch()
-        if self.reload:  # whoever reads it first: the loaded state is the new starting point
+        loaded = self.reload  # whoever reads it first: the loaded state is the new starting point
+        if loaded:
             self.reload, periodic, where = False, True, where or "in the state loaded since the last step"
             self.snapshot = None  # a bad load leaves nothing clean to go back to
         scope = self._scope(optimizer)
@@ -275,6 +275,8 @@ class LazyCheck:
                     "holding NaN or Inf), or attach with restore=True to keep a copy to go back to")
         advice = ("The steps after it spread it (check='step' names where it entered): lower the learning rate or "
                   "check the loss and inputs" if by_steps else "Fix the initialization or the checkpoint")
+        if loaded:  # every step is refused until a clean state is loaded: training on it would blame the steps
+            self.reload = True
         held_by = f"{len(shown)} tensors hold" if len(shown) > 1 else "1 tensor holds"
         raise FloatingPointError(f"NaN or Inf {where}: {held_by} one now ({_listed(shown)}). {done}. "
                                  f"{advice}")
@@ -296,6 +298,24 @@ class LazyCheck:
                 del maps[now][t]
             if saved is not None:
                 maps[at][t] = _clone(saved)
+
+
+class _LoadHook:
+    """A module's load post-hook that tells its check. A copy of the model (deepcopy, pickling) gets an inert
+    one: the copy is not the attached model, and a lambda could not be pickled with it (``torch.save(model)``)."""
+
+    def __init__(self, ref=None):
+        self.ref = ref
+
+    def __call__(self, module, keys) -> None:
+        if self.ref is not None:
+            _call(self.ref, "loaded", module)
+
+    def __reduce__(self):
+        return (_LoadHook, ())
+
+    def __deepcopy__(self, memo):
+        return _LoadHook()
 
 
 def _call(ref, method: str, *args, **kwargs) -> None:

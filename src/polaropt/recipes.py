@@ -24,12 +24,14 @@ from torch.nn.utils import parametrize
 from .groups import _no_decay, kept_from_decay, param_groups
 from .hyperball import Hyperball
 from .lion import Lion
-from .models import _candidates, _select, polarize_model
+from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
+from .nancheck import check_mode
 from .polar import _own_class_on_copy
 from .slices import SCALES
 from .steepest import SteepestDescent
 from .steps import attach
+from .transport import STATES
 
 DIRECTIONS = ("adamw", "muon", "normuon", "lion", "l2", "linf", "rms", "spectral")
 RADIALS = ("none", "free", "normalize", "project", "absorb", "fixed", "multipliers")
@@ -196,7 +198,7 @@ class Multipliers(nn.Module):
         return self.r.view(view) * v * self.c.view(col)
 
 
-ATTACHED = ("polar-project", "polar-absorb", "polar-absorb-rescale", "absorb-muon")  # recipes with po.attach
+ATTACHED = ("polar-project", "polar-absorb", "polar-absorb-rescale", "absorb-muon")  # the recipes that renormalize
 
 
 def _weight_owners(model: nn.Module, hidden, name: str) -> list[nn.Module]:
@@ -208,6 +210,24 @@ def _weight_owners(model: nn.Module, hidden, name: str) -> list[nn.Module]:
         raise ValueError(f"{name!r} wraps a module's `weight`; {', '.join(odd)} is not one module's own `weight` "
                          "(tied, or named otherwise, e.g. LSTM/MultiheadAttention): leave it out with exclude=")
     return [owners[id(p)][0][1] for _, p in hidden]
+
+
+def _direction_class(rule: str) -> type:
+    return {"adamw": torch.optim.AdamW, "muon": Muon, "normuon": Muon, "lion": Lion}.get(rule, SteepestDescent)
+
+
+def _check_direction_options(rule: str, options: dict) -> None:
+    """Refuse an option the direction rule's optimizer does not take (or one compose sets itself), naming
+    the valid ones."""
+    import inspect
+
+    taken = {"self", "params", "lr", "normuon", "norm", "weight_decay"}
+    valid = sorted(n for n, q in inspect.signature(_direction_class(rule).__init__).parameters.items()
+                   if n not in taken and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD))
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise ValueError(f"direction {rule!r} takes no option {', '.join(map(repr, bad))} in direction_options; its "
+                         f"options are {', '.join(valid)} (lr and weight_decay are compose's own arguments)")
 
 
 def _direction_optimizer(rule: str, groups: list[dict], lr: float, options: dict, adam: dict):
@@ -271,7 +291,18 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("compose() takes a plain model and parametrizes it itself; this one is already "
                          "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
+    # everything that can be refused is checked before the model is touched
+    check_mode(check, check_every, restore)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive int (renormalize every k steps), got {every!r}")
+    _choice("state policy", state, STATES)
+    renormalized = radial in ("project", "absorb") or (radial == "fixed" and scale != "tensor")
+    if not renormalized and (state != "keep" or every != 1):
+        raise ValueError(f"state= and every= set the renormalization after the step, which radial={radial!r}"
+                         f"{'' if radial != 'fixed' else ' at scale=' + repr(scale)} does not have; leave them at "
+                         "'keep' and 1")
     options, adam = dict(direction_options or {}), dict(adam_options or {})
+    _check_direction_options(direction, options)
     radial_lr = lr if radial_lr is None else radial_lr
     name = name or f"{direction}/{radial}" + ("" if radial in ("none", "multipliers") else f"/{scale}")
     checks = dict(every=every, check=check, check_every=check_every, restore=restore)
@@ -281,14 +312,48 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     if not hidden:
         raise ValueError(f"{name}: found no hidden matrix in the model; name them with include=")
     mats, names = [p for _, p in hidden], [q for q, _ in hidden]
+    # the direction rule's own checks (its options, its shapes) on the plain matrices, before the model is touched
+    _direction_optimizer(direction, [{"params": mats, "weight_decay": weight_decay}], lr, options, adam)
+    try:
+        optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden, rest,
+                                        kept, options, adam, name)
+    except BaseException:  # a refused cell leaves the model as it came
+        _undo(model)
+        raise
+
+    def hooks(opt):
+        handles = ball.hooks(base) if ball is not None else []
+        try:  # every cell is guarded against NaN/Inf (check=); project/absorb and a fixed radius per slice renormalize
+            return handles + [attach(opt, model, state=state, **checks)]
+        except BaseException:
+            for h in handles:
+                h.remove()
+            raise
+    try:
+        return _finish(name, optimizers, hooks)
+    except BaseException:
+        _undo(model)
+        raise
+
+
+def _undo(model: nn.Module) -> None:
+    """Take off what compose put on ``model`` (polar tensors, multipliers); their weights are kept."""
+    unpolarize_model(model)
+    for module in model.modules():
+        if isinstance(getattr(module, "parametrizations", None), nn.ModuleDict) and "weight" in module.parametrizations \
+                and isinstance(module.parametrizations.weight[0], Multipliers):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+
+
+def _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden, rest, kept, options, adam, name):
+    """The optimizers of one cell, its direction optimizer and its Hyperball hooks (or None); parametrizes
+    ``model`` where the radial rule says."""
+    mats, names = [p for _, p in hidden], [q for q, _ in hidden]
     if radial == "none" or (radial == "fixed" and scale == "tensor"):
         fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
         base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
                                     options, adam)
-        ball = Hyperball(mats, names) if fixed else None
-        return _finish(name, [base, _adamw(rest, lr, weight_decay, kept, **adam)],
-                       (lambda o: [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)])
-                       if fixed else None)
+        return [base, _adamw(rest, lr, weight_decay, kept, **adam)], base, Hyperball(mats, names) if fixed else None
     if radial == "multipliers":
         directions, factors = [], []
         for (q, p), module in zip(hidden, _weight_owners(model, hidden, name)):
@@ -299,32 +364,23 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         if direction == "adamw":  # one AdamW, as the method's paper trains it
             groups = [{"params": directions, "weight_decay": weight_decay},
                       {"params": factors, "weight_decay": 0.0, "lr": radial_lr}, *_decay_groups(rest, kept, weight_decay)]
-            return _finish(name, [torch.optim.AdamW(groups, lr=lr, **adam)])
-        return _finish(name, [_direction_optimizer(direction, [{"params": directions, "weight_decay": weight_decay}],
-                                                   lr, options, adam),
-                              torch.optim.AdamW([{"params": factors, "weight_decay": 0.0, "lr": radial_lr},
-                                                 *_decay_groups(rest, kept, weight_decay)], lr=lr, **adam)])
-    mode = "project" if radial == "fixed" else radial
-    polarize_model(model, include=names, scale=scale, mode=mode, trainable_scale=radial != "fixed")
+            base = torch.optim.AdamW(groups, lr=lr, **adam)
+            return [base], base, None
+        base = _direction_optimizer(direction, [{"params": directions, "weight_decay": weight_decay}], lr, options, adam)
+        return [base, torch.optim.AdamW([{"params": factors, "weight_decay": 0.0, "lr": radial_lr},
+                                         *_decay_groups(rest, kept, weight_decay)], lr=lr, **adam)], base, None
+    polarize_model(model, include=names, scale=scale, mode="project" if radial == "fixed" else radial,
+                   trainable_scale=radial != "fixed")
     groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr})
+    leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
+    # a fixed radius per slice: the step on V normalized per tensor, then the renormalization projects each slice
+    ball = Hyperball(leaves, names, project=False) if radial == "fixed" else None
     if direction == "adamw":
         base = torch.optim.AdamW(groups, lr=lr, **adam)
-        optimizers = [base]
-    else:
-        base = _direction_optimizer(direction, [g for g in groups if g["polar_role"] == "direction"], lr, options, adam)
-        others = [g for g in groups if g["polar_role"] != "direction"]
-        optimizers = [base, torch.optim.AdamW(others, lr=lr, **adam) if others else None]
-    leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
-
-    def hooks(opt):
-        handles = []
-        if radial == "fixed":  # the step on V normalized per tensor, before the renormalization projects each slice
-            ball = Hyperball(leaves, names, project=False)
-            handles += [base.register_step_pre_hook(ball.pre), base.register_step_post_hook(ball.post)]
-        if mode in ("project", "absorb"):
-            handles.append(attach(opt, model, state=state, **checks))
-        return handles
-    return _finish(name, optimizers, hooks)
+        return [base], base, ball
+    base = _direction_optimizer(direction, [g for g in groups if g["polar_role"] == "direction"], lr, options, adam)
+    others = [g for g in groups if g["polar_role"] != "direction"]
+    return [base, torch.optim.AdamW(others, lr=lr, **adam) if others else None], base, ball
 
 
 def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0, include=None, exclude=None,
@@ -345,15 +401,15 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     | multipliers | adamw × multipliers | ``W_ij = r_i·V_ij·c_j`` (Falcon), decay on V only |
     | absorb-muon | muon × absorb × tensor | Liu's absorb, Muon on the direction, AdamW on the scale |
 
-    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``radial_lr`` and ``direction_options`` (as
-    :func:`compose`); ``every``, ``check``, ``check_every`` and ``restore`` for the recipes that
-    :func:`polaropt.attach` (:data:`ATTACHED`). Unknown names and options are refused, naming the valid ones.
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; for the cells, ``radial_lr``, ``direction_options`` and
+    the NaN/Inf check's ``check``, ``check_every`` and ``restore`` (as :func:`compose`), and ``every`` for those that
+    renormalize (:data:`ATTACHED`). Unknown names and options are refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
     cell = NAMED.get(name, {})
-    valid = ({"betas", "eps"} | ({"radial_lr", "direction_options"} if cell else set())
-             | ({"every", "check", "check_every", "restore"} if name in ATTACHED else set()))
+    valid = ({"betas", "eps"} | ({"radial_lr", "direction_options", "check", "check_every", "restore"} if cell else set())
+             | ({"every"} if name in ATTACHED else set()))
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "

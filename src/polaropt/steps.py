@@ -295,8 +295,8 @@ def attach(optimizer: torch.optim.Optimizer, model: nn.Module, *, state: str = "
             if ctl.lazy is None:  # the check holds the controller weakly: no cycle through the optimizer
                 me = weakref.ref(ctl)
                 ctl.lazy = LazyCheck(optimizer, check_every, restore, lambda: me()._models() if me() else [])
-            else:  # a clean read: the snapshot now covers this model too (a bad one restores nothing)
-                ctl.lazy.read(optimizer, where="in the model being attached")
+            else:  # a clean read: the snapshot now covers this model too (a NaN in its new tensors restores nothing)
+                ctl.lazy.read(optimizer)
         except BaseException:  # e.g. a NaN already there: attach leaves nothing behind
             ctl.attached.remove(entry)
             if ctl.lazy is not None:
