@@ -1,6 +1,7 @@
 """compose(): every cell of direction rule × radial rule × scale trains a real model or is refused naming why; the
 named methods equal references written from their update rules; Lion."""
 
+import copy
 import math
 
 import pytest
@@ -67,7 +68,8 @@ CELLS = ([(d, r, "out") for d in DIRECTIONS for r in ("none", "multipliers")]
          + [(d, r, s) for d in DIRECTIONS for r in SCALED for s in ("tensor", "out", "in", "element")])
 LR = {"adamw": 1e-2, "muon": 1e-2, "normuon": 1e-2, "lion": 1e-3, "l2": 1e-1, "linf": 1e-4, "rms": 1e-4,
       "spectral": 1e-3}
-REFUSED = {("fixed", "element"): "fixes every entry's magnitude", ("normalize", "element"): "each slice is one entry"}
+REFUSED = {("fixed", "element"): "fixes every entry's magnitude", ("normalize", "element"): "each slice is one entry",
+           ("retract", "element"): "each slice is one entry"}
 
 
 @pytest.mark.parametrize("direction,radial,scale", CELLS)
@@ -90,7 +92,7 @@ def test_every_cell_trains_a_real_model_or_is_refused_naming_why(direction, radi
     moved = [k for k, v in m.state_dict().items() if k in before and not torch.equal(v, before[k])]
     assert any("qkv" in k for k in moved) and any("conv" in k for k in moved), moved
     for t in po.polar_tensors(m):
-        if t.polar.mode in ("project", "absorb"):  # on the sphere after every step
+        if t.polar.mode in ("project", "absorb") or radial == "retract":  # on the sphere after every step
             n = torch.linalg.vector_norm(t.direction.detach(), dim=t.polar.dims) if t.polar.dims else t.direction.abs()
             torch.testing.assert_close(n, torch.ones_like(n), rtol=1e-9, atol=1e-9)
     for q, n0 in norms.items():  # fixed: every slice of W keeps its norm
@@ -282,3 +284,49 @@ def test_a_cell_refused_after_parametrizing_takes_its_parametrizations_off():
     assert m.state_dict().keys() == before.keys()
     for k, v in before.items():  # the weights as they came (recomposed from s and V: to rounding)
         torch.testing.assert_close(m.state_dict()[k], v, equal_nan=True, rtol=1e-12, atol=1e-12)
+
+
+def _muown_reference(W, G, g, m_u, adam, t, lr, momentum=0.95, betas=(0.9, 0.95), eps=1e-8):
+    """AngularMuown's step as its docstring states it (fhueb/angular-muown), no angular decay, W = diag(g)·U:
+    the tangent gradient of U, momentum (a sum) with Nesterov, the polar factor, U's rows renormalized, Adam on g."""
+    U = W / g
+    grad_g = (G * U).sum(dim=1, keepdim=True)
+    grad_u = g * (G - U * grad_g)
+    m_u.mul_(momentum).add_(grad_u)
+    Q = po.orthogonalize(grad_u + momentum * m_u, "polar-express", 5)
+    U = U - lr * math.sqrt(max(1, W.shape[0] / W.shape[1])) * Q
+    m_g, v_g = adam
+    m_g.mul_(betas[0]).add_(grad_g, alpha=1 - betas[0])
+    v_g.mul_(betas[1]).addcmul_(grad_g, grad_g, value=1 - betas[1])
+    g = g - lr * (m_g / (1 - betas[0] ** t)) / ((v_g / (1 - betas[1] ** t)).sqrt() + eps)
+    return g * U / U.norm(dim=1, keepdim=True), g
+
+
+def test_muown_equals_its_update_rule_over_50_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 5)).double()
+    twin = copy.deepcopy(model)  # the reference: plain weights, the rule written out, AdamW on the rest
+    hidden = [twin[0].weight, twin[2].weight]
+    rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
+    aux = torch.optim.AdamW(rest, lr=0.01, betas=(0.9, 0.95), weight_decay=0.0)
+    state = [(w.detach().norm(dim=1, keepdim=True), torch.zeros_like(w),
+              (torch.zeros(w.shape[0], 1, dtype=w.dtype), torch.zeros(w.shape[0], 1, dtype=w.dtype))) for w in hidden]
+    opt = po.recipe("muown", model, lr=0.01, direction_options={"dtype": torch.float64})
+    gen = torch.Generator().manual_seed(1)
+    for t in range(1, 51):
+        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        twin.zero_grad()
+        for m in (model, twin):
+            m(x).square().mean().backward()
+        opt.step()
+        aux.step()
+        with torch.no_grad():
+            for k, w in enumerate(hidden):
+                g, m_u, adam = state[k]
+                new, g = _muown_reference(w.detach(), w.grad, g, m_u, adam, t, 0.01)
+                w.copy_(new)
+                state[k] = (g, m_u, adam)
+        got = po.plain_state_dict(model)
+        for name, b in twin.state_dict().items():
+            torch.testing.assert_close(got[name], b, rtol=1e-9, atol=1e-11, msg=lambda m: f"step {t} {name}: {m}")

@@ -27,14 +27,14 @@ from .lion import Lion
 from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
 from .nancheck import check_mode
-from .polar import _own_class_on_copy
-from .slices import SCALES
+from .polar import _own_class_on_copy, polar_tensors
+from .slices import SCALES, slice_norm
 from .steepest import SteepestDescent
 from .steps import attach
 from .transport import STATES
 
 DIRECTIONS = ("adamw", "muon", "normuon", "lion", "l2", "linf", "rms", "spectral")
-RADIALS = ("none", "free", "normalize", "project", "absorb", "fixed", "multipliers")
+RADIALS = ("none", "free", "normalize", "retract", "project", "absorb", "fixed", "multipliers")
 # the field's methods, each one cell of compose's grid; "adamw" and "adamw-weight-norm" are the plain
 # baselines (torch's AdamW, torch's weight_norm)
 MUON_AS_TORCH = {"dtype": torch.bfloat16, "adjust_lr_fn": "match_rms_adamw"}  # torch.optim.Muon's arithmetic
@@ -48,6 +48,10 @@ NAMED = {
     "hyperball-adamw": dict(direction="adamw", radial="fixed", scale="tensor"),
     "hyperball-muon": dict(direction="muon", radial="fixed", scale="tensor", direction_options=MUON_AS_TORCH),
     "multipliers": dict(direction="adamw", radial="multipliers"),
+    # AngularMuown (fhueb/angular-muown): W = diag(g)·U, rows of U on the sphere, Polar Express on U's tangent
+    # gradient, Adam (betas 0.9, 0.95) on g; its angular lr decay is a schedule on the direction group
+    "muown": dict(direction="muon", radial="retract", scale="row", direction_options={"backend": "polar-express"},
+                  adam_options={"betas": (0.9, 0.95)}),
     "absorb-muon": dict(direction="muon", radial="absorb", scale="tensor", direction_options=MUON_AS_TORCH),
 }
 RECIPES = ("adamw", "adamw-weight-norm", *NAMED)
@@ -261,6 +265,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
       ``adjust_lr_fn``, ``batch_dims``, ``momentum``; Lion's ``betas``; ...).
     - ``radial`` (what happens to the norm): ``"none"`` (plain W, decayed by ``weight_decay``), the polar modes
       ``"free"`` (W = s ⊙ V, both trained: learnable multipliers), ``"normalize"`` (weight normalization),
+      ``"retract"`` (weight normalization whose V is put back on the sphere after each step, which leaves W as
+      it is: V's gradient is tangent and its step size stays lr; Muown's geometry),
       ``"project"`` (V back on the sphere after each step), ``"absorb"`` (Liu: ‖V‖ moved into s), each with a
       trainable scale stepped by AdamW at ``radial_lr`` (default ``lr``); ``"fixed"`` (Hyperball: the norm fixed
       at its value at the first step, the step normalized per tensor, W ← R·N(W − η·R·N(u)); at a finer
@@ -275,7 +281,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     ``check_every``, ``restore``: :func:`polaropt.attach`'s, for ``project``/``absorb``/``fixed``. Returns one
     optimizer (a :class:`RecipeOptimizer` when two are needed) with ``polar_handles`` and ``polar_recipe``.
     A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
-    would be fixed; ``"normalize"`` with ``"element"``: V/|V| is a sign, it has no gradient).
+    would be fixed; ``"normalize"``/``"retract"`` with ``"element"``: V/|V| is a sign, it has no gradient).
     """
     _choice("direction rule", direction, DIRECTIONS)
     _choice("radial rule", radial, RADIALS)
@@ -336,6 +342,22 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise
 
 
+class Retract:
+    """After the direction optimizer's step, each slice of V back on the unit sphere (weight normalization's W =
+    s ⊙ V/‖V‖ does not change): the radial rule ``"retract"``."""
+
+    def __init__(self, targets):
+        self.targets = [(t.direction, t.polar.dims) for t in targets]
+
+    def hooks(self, base: torch.optim.Optimizer) -> list:
+        return [base.register_step_post_hook(self.post)]
+
+    @torch.no_grad()
+    def post(self, opt, args, kwargs) -> None:
+        for v, dims in self.targets:
+            v.div_(slice_norm(v, dims).clamp_min(torch.finfo(v.dtype).tiny).to(v.dtype))
+
+
 def _undo(model: nn.Module) -> None:
     """Take off what compose put on ``model`` (polar tensors, multipliers); their weights are kept."""
     unpolarize_model(model)
@@ -369,12 +391,13 @@ def _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden,
         base = _direction_optimizer(direction, [{"params": directions, "weight_decay": weight_decay}], lr, options, adam)
         return [base, torch.optim.AdamW([{"params": factors, "weight_decay": 0.0, "lr": radial_lr},
                                          *_decay_groups(rest, kept, weight_decay)], lr=lr, **adam)], base, None
-    polarize_model(model, include=names, scale=scale, mode="project" if radial == "fixed" else radial,
-                   trainable_scale=radial != "fixed")
+    mode = {"fixed": "project", "retract": "normalize"}.get(radial, radial)
+    polarize_model(model, include=names, scale=scale, mode=mode, trainable_scale=radial != "fixed")
     groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr})
     leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
     # a fixed radius per slice: the step on V normalized per tensor, then the renormalization projects each slice
-    ball = Hyperball(leaves, names, project=False) if radial == "fixed" else None
+    ball = (Hyperball(leaves, names, project=False) if radial == "fixed"
+            else Retract([t for t in polar_tensors(model)]) if radial == "retract" else None)
     if direction == "adamw":
         base = torch.optim.AdamW(groups, lr=lr, **adam)
         return [base], base, ball
@@ -417,9 +440,9 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     adam = {k: options.pop(k) for k in ("betas", "eps") if k in options}
     if cell:
         given = options.pop("direction_options", None) or {}
-        return compose(model, **{**cell, "direction_options": {**cell.get("direction_options", {}), **given}},
-                       lr=lr, weight_decay=weight_decay, include=include, exclude=exclude, adam_options=adam,
-                       name=name, **options)
+        return compose(model, **{**cell, "direction_options": {**cell.get("direction_options", {}), **given},
+                                 "adam_options": {**cell.get("adam_options", {}), **adam}},
+                       lr=lr, weight_decay=weight_decay, include=include, exclude=exclude, name=name, **options)
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
