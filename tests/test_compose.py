@@ -330,3 +330,35 @@ def test_muown_equals_its_update_rule_over_50_steps():
         got = po.plain_state_dict(model)
         for name, b in twin.state_dict().items():
             torch.testing.assert_close(got[name], b, rtol=1e-9, atol=1e-11, msg=lambda m: f"step {t} {name}: {m}")
+
+
+def test_scion_equals_its_spectral_step_over_50_steps():
+    """Scion's constrained step with the Spectral LMO (LIONS-EPFL/scion): d ← (1 − α)d + α·g, W ← (1 − γ)W −
+    γ·ρ·√(d_out/d_in)·polar(d); the rest by AdamW (weight decay 1 on its matrices, as the recipe places it)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 5)).double()
+    twin = copy.deepcopy(model)
+    hidden = [twin[0].weight, twin[2].weight]
+    rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
+    aux = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": 1.0},
+                             {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.01)
+    bufs = [torch.zeros_like(w) for w in hidden]
+    opt = po.recipe("scion", model, lr=0.01, weight_decay=1.0,
+                    direction_options={"dtype": torch.float64, "scale": 3.0, "backend": "svd"})
+    gen = torch.Generator().manual_seed(1)
+    for t in range(50):
+        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        twin.zero_grad()
+        for m in (model, twin):
+            m(x).square().mean().backward()
+        opt.step()
+        aux.step()
+        with torch.no_grad():
+            for w, d in zip(hidden, bufs):
+                d.mul_(0.9).add_(w.grad, alpha=0.1)
+                lmo = 3.0 * math.sqrt(w.shape[0] / w.shape[1]) * po.orthogonalize(d, "svd")
+                w.mul_(1 - 0.01).sub_(0.01 * lmo)
+        for name, b in twin.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], b, rtol=1e-9, atol=1e-11,
+                                       msg=lambda m: f"step {t} {name}: {m}")

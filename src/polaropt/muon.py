@@ -9,7 +9,8 @@ Per parameter, with momentum β and the group's lr γ, weight decay λ (Keller J
 
 ``adjust`` is torch's ``adjust_lr_fn``: ``None``/``"original"`` √max(1, rows/cols) (Keller Jordan),
 ``"match_rms_adamw"`` 0.2·√max(rows, cols) (Moonshot: the update gets AdamW's RMS, so AdamW's lr and
-decay carry over). Beyond ``torch.optim.Muon``:
+decay carry over), or ``"spectral"`` √(rows/cols) (Scion's normalized Spectral LMO, Pethick et al. 2025).
+``scale`` multiplies the update and not the decay (Scion's radius ρ: W ← W·(1 − γλ) − γ·ρ·adjust·O). Beyond ``torch.optim.Muon``:
 
 - any parameter of ndim ≥ 2: a conv kernel (out, in, kh, kw) is the matrix out × (in·kh·kw), as the
   CIFAR-10 speedrun and HeavyBall flatten it; ``batch_dims=k`` takes the first k dims as a batch of
@@ -39,12 +40,14 @@ import torch
 
 from .orthogonalize import BACKENDS, orthogonalize_many
 
-ADJUST = (None, "original", "match_rms_adamw")
+ADJUST = (None, "original", "match_rms_adamw", "spectral")
 
 
 def adjusted_lr(lr: float, adjust: str | None, rows: int, cols: int) -> float:
     if adjust is None or adjust == "original":
         return lr * math.sqrt(max(1, rows / cols))
+    if adjust == "spectral":  # Scion's Spectral LMO, normalized: the update has spectral norm √(d_out/d_in)
+        return lr * math.sqrt(rows / cols)
     return lr * (0.2 * math.sqrt(max(rows, cols)))  # torch's order of the products (bitwise)
 
 
@@ -84,8 +87,9 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1, momentum: float = 0.95,
                  nesterov: bool = True, *, backend: str = "torch", ns_steps: int = 5, dtype: torch.dtype | None = None,
                  eps: float = 1e-7, adjust_lr_fn: str | None = None, batch_dims: int = 0, normuon: bool = False,
-                 beta2: float = 0.95):
-        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum), ("eps", eps)):
+                 beta2: float = 0.95, scale: float = 1.0):
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("momentum", momentum), ("eps", eps),
+                            ("scale", scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0 <= beta2 < 1:
@@ -100,7 +104,7 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"batch_dims must be an int >= 0, got {batch_dims!r}")
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, backend=backend,
                         ns_steps=ns_steps, dtype=dtype, eps=eps, adjust_lr_fn=adjust_lr_fn, batch_dims=batch_dims,
-                        normuon=normuon, beta2=beta2)
+                        normuon=normuon, beta2=beta2, scale=scale)
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict) -> None:
@@ -151,7 +155,8 @@ class Muon(torch.optim.Optimizer):
                     O = self._normuon(self.state[p], O, group["beta2"])
                 rows, cols = O.shape[-2:]
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(_like(O.reshape(p.shape), p), alpha=-adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols))
+                step = adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols)
+                p.add_(_like(O.reshape(p.shape), p), alpha=-(step if group["scale"] == 1 else step * group["scale"]))
         return loss
 
     @staticmethod

@@ -50,6 +50,11 @@ NAMED = {
     "multipliers": dict(direction="adamw", radial="multipliers"),
     # AngularMuown (fhueb/angular-muown): W = diag(g)·U, rows of U on the sphere, Polar Express on U's tangent
     # gradient, Adam (betas 0.9, 0.95) on g; its angular lr decay is a schedule on the direction group
+    # Scion (LIONS-EPFL/scion): its Spectral LMO on the hidden matrices, momentum as an average (α = 0.1), the
+    # constrained step W ← (1 − γ)W − γ·ρ·lmo with weight_decay=1 (0: unconstrained); the head and embeddings by
+    # AdamW here, not by Scion's Sign/ColNorm LMOs
+    "scion": dict(direction="muon", radial="none",
+                  direction_options={"nesterov": False, "momentum": 0.9, "adjust_lr_fn": "spectral"}),
     "muown": dict(direction="muon", radial="retract", scale="row", direction_options={"backend": "polar-express"},
                   adam_options={"betas": (0.9, 0.95)}),
     "absorb-muon": dict(direction="muon", radial="absorb", scale="tensor", direction_options=MUON_AS_TORCH),
