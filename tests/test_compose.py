@@ -146,6 +146,35 @@ def test_hyperball_adamw_equals_its_formula_over_50_steps():
             torch.testing.assert_close(m.get_parameter(q).detach(), ref[q], rtol=1e-8, atol=1e-10)
 
 
+def test_hyperball_muon_equals_its_formula_over_50_steps():
+    """MuonH: W ← R·N(W − η·R·N(u)) with u Muon's update (torch's orthogonalized Nesterov momentum), written out
+    here: the momentum kept here, the polar factor by torch's own Newton–Schulz."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    from polaropt.orthogonalize import TORCH_COEFFICIENTS
+
+    m = net()
+    names = ("qkv.weight", "conv.weight", "lstm.weight_ih_l0")
+    ref = {q: m.get_parameter(q).detach().clone() for q in names}
+    R = {q: w.norm() for q, w in ref.items()}
+    bufs = {q: torch.zeros_like(w) for q, w in ref.items()}
+    opt = po.recipe("hyperball-muon", m, lr=0.02)
+    for t in range(50):
+        opt.zero_grad()
+        loss(m, t).backward()
+        grads = {q: m.get_parameter(q).grad.clone() for q in ref}
+        opt.step()
+        for q, g in grads.items():
+            bufs[q].lerp_(g, 0.05)
+            u = g.lerp(bufs[q], 0.95).reshape(g.shape[0], -1)
+            u = _zeropower_via_newtonschulz(u, TORCH_COEFFICIENTS, 5, 1e-7)
+            u = u.to(g.dtype).reshape(g.shape)  # the lr adjustment is a scalar: N(u) removes it
+            moved = ref[q] - 0.02 * R[q] * u / u.norm()
+            ref[q] = R[q] * moved / moved.norm()
+            torch.testing.assert_close(m.get_parameter(q).detach(), ref[q], rtol=1e-8, atol=1e-10,
+                                       msg=lambda msg: f"step {t} {q}: {msg}")
+
+
 def test_fixed_row_norms_are_kept_and_the_step_on_v_is_normalized():
     m = net()
     opt = po.compose(m, direction="adamw", radial="fixed", scale="row", lr=0.05)
