@@ -123,52 +123,41 @@ def test_the_radial_lr_steps_the_scales_alone():
     assert not torch.equal(po.scale_of(a.qkv), po.scale_of(b.qkv))
 
 
-def test_hyperball_adamw_equals_its_formula_over_50_steps():
-    """W ← R·N(W − η·R·N(u)), u = Adam's bias-corrected update (HeavyBall's hyperball step with an Adam base),
-    written out here with its own Adam."""
-    m = net()
-    ref = {q: m.get_parameter(q).detach().clone() for q in ("qkv.weight", "conv.weight", "lstm.weight_ih_l0")}
-    R = {q: w.norm() for q, w in ref.items()}
-    mom = {q: (torch.zeros_like(w), torch.zeros_like(w)) for q, w in ref.items()}
-    opt = po.recipe("hyperball-adamw", m, lr=0.02)
-    for t in range(50):
-        opt.zero_grad()
-        loss(m, t).backward()
-        grads = {q: m.get_parameter(q).grad.clone() for q in ref}
-        opt.step()
-        for q, g in grads.items():
-            m1, v = mom[q]
-            m1.lerp_(g, 0.1)
-            v.mul_(0.999).addcmul_(g, g, value=0.001)
-            u = (m1 / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
-            moved = ref[q] - 0.02 * R[q] * u / u.norm()
-            ref[q] = R[q] * moved / moved.norm()
-            torch.testing.assert_close(m.get_parameter(q).detach(), ref[q], rtol=1e-8, atol=1e-10)
+def _adam_direction(state, g, t):
+    """Adam's bias-corrected update (HeavyBall's hyperball step with an Adam base)."""
+    m1, v = state.setdefault("adam", (torch.zeros_like(g), torch.zeros_like(g)))
+    m1.lerp_(g, 0.1)
+    v.mul_(0.999).addcmul_(g, g, value=0.001)
+    return (m1 / (1 - 0.9 ** (t + 1))) / ((v / (1 - 0.999 ** (t + 1))).sqrt() + 1e-8)
 
 
-def test_hyperball_muon_equals_its_formula_over_50_steps():
-    """MuonH: W ← R·N(W − η·R·N(u)) with u Muon's update (torch's orthogonalized Nesterov momentum), written out
-    here: the momentum kept here, the polar factor by torch's own Newton–Schulz."""
+def _muon_direction(state, g, t):
+    """Muon's update: Nesterov momentum, torch's own Newton–Schulz (its lr adjustment is a scalar N(u) removes)."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
     from polaropt.orthogonalize import TORCH_COEFFICIENTS
 
+    buf = state.setdefault("buf", torch.zeros_like(g))
+    buf.lerp_(g, 0.05)
+    u = _zeropower_via_newtonschulz(g.lerp(buf, 0.95).reshape(g.shape[0], -1), TORCH_COEFFICIENTS, 5, 1e-7)
+    return u.to(g.dtype).reshape(g.shape)
+
+
+@pytest.mark.parametrize("name,direction", [("hyperball-adamw", _adam_direction), ("hyperball-muon", _muon_direction)])
+def test_hyperball_equals_its_formula_over_50_steps(name, direction):
+    """W ← R·N(W − η·R·N(u)) with u the base's update, written out here (Hyperball; MuonH with Muon's)."""
     m = net()
-    names = ("qkv.weight", "conv.weight", "lstm.weight_ih_l0")
-    ref = {q: m.get_parameter(q).detach().clone() for q in names}
+    ref = {q: m.get_parameter(q).detach().clone() for q in ("qkv.weight", "conv.weight", "lstm.weight_ih_l0")}
     R = {q: w.norm() for q, w in ref.items()}
-    bufs = {q: torch.zeros_like(w) for q, w in ref.items()}
-    opt = po.recipe("hyperball-muon", m, lr=0.02)
+    states = {q: {} for q in ref}
+    opt = po.recipe(name, m, lr=0.02)
     for t in range(50):
         opt.zero_grad()
         loss(m, t).backward()
         grads = {q: m.get_parameter(q).grad.clone() for q in ref}
         opt.step()
         for q, g in grads.items():
-            bufs[q].lerp_(g, 0.05)
-            u = g.lerp(bufs[q], 0.95).reshape(g.shape[0], -1)
-            u = _zeropower_via_newtonschulz(u, TORCH_COEFFICIENTS, 5, 1e-7)
-            u = u.to(g.dtype).reshape(g.shape)  # the lr adjustment is a scalar: N(u) removes it
+            u = direction(states[q], g, t)
             moved = ref[q] - 0.02 * R[q] * u / u.norm()
             ref[q] = R[q] * moved / moved.norm()
             torch.testing.assert_close(m.get_parameter(q).detach(), ref[q], rtol=1e-8, atol=1e-10,
