@@ -118,11 +118,11 @@ class Hyperball:
             state = opt.state[p]  # the base optimizer has created it by now
             if self.project and "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into
                 state["hyperball_radius"] = float(w.norm(dtype=torch.float64))  # bf16 weights keeps it; one sync, once
-            # in place in p, no allocation and no host sync: p − w = −η·u, then W − η·(R·)N(u), then R·N(·)
+            # in place in p, no temporary and no host sync, four passes: p − w = −η·u, so
+            # W − η·R·N(u) = w + c·(p − w) with c = η·R/‖p − w‖ (a lerp), then R·N(·)
             R = state["hyperball_radius"] if self.project else 1.0
-            step = p.sub_(w)
-            step.mul_(lr[id(p)] * R / torch.linalg.vector_norm(step).clamp_min(torch.finfo(step.dtype).tiny))
-            moved = step.add_(w)  # a zero step leaves W as it was
+            c = lr[id(p)] * R / torch.dist(p, w).clamp_min(torch.finfo(p.dtype).tiny)
+            moved = p.lerp_(w, 1 - c)  # a zero step leaves W as it was
             if self.project:
                 moved.mul_(R / torch.linalg.vector_norm(moved))
             low = self.low.pop(id(p), None)
