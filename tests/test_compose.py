@@ -304,6 +304,13 @@ def test_a_cell_refused_after_parametrizing_takes_its_parametrizations_off():
         torch.testing.assert_close(m.state_dict()[k], v, equal_nan=True, rtol=1e-12, atol=1e-12)
 
 
+def _mlp_and_twin():
+    """A small MLP (two hidden matrices and a head) and a plain copy for a reference written out."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 5)).double()
+    return model, copy.deepcopy(model)
+
+
 def _muown_reference(W, G, g, m_u, adam, t, lr, momentum=0.95, betas=(0.9, 0.95), eps=1e-8):
     """AngularMuown's step as its docstring states it (fhueb/angular-muown), no angular decay, W = diag(g)·U:
     the tangent gradient of U, momentum (a sum) with Nesterov, the polar factor, U's rows renormalized, Adam on g."""
@@ -321,9 +328,7 @@ def _muown_reference(W, G, g, m_u, adam, t, lr, momentum=0.95, betas=(0.9, 0.95)
 
 
 def test_muown_equals_its_update_rule_over_50_steps():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 5)).double()
-    twin = copy.deepcopy(model)  # the reference: plain weights, the rule written out, AdamW on the rest
+    model, twin = _mlp_and_twin()  # the reference: plain weights, the rule written out, AdamW on the rest
     hidden = [twin[0].weight, twin[2].weight]
     rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
     aux = torch.optim.AdamW(rest, lr=0.01, betas=(0.9, 0.95), weight_decay=0.0)
@@ -353,9 +358,7 @@ def test_muown_equals_its_update_rule_over_50_steps():
 def test_scion_equals_its_spectral_step_over_50_steps():
     """Scion's constrained step with the Spectral LMO (LIONS-EPFL/scion): d ← (1 − α)d + α·g, W ← (1 − γ)W −
     γ·ρ·√(d_out/d_in)·polar(d); the rest by AdamW (weight decay 1 on its matrices, as the recipe places it)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh(), nn.Linear(24, 5)).double()
-    twin = copy.deepcopy(model)
+    model, twin = _mlp_and_twin()
     hidden = [twin[0].weight, twin[2].weight]
     rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
     aux = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": 1.0},
@@ -380,3 +383,73 @@ def test_scion_equals_its_spectral_step_over_50_steps():
         for name, b in twin.state_dict().items():
             torch.testing.assert_close(model.state_dict()[name], b, rtol=1e-9, atol=1e-11,
                                        msg=lambda m: f"step {t} {name}: {m}")
+
+
+def test_absorb_muon_equals_liu_absorb_with_torchs_muon_over_50_steps():
+    """W = s·V, s one scalar per matrix: torch's Muon steps V on ∂L/∂V = s·∇W, AdamW steps s on ⟨∇W, V⟩, then
+    Liu's absorb a = ‖V‖, V ← V/a, s ← a·s (written out on a plain twin)."""
+    model, twin = _mlp_and_twin()
+    hidden = [twin[0].weight, twin[2].weight]
+    rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
+    s = [nn.Parameter(w.detach().norm().reshape(1, 1)) for w in hidden]  # the polar split of W at the start
+    v = [nn.Parameter(w.detach() / w.detach().norm()) for w in hidden]
+    muon = torch.optim.Muon(v, lr=0.01, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+    aux = torch.optim.AdamW([{"params": s, "weight_decay": 0.0}, {"params": [p for p in rest if p.ndim >= 2]},
+                             {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.01,
+                            weight_decay=0.0)
+    opt = po.recipe("absorb-muon", model, lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(50):
+        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        twin.zero_grad()
+        for m in (model, twin):
+            m(x).square().mean().backward()
+        opt.step()
+        with torch.no_grad():
+            for w, si, vi in zip(hidden, s, v):
+                vi.grad, si.grad = si * w.grad, (w.grad * vi).sum().reshape(1, 1)
+        muon.step()
+        aux.step()
+        with torch.no_grad():
+            for w, si, vi in zip(hidden, s, v):
+                a = vi.norm()
+                vi.div_(a)
+                si.mul_(a)
+                w.copy_(si * vi)
+        got = po.plain_state_dict(model)
+        for name, b in twin.state_dict().items():
+            torch.testing.assert_close(got[name], b, rtol=1e-9, atol=1e-11, msg=lambda m: f"step {t} {name}: {m}")
+
+
+def test_multipliers_equal_their_parametrization_written_out_over_50_steps():
+    """W_ij = r_i·V_ij·c_j (Falcon's row and column multipliers, r = c = 1 and V = W at the start), one AdamW:
+    decay on V and the other matrices, none on r, c and the 1-D parameters."""
+    model, twin = _mlp_and_twin()
+    layers = (twin[0], twin[2])
+    v = [nn.Parameter(m.weight.detach().clone()) for m in layers]
+    r = [nn.Parameter(torch.ones(m.out_features, dtype=torch.float64)) for m in layers]
+    c = [nn.Parameter(torch.ones(m.in_features, dtype=torch.float64)) for m in layers]
+    rest = [p for p in twin.parameters() if all(p is not m.weight for m in layers)]
+    ref = torch.optim.AdamW([{"params": v, "weight_decay": 0.1}, {"params": r + c, "weight_decay": 0.0},
+                             {"params": [p for p in rest if p.ndim >= 2], "weight_decay": 0.1},
+                             {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.01)
+    opt = po.recipe("multipliers", model, lr=0.01, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(1)
+
+    def forward(x):
+        h = x
+        for k, m in enumerate((twin[0], twin[2])):
+            h = torch.tanh(nn.functional.linear(h, r[k][:, None] * v[k] * c[k][None, :], m.bias))
+        return twin[4](h)
+    for t in range(50):
+        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        ref.zero_grad()
+        model(x).square().mean().backward()
+        forward(x).square().mean().backward()
+        opt.step()
+        ref.step()
+        for k, m in enumerate((model[0], model[2])):
+            torch.testing.assert_close(m.weight.detach(), (r[k][:, None] * v[k] * c[k][None, :]).detach(),
+                                       rtol=1e-9, atol=1e-11, msg=lambda msg: f"step {t} layer {k}: {msg}")
