@@ -83,7 +83,8 @@ def run(cfg: Config, progress) -> list[dict]:
                             "norm_inf": float(np.abs(t).max()), "dist_l2_solution": float(np.linalg.norm(t - x_l2)),
                             "min_norm2": float(np.linalg.norm(x_l2)), "min_norm_inf": float(np.abs(x_inf).max()),
                             "min_l2_norm_inf": float(np.abs(x_l2).max()),
-                            "at_max": float(np.mean(np.abs(t) >= 0.95 * np.abs(t).max()))})
+                            "at_max": float(np.mean(np.abs(t) >= 0.95 * np.abs(t).max())),
+                            "min_l2_at_max": float(np.mean(np.abs(x_l2) >= 0.95 * np.abs(x_l2).max()))})
     return records
 
 
@@ -144,6 +145,13 @@ def claims(records, cfg: Config) -> list[Claim]:
             f"(x†: {np.median([r['min_l2_norm_inf'] / r['min_norm_inf'] for r in pts]):.3f}; min‖·‖∞ from linprog, "
             f"they need not be equal), below x†'s in {'every' if below else 'NOT every'} draw, entries within 5% of "
             f"the max: median {100 * np.median([r['at_max'] for r in pts]):.0f}%", below))
+        # "many entries near the maximum": the minimum-ℓ∞ solution of an m × d system has at least d − m + 1 entries
+        # at its maximum; "many" is at least half that share within 5% of the max (x†'s share is the contrast)
+        many = 0.5 * (cfg.d - cfg.m + 1) / cfg.d
+        checks.append(Check.at_least(
+            f"{LABELS[m]}: median share of entries within 5% of the max (x†: "
+            f"{np.median([r['min_l2_at_max'] for r in pts]):.3f}; the min-ℓ∞ solution: ≥ {2 * many:.3f})",
+            float(np.median([r["at_max"] for r in pts])), many))
         checks.append(Check.at_most(f"{LABELS[m]}: largest final loss", max(r["loss"] for r in pts), cfg.converged_loss))
     out.append(Claim.of(
         id="random-sign-linf-flavoured", source=SRC3 + " (signSGD's limit, generalized)",

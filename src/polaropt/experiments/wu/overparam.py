@@ -24,6 +24,8 @@ class Config:
     draws: int = param(10, "random problems (A, y, w0) at every ‖x0‖")
     x0_norms: tuple[float, ...] = param((0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
                                         "the grid of ‖x0‖ = g0 (x0 = ‖x0‖·w0, the same w0 for the three methods)")
+    far_x0_norms: tuple[float, ...] = param((10.0, 20.0), "larger ‖x0‖ run beside the grid (records of kind 'far', "
+                                                          "not in the figure) for wn-can-be-farther-when-g0-large")
     eta: float = param(0.005, "the source's step size, for GD and for w")
     c: float = param(1.0, "step on g = c·eta (the source gives one step size: 0.005 for all)")
     stop_loss: float = param(1e-5, "each copy stops once ½‖Ax − y‖² is below this")
@@ -42,7 +44,7 @@ class Config:
         if self.draws < 2 or not self.x0_norms or min(self.x0_norms) <= 0:
             raise ValueError(f"draws must be >= 2 and x0_norms positive (WN cannot start at g0 = 0), got "
                              f"draws={self.draws}, x0_norms={self.x0_norms}")
-        require_distinct(x0_norms=self.x0_norms)
+        require_distinct(x0_norms=self.x0_norms + self.far_x0_norms)
         if self.eta <= 0 or self.c < 0 or self.stop_loss <= 0 or self.max_steps < 1:
             raise ValueError(f"eta, stop_loss must be > 0, c >= 0, max_steps >= 1, got eta={self.eta}, c={self.c}, "
                              f"stop_loss={self.stop_loss}, max_steps={self.max_steps}")
@@ -50,7 +52,7 @@ class Config:
             raise ValueError("close, gd_gap_tol, overlap_within and flow_gap_tol must be > 0")
 
 
-QUICK = Config(draws=4, x0_norms=(0.1, 0.5, 1.0, 2.0, 4.0))
+QUICK = Config(draws=4, x0_norms=(0.1, 0.5, 1.0, 2.0, 4.0), far_x0_norms=(10.0,))
 
 
 def tile(t: torch.Tensor, times: int) -> torch.Tensor:
@@ -62,9 +64,10 @@ def run(cfg: Config, progress) -> list[dict]:
     A, y, x_dag, P, gen = gaussian_problems(cfg.m, cfg.d, cfg.draws, cfg.seed)
     w0 = torch.randn(cfg.draws, cfg.d, generator=gen, dtype=torch.float64)
     w0 = w0 / w0.norm(dim=1, keepdim=True)
-    R = len(cfg.x0_norms)
+    grid = cfg.x0_norms + cfg.far_x0_norms
+    R = len(grid)
     A_, y_, x_dag_ = tile(A, R), tile(y, R), tile(x_dag, R)
-    norms = torch.tensor(cfg.x0_norms, dtype=torch.float64).repeat_interleave(cfg.draws)
+    norms = torch.tensor(grid, dtype=torch.float64).repeat_interleave(cfg.draws)
     x0 = norms[:, None] * tile(w0, R)
     model, opt = build(x0, METHODS, eta=cfg.eta, c=cfg.c)
     active = {m: torch.ones(len(x0), dtype=torch.bool) for m in METHODS}
@@ -91,12 +94,13 @@ def run(cfg: Config, progress) -> list[dict]:
             x = model[m].weight.detach()
             loss = residual_loss(A_, y_, x)
         for i in range(len(x0)):
-            records.append({"kind": "point", "method": m, "x0_norm": float(norms[i]), "draw": i % cfg.draws,
+            probe = {"probe": "far"} if float(norms[i]) in cfg.far_x0_norms else {}
+            records.append({"kind": "point", **probe, "method": m, "x0_norm": float(norms[i]), "draw": i % cfg.draws,
                             "norm": float(x[i].norm()), "dist": float((x[i] - x_dag_[i]).norm()),
                             "g_star": float(x_dag_[i].norm()), "null_x0": float(null0[i]),
                             "loss": float(loss[i]), "steps": int(stopped[m][i])})
     if cfg.c > 0:  # the continuous-time limit of WN and rPGD from the same start (theory.wn_limit)
-        for i in range(len(x0)):
+        for i in range(len(cfg.x0_norms) * cfg.draws):
             k = i % cfg.draws
             x_inf, _ = theory.wn_limit(A[k].numpy(), y[k].numpy(), w0[k].numpy(), float(norms[i]), cfg.c)
             records.append({"kind": "point", "method": "flow", "x0_norm": float(norms[i]), "draw": k,
@@ -114,7 +118,22 @@ def over_draws(records, field: str) -> dict[str, dict[float, np.ndarray]]:
     return {m: {n: np.asarray(v) for n, v in row.items()} for m, row in out.items()}
 
 
+def split_probe(records) -> tuple[list[dict], list[dict]]:
+    """The grid's records (the figure's) and the larger ‖x0‖ run beside it (``"probe": "far"``)."""
+    return [r for r in records if r.get("probe") != "far"], [r for r in records if r.get("probe") == "far"]
+
+
+def paired_lower_bound(records, field: str, a: str, b: str, x0_norm: float) -> float:
+    """The 95% lower bound (Student's t) of method ``a``'s ``field`` minus ``b``'s, paired by draw at ``x0_norm``."""
+    from scipy import stats
+
+    pts = by(records, ("method", "x0_norm", "draw"), field, kind="point")
+    d = np.asarray([v - pts[(b, n, k)] for (m, n, k), v in pts.items() if m == a and n == x0_norm and (b, n, k) in pts])
+    return float(d.mean() - stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def claims(records, cfg: Config) -> list[Claim]:
+    records, far = split_probe(records)
     dist, gstar, norm = over_draws(records, "dist"), over_draws(records, "g_star"), over_draws(records, "norm")
     null0, loss = over_draws(records, "null_x0"), over_draws(records, "loss")
     grid = sorted(dist["gd"])
@@ -163,15 +182,22 @@ def claims(records, cfg: Config) -> list[Claim]:
         values={"not_closer_at": [n for n in below if not all(mean[m][n] < mean["gd"][n] for m in ("wn", "rpgd"))]})
         if below else Claim.failed(**closer, expected="a grid ‖x0‖ below every draw's ‖x†‖",
                                    why="no grid ‖x0‖ is below every draw's ‖x†‖"))
-    above = [n for n in grid if n > max(gstar["gd"][n].max() for n in grid)]
+    # "can be farther" (g0² > g*²): at some ‖x0‖ of the grid or of the larger ones run beside it, WN's distance minus
+    # GD's, paired by draw, has a 95% lower bound (t) above the discretization error the experiment accepts between
+    # WN and its flow (0.3.0 passed on a 1% lead of the means at one point, inside that error)
+    g_max = max(gstar["gd"][n].max() for n in grid)
+    above = [(n, records) for n in grid if n > g_max] + [(n, far) for n in sorted({r["x0_norm"] for r in far})
+                                                          if n > g_max]
     farther = dict(id="wn-can-be-farther-when-g0-large", source=SRC + ", Theorem 2.6 discussion",
                    statement="If g0² > g*², the WN flow can converge to a solution that is farther from x* than GD.")
+    lower = {n: paired_lower_bound(recs, "dist", "wn", "gd", n) for n, recs in above}
     out.append(Claim.of(
-        **farther, checks=[Check.less(f"mean distance from ‖x0‖={n:g} of GD" if n == above[0] else f"‖x0‖={n:g}: GD",
-                                      mean["gd"][n], "WN", mean["wn"][n]) for n in above], require="any",
-        values={"farther_at": [n for n in above if mean["wn"][n] > mean["gd"][n]]})
-        if above else Claim.failed(**farther, expected="a grid ‖x0‖ above every draw's ‖x†‖",
-                                   why="no grid ‖x0‖ is above every draw's ‖x†‖"))
+        **farther, checks=[Check.at_least(f"‖x0‖={n:g}: WN's distance to x† minus GD's, paired over draws, 95% lower "
+                                          "bound" if i == 0 else f"‖x0‖={n:g}: the same", lower[n], cfg.flow_gap_tol)
+                           for i, (n, _) in enumerate(above)], require="any",
+        values={"farther_at": [n for n, _ in above if lower[n] >= cfg.flow_gap_tol]})
+        if above else Claim.failed(**farther, expected="a ‖x0‖ above every draw's ‖x†‖",
+                                   why="no ‖x0‖ is above every draw's ‖x†‖"))
     if "flow" in dist:
         err = max(float(np.max(np.abs(dist["wn"][n] - dist["flow"][n]))) for n in grid)
         out.append(Claim.of(
@@ -186,6 +212,7 @@ def claims(records, cfg: Config) -> list[Claim]:
 def figures(records, cfg: Config, out_dir) -> list[str]:
     from ..figures import new_figure, save
 
+    records, _ = split_probe(records)
     dist, norm = over_draws(records, "dist"), over_draws(records, "norm")
     fig, (ax1, ax2) = new_figure(1, 2, size=(11, 4.5))
     for m in (*METHODS, "flow"):
