@@ -64,8 +64,8 @@ class Config:
                                       "log10 loss sits below the fixed one's, in both pairs")
     figure_factor: float = param(10.0, "a mode's late geometric-mean loss may lie this factor outside the "
                                        "figure's range")
-    state_margin: float = param(0.5, "'no longer slows late training': absorb+state's late mean log10 loss "
-                                     "minus the plain run's is at most this, in both pairs")
+    state_margin: float = param(0.5, "'still behind late': absorb+state's late mean log10 loss minus the plain "
+                                     "run's is at least this, in every pair where state='keep' slows late training")
 
     def validate(self):
         if self.dtype not in ("float32", "float64"):
@@ -198,15 +198,20 @@ def claims(records, cfg: Config) -> list[Claim]:
         checks=[Check.between(f"{m}'s late geometric-mean loss", final[m], lo / cfg.figure_factor,
                               hi * cfg.figure_factor) for m, (lo, hi) in FIGURE_FINAL.items()],
         values={"final": final}))
+    slowed = [(a, b) for a, b in LEARNABLE_PAIRS if late[a] - late[b] >= cfg.late_slowdown]  # where keep slows late
     for st in cfg.states:
         if st == "keep":
             continue
         got = {a: (window_log_loss(records, cfg, f"{a}+{st}", "late"), late[a], late[b]) for a, b in LEARNABLE_PAIRS}
+        # a negative finding, as the notes predict: Adam's normalized step m̂/√v̂ is what sets absorb's late floor,
+        # and no state policy changes it (rescale leaves it as it is; reset restarts the bias correction)
         out.append(Claim.of(
-            kind="beyond", id=f"linreg-{st}-removes-late-slowdown", source="beyond the sources: Adam's state on re-parametrization (a polaropt question)",
-            statement=f"With state='{st}', re-parametrization no longer slows down late training.",
-            checks=[Check.at_most(f"{l_mean} {a}+{st} minus {b}'s", got[a][0] - late[b], cfg.state_margin)
-                    for a, b in LEARNABLE_PAIRS],
+            kind="beyond", id=f"linreg-{st}-keeps-late-slowdown",
+            source="beyond the sources: Adam's state on re-parametrization (a polaropt question)",
+            statement=f"state='{st}' does not remove the late slowdown: where re-parametrization slows late training "
+                      f"(state='keep'), absorb with state='{st}' is still behind the plain run late.",
+            checks=[Check.at_least(f"{l_mean} {a}+{st} minus {b}'s", got[a][0] - late[b], cfg.state_margin)
+                    for a, b in slowed] or Check.holds("a pair where state='keep' slows late training", "none", False),
             values={"late (state, keep, none)": got}))
     return out
 
