@@ -716,3 +716,21 @@ def test_linf_flavoured_needs_many_entries_near_the_maximum(suite):
         if r["kind"] == "point" and r.get("problem") == "random" and r["method"] == "sign":
             r["norm_inf"] = r["min_l2_norm_inf"] * 1.5
     assert not _claim("cs182-implicit-bias", larger, cfg, "random-sign-linf-flavoured").passed
+
+
+def test_final_losses_at_the_figures_floor_are_bounded_from_above_only(suite, monkeypatch):
+    from polaropt.experiments.liu import linreg
+
+    exp = get_experiment("liu-linreg")
+    cfg = exp.make_config(quick=True)
+    records = read_records(suite / "liu-linreg" / "records.jsonl")
+    middle = {m: (lo * hi) ** 0.5 for m, (lo, hi) in linreg.FIGURE_FINAL.items()}  # every mode inside its range
+
+    def finals(**given):
+        table = {m: __import__("math").log10(v) for m, v in {**middle, **given}.items()}
+        monkeypatch.setattr(linreg, "window_log_loss", lambda records, cfg, run, window: table.get(run, 0.0))
+        return _claim("liu-linreg", records, cfg, "linreg-final-losses-match-figure").passed
+    assert finals()
+    assert finals(**{"element-learnable-absorb": 1e-13})  # below the floor the figure cannot show: no contradiction
+    assert not finals(**{"element-learnable-absorb": 1e-6})  # above its range, by more than the factor
+    assert not finals(**{"tensor-fixed-absorb": 0.07})  # ours, against the figure's flat 1.1e3
