@@ -197,7 +197,8 @@ def test_the_index_and_reports_count_source_claims_derived_checks_and_findings_a
     assert {c["id"] for c in kinds["derived"]} == {  # the quick run; the full one adds far-numbers-match-notes
         "toy-adam-limit", "1d-learnable-saddle-at-minus-one", "flow-limit-wn", "flow-limit-rpgd",
         "flow-limit-first-order", "flow-sign-kept", "example-derived-limit", "wn-matches-flow-limit"}
-    assert {c["id"] for c in kinds["beyond"]} == {"linreg-rescale-keeps-late-slowdown"}
+    assert {c["id"] for c in kinds["beyond"]} == {"linreg-rescale-keeps-late-slowdown",
+                                                  "wn-rpgd-closer-than-gd-from-the-same-start"}
     n = {k: (sum(c["passed"] for c in v), len(v)) for k, v in kinds.items()}
     head = (suite / "index.md").read_text().splitlines()[2]
     assert head.startswith(f"{n['source'][0]} of {n['source'][1]} source claims reproduced; {n['derived'][0]} of "
@@ -734,3 +735,20 @@ def test_final_losses_at_the_figures_floor_are_bounded_from_above_only(suite, mo
     assert finals(**{"element-learnable-absorb": 1e-13})  # below the floor the figure cannot show: no contradiction
     assert not finals(**{"element-learnable-absorb": 1e-6})  # above its range, by more than the factor
     assert not finals(**{"tensor-fixed-absorb": 0.07})  # ours, against the figure's flat 1.1e3
+
+
+def test_wn_closer_when_g0_small_is_judged_against_the_sources_gd_baseline(suite):
+    exp = get_experiment("wu-overparam-ls")
+    cfg = exp.make_config(quick=True)
+    records = read_records(suite / "wu-overparam-ls" / "records.jsonl")
+    baseline = {(r["x0_norm"], r["draw"]): r["g_star"] * r["null_x0"] / r["x0_norm"]
+                for r in records if r["kind"] == "point" and r["method"] == "gd"}
+
+    def with_wn(factor):  # WN and rPGD at this fraction of the source's GD distance g*·‖P⊥w0‖
+        out = copy.deepcopy(records)
+        for r in out:
+            if r["kind"] == "point" and r["method"] in ("wn", "rpgd") and not r.get("probe"):
+                r["dist"] = factor * baseline[(r["x0_norm"], r["draw"])]
+        return out
+    assert _claim("wu-overparam-ls", with_wn(0.5), cfg, "wn-rpgd-closer-when-g0-small").passed
+    assert not _claim("wu-overparam-ls", with_wn(1.2), cfg, "wn-rpgd-closer-when-g0-small").passed
