@@ -752,3 +752,24 @@ def test_wn_closer_when_g0_small_is_judged_against_the_sources_gd_baseline(suite
         return out
     assert _claim("wu-overparam-ls", with_wn(0.5), cfg, "wn-rpgd-closer-when-g0-small").passed
     assert not _claim("wu-overparam-ls", with_wn(1.2), cfg, "wn-rpgd-closer-when-g0-small").passed
+
+
+def test_smaller_std_is_judged_on_one_problem_and_the_spread_over_w0(suite):
+    exp = get_experiment("wu-overparam-ls")
+    cfg = exp.make_config(quick=True)
+    records = read_records(suite / "wu-overparam-ls" / "records.jsonl")
+
+    def with_spread(scale):  # WN's and rPGD's ‖x̂‖ over w0 on the one problem: GD's mean ± scale × GD's deviation
+        out = copy.deepcopy(records)
+        gd = {}
+        for r in out:
+            if r.get("probe") == "one-problem" and r["method"] == "gd":
+                gd.setdefault(r["x0_norm"], {})[r["draw"]] = r["norm"]
+        for r in out:
+            if r.get("probe") == "one-problem" and r["method"] in ("wn", "rpgd"):
+                values = gd[r["x0_norm"]]
+                mean = sum(values.values()) / len(values)
+                r["norm"] = mean + scale * (values[r["draw"]] - mean)
+        return out
+    assert _claim("wu-overparam-ls", with_spread(0.5), cfg, "wn-rpgd-smaller-std").passed
+    assert not _claim("wu-overparam-ls", with_spread(2.0), cfg, "wn-rpgd-smaller-std").passed
