@@ -773,3 +773,23 @@ def test_smaller_std_is_judged_on_one_problem_and_the_spread_over_w0(suite):
         return out
     assert _claim("wu-overparam-ls", with_spread(0.5), cfg, "wn-rpgd-smaller-std").passed
     assert not _claim("wu-overparam-ls", with_spread(2.0), cfg, "wn-rpgd-smaller-std").passed
+
+
+def test_longer_freeze_is_judged_among_two_stage_runs_and_against_the_one_stage_run(suite):
+    exp = get_experiment("wu-two-stage")
+    cfg = exp.make_config(quick=True)
+    records = read_records(suite / "wu-two-stage" / "records.jsonl")
+    T1s = sorted({r["freeze_steps"] for r in records if r["kind"] == "curve"})
+
+    def with_final(T1, factor):
+        out = copy.deepcopy(records)
+        for r in out:
+            if r["kind"] == "curve" and r["metric"] == "dist" and r["freeze_steps"] == T1:
+                r["value"] = r["value"][:-1] + [r["value"][-1] * factor]
+        return out
+    claim = "two-stage-closer-with-longer-freeze"
+    assert _claim("wu-two-stage", records, cfg, claim).passed
+    # a longer freeze ending farther than a shorter one
+    assert not _claim("wu-two-stage", with_final(T1s[-1], 1e15), cfg, claim).passed
+    # the one-stage run ending closer than the scheme's longest freeze
+    assert not _claim("wu-two-stage", with_final(0, 1e-20), cfg, claim).passed

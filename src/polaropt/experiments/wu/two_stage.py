@@ -140,16 +140,22 @@ def claims(records, cfg: Config) -> list[Claim]:
         values={"steps_checked": checked, "max_excess": float(worst)})]
     final = {T1: np.array([d[-1] / g_star[t1, k] for (t1, k), d in dist.items() if t1 == T1]) for T1 in T1s}
     means = [final[T1].mean() for T1 in T1s]
+    # as the source compares: longer freezes among the two-stage runs (T1 >= 1), and the two-stage scheme (its longest
+    # freeze here) against the one-stage run; T1 = 1 against T1 = 0 is outside the scheme (one frozen step does not
+    # bring ‖w⊥‖ to ε) and is reported in the values, not judged (see the notes)
+    staged_T1s = [T1 for T1 in T1s if T1 > 0]
+    staged_means = [final[T1].mean() for T1 in staged_T1s]
     checks = [Check.not_above(f"{'mean final ‖x − x†‖/‖x†‖ ' if i == 0 else ''}at T1={b}", mb, f"at T1={a}", ma,
                               rtol=cfg.monotone_rtol, atol=cfg.monotone_atol)
-              for i, (a, b, ma, mb) in enumerate(zip(T1s, T1s[1:], means, means[1:]))]
-    if 0 in final:
-        checks += [Check.less(f"at T1={T1}", final[T1].mean(), "at T1=0", final[0].mean()) for T1 in T1s if T1 > 0]
+              for i, (a, b, ma, mb) in enumerate(zip(staged_T1s, staged_T1s[1:], staged_means, staged_means[1:]))]
+    if 0 in final and staged_T1s:
+        checks.append(Check.less(f"at T1={staged_T1s[-1]} (the longest freeze)", final[staged_T1s[-1]].mean(),
+                                 "the one-stage run (T1=0)", final[0].mean()))
     out.append(Claim.of(
         id="two-stage-closer-with-longer-freeze", source=src,
         statement="The first T1 iterations let w_t 'find' w* (‖w⊥‖ ≤ ε after T1), the rest let g_t converge to g*: "
-                  "freezing g longer ends closer to the minimum-norm solution, and the one-stage run (T1 = 0) ends "
-                  "farthest.",
+                  "freezing g longer ends closer to the minimum-norm solution, and the two-stage scheme ends closer "
+                  "than the one-stage run (T1 = 0).",
         checks=checks or Check.holds("the final distance does not grow with T1", f"one T1 only ({T1s[0]})", True),
         values={"final_rel_dist": dict(zip(map(str, T1s), means))}))
     longest = max(T1s)
