@@ -28,6 +28,7 @@ from torch import nn
 import polaropt as po
 
 from .. import theory
+from ..records import by
 from ..toys import Weights
 
 SRC = "002 Wu et al. 2020"
@@ -137,3 +138,18 @@ def copies(group, method, x0, A, y, P, settings: list[Setting], eta: float) -> C
     model, opt = build(x0, (method,), eta=eta, c=column(settings, "c"),
                        step=column(settings, "step") * wn.clamp_min(1) ** 2, w0_norm=wn)
     return Copies(group, method, model[method], opt, A, y, P, settings)
+
+
+def split_probe(records, probe: str = "far") -> tuple[list[dict], list[dict]]:
+    """The grid's records, and those of ``probe``: ``"far"`` (the larger ‖x0‖ run beside the grid) or
+    ``"one-problem"`` (one (A, y) and every draw's w0, the figure's likely error bars)."""
+    return [r for r in records if not r.get("probe")], [r for r in records if r.get("probe") == probe]
+
+
+def paired_lower_bound(records, field: str, a: str, b: str, x0_norm: float) -> float:
+    """The 95% lower bound (Student's t) of method ``a``'s ``field`` minus ``b``'s, paired by draw at ``x0_norm``."""
+    from scipy import stats
+
+    pts = by(records, ("method", "x0_norm", "draw"), field, kind="point")
+    d = np.asarray([v - pts[(b, n, k)] for (m, n, k), v in pts.items() if m == a and n == x0_norm and (b, n, k) in pts])
+    return float(d.mean() - stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))

@@ -14,7 +14,7 @@ from ..framework import Check, Claim, Experiment, param, require_distinct
 from ..records import by
 from ..training import train
 from .common import (LABELS, METHODS, NOTES, SHORT, SOURCES, SRC, build, close_range, gaussian_problems,
-                     residual_loss)
+                     paired_lower_bound, residual_loss, split_probe)
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def run(cfg: Config, progress) -> list[dict]:
     R, G = len(grid), len(cfg.x0_norms)
     # the copies, norm-major: every draw (A_k, y_k, w0_k) at every ‖x0‖ of the grid and the far probe; then the
     # figure's likely design for the error bars, one problem (A_0, y_0) with every draw's w0, at the grid's ‖x0‖
-    one = lambda t: t[:1].expand(cfg.draws, *t.shape[1:])  # noqa: E731
-    A_, y_, x_dag_, P_ = (torch.cat([tile(t, R), tile(one(t), G)]) for t in (A, y, x_dag, P))
+    A_, y_, x_dag_, P_ = (torch.cat([tile(t, R), tile(t[:1].expand(cfg.draws, *t.shape[1:]), G)])
+                          for t in (A, y, x_dag, P))
     norms = torch.tensor(grid + cfg.x0_norms, dtype=torch.float64).repeat_interleave(cfg.draws)
     x0 = norms[:, None] * tile(w0, R + G)
     probes = ["far" if n in cfg.far_x0_norms else None for n in grid for _ in range(cfg.draws)] + \
@@ -123,21 +123,6 @@ def over_draws(records, field: str) -> dict[str, dict[float, np.ndarray]]:
     return {m: {n: np.asarray(v) for n, v in row.items()} for m, row in out.items()}
 
 
-def split_probe(records, probe: str = "far") -> tuple[list[dict], list[dict]]:
-    """The grid's records, and those of ``probe``: ``"far"`` (the larger ‖x0‖ run beside the grid) or
-    ``"one-problem"`` (one (A, y) and every draw's w0, the figure's likely error bars)."""
-    return [r for r in records if not r.get("probe")], [r for r in records if r.get("probe") == probe]
-
-
-def paired_lower_bound(records, field: str, a: str, b: str, x0_norm: float) -> float:
-    """The 95% lower bound (Student's t) of method ``a``'s ``field`` minus ``b``'s, paired by draw at ``x0_norm``."""
-    from scipy import stats
-
-    pts = by(records, ("method", "x0_norm", "draw"), field, kind="point")
-    d = np.asarray([v - pts[(b, n, k)] for (m, n, k), v in pts.items() if m == a and n == x0_norm and (b, n, k) in pts])
-    return float(d.mean() - stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-
-
 def claims(records, cfg: Config) -> list[Claim]:
     _, one = split_probe(records, "one-problem")
     records, far = split_probe(records)
@@ -163,8 +148,7 @@ def claims(records, cfg: Config) -> list[Claim]:
         checks=[Check.less(f"largest grid ‖x0‖ up to which the mean distance is ≤ {cfg.close:g}·mean ‖x†‖ for GD"
                            if m == "wn" else "for GD", gd_range, f"for {SHORT[m]}", r) for m, r in ranges.items()],
         values={"gd": gd_range, **ranges}))
-    # Figure 1's error bars, read as its likely design: one problem (A, y), the spread over w0 alone (spread over
-    # random (A, y) adds ‖x†‖'s own spread, which every method inherits alike); the all-draws spread is reported
+    # Figure 1's error bars as its likely design: one (A, y), the spread over w0 alone (the notes say why)
     std_all = {m: {n: norm[m][n].std() for n in grid} for m in METHODS}
     one_norm = over_draws(one, "norm")
     std = {m: {n: one_norm[m][n].std() for n in grid} for m in METHODS}
@@ -186,36 +170,28 @@ def claims(records, cfg: Config) -> list[Claim]:
                              cfg.overlap_within),
         values={"max_relative_gap": overlap}))
     below = [n for n in grid if n < min(gstar["gd"][n].min() for n in grid)]
-    # the source's baseline: GD started from g*·w0 (the same direction at the solution's norm) ends at x† + P⊥(g*·w0),
-    # at distance g*·‖P⊥w0‖ = g*·‖P⊥x0‖/‖x0‖ (Theorem 2.6's discussion); a GD run from the same x0 is a stricter one
+    # the source's baseline: GD from g*·w0 ends at x† + P⊥(g*·w0), at g*·‖P⊥w0‖ = g*·‖P⊥x0‖/‖x0‖ (Theorem 2.6)
     source_gd = {n: (gstar["gd"][n] * null0["gd"][n] / n).mean() for n in grid}
-    closer = dict(id="wn-rpgd-closer-when-g0-small", source=SRC + ", Theorem 2.6 Part I and its discussion",
-                  statement="Initialized with g0 < g* (= ‖x†‖), WN and rPGD converge closer to the minimum-norm "
-                            "solution than GD (smaller component in the null space; GD's limit x† + P⊥(g*·w0), "
-                            "as the source compares).")
-    out.append(Claim.of(
-        **closer, checks=[Check.less(f"mean distance from ‖x0‖={n:g} of {SHORT[m]}" if (n, m) == (below[0], "wn")
-                                     else f"‖x0‖={n:g}: {SHORT[m]}", mean[m][n], "GD from g*·w0 (g*·‖P⊥w0‖)",
-                                     source_gd[n]) for n in below for m in ("wn", "rpgd")],
-        values={"not_closer_at": [n for n in below if not all(mean[m][n] < source_gd[n] for m in ("wn", "rpgd"))]})
-        if below else Claim.failed(**closer, expected="a grid ‖x0‖ below every draw's ‖x†‖",
-                                   why="no grid ‖x0‖ is below every draw's ‖x†‖"))
-    same = dict(id="wn-rpgd-closer-than-gd-from-the-same-start", kind="beyond",
-                source="beyond the sources: GD run from the same x0 (a stricter baseline than the source's)",
-                statement="From the same small x0 (g0 < g*), WN and rPGD also end closer to x† than GD does.")
-    out.append(Claim.of(
-        **same, checks=[Check.less(f"mean distance from ‖x0‖={n:g} of {SHORT[m]}" if (n, m) == (below[0], "wn")
-                                   else f"‖x0‖={n:g}: {SHORT[m]}", mean[m][n], "GD", mean["gd"][n])
-                        for n in below for m in ("wn", "rpgd")],
-        values={"not_closer_at": [n for n in below if not all(mean[m][n] < mean["gd"][n] for m in ("wn", "rpgd"))]})
-        if below else Claim.failed(**same, expected="a grid ‖x0‖ below every draw's ‖x†‖",
-                                   why="no grid ‖x0‖ is below every draw's ‖x†‖"))
-    # "can be farther" (g0² > g*²): at some ‖x0‖ of the grid or of the larger ones run beside it, WN's distance minus
-    # GD's, paired by draw, has a 95% lower bound (t) above the discretization error the experiment accepts between
-    # WN and its flow (0.3.0 passed on a 1% lead of the means at one point, inside that error)
+    def closer(baseline: dict, label: str, **meta) -> Claim:
+        if not below:
+            return Claim.failed(**meta, expected="a grid ‖x0‖ below every draw's ‖x†‖",
+                                why="no grid ‖x0‖ is below every draw's ‖x†‖")
+        return Claim.of(**meta, checks=[Check.less(f"mean distance from ‖x0‖={n:g} of {SHORT[m]}" if (n, m) == (
+            below[0], "wn") else f"‖x0‖={n:g}: {SHORT[m]}", mean[m][n], label, baseline[n])
+            for n in below for m in ("wn", "rpgd")], values={"not_closer_at": [
+                n for n in below if not all(mean[m][n] < baseline[n] for m in ("wn", "rpgd"))]})
+    out.append(closer(source_gd, "GD from g*·w0 (g*·‖P⊥w0‖)", id="wn-rpgd-closer-when-g0-small",
+                      source=SRC + ", Theorem 2.6 Part I and its discussion",
+                      statement="Initialized with g0 < g* (= ‖x†‖), WN and rPGD converge closer to the minimum-norm "
+                                "solution than GD (smaller component in the null space; GD's limit x† + P⊥(g*·w0), "
+                                "as the source compares)."))
+    out.append(closer(mean["gd"], "GD", id="wn-rpgd-closer-than-gd-from-the-same-start", kind="beyond",
+                      source="beyond the sources: GD run from the same x0 (a stricter baseline than the source's)",
+                      statement="From the same small x0 (g0 < g*), WN and rPGD also end closer to x† than GD does."))
+    # "can be farther" (g0² > g*²): WN's distance minus GD's, paired by draw, with a 95% lower bound above the WN-vs-flow
+    # error the experiment accepts, at some ‖x0‖ of the grid or of the larger ones run beside it (the notes say why)
     g_max = max(gstar["gd"][n].max() for n in grid)
-    above = [(n, records) for n in grid if n > g_max] + [(n, far) for n in sorted({r["x0_norm"] for r in far})
-                                                          if n > g_max]
+    above = [(n, recs) for recs in (records, far) for n in sorted({r["x0_norm"] for r in recs}) if n > g_max]
     farther = dict(id="wn-can-be-farther-when-g0-large", source=SRC + ", Theorem 2.6 discussion",
                    statement="If g0² > g*², the WN flow can converge to a solution that is farther from x* than GD.")
     lower = {n: paired_lower_bound(recs, "dist", "wn", "gd", n) for n, recs in above}
