@@ -563,8 +563,8 @@ def _muon_mlp(shard, normuon):
     return model, opts
 
 
-def _train_muon(model, opts, rank=None):
-    for step in range(10):
+def _train_muon(model, opts, rank=None, start=0, stop=10):
+    for step in range(start, stop):
         x, y = batch("mlp", step, rank)
         for o in opts:
             o.zero_grad()
@@ -592,3 +592,56 @@ def test_muon_under_fsdp2_orthogonalizes_whole_matrices_as_one_process_does(tmp_
         for key, ref in model.state_dict().items():
             torch.testing.assert_close(sharded[normuon][key], ref, rtol=1e-5, atol=1e-5,
                                        msg=lambda m: f"normuon={normuon} {key}: {m}")
+
+
+def _compose_muon(rank, out_dir):
+    model, _ = _muon_mlp(True, False)
+    opt = po.compose(model, direction="muon", radial="none", lr=0.02, weight_decay=0.01,
+                     direction_options={"backend": "polar-express", "ns_steps": 8})
+    _train_muon(model, [opt], rank)
+    sd = copy.deepcopy(opt.state_dict())  # a checkpoint of the sharded optimizer state, read on every rank
+    return {"weights": {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()},
+            "momentum": [st["momentum_buffer"].full_tensor() for st in sd["optimizers"][0]["state"].values()]}
+
+
+def test_compose_on_a_sharded_model_trains_as_one_process(tmp_path):
+    # the plain-weight cells (radial='none') on a model already sharded with fully_shard: po.Muon gathers each
+    # update whole; the polar cells polarize first, so they need polarize -> fully_shard -> optimizer by hand
+    sharded = spawn(_compose_muon, tmp_path)
+    model, _ = _muon_mlp(False, False)
+    opt = po.compose(model, direction="muon", radial="none", lr=0.02, weight_decay=0.01,
+                     direction_options={"backend": "polar-express", "ns_steps": 8})
+    _train_muon(model, [opt])
+    for key, ref in model.state_dict().items():
+        torch.testing.assert_close(sharded["weights"][key], ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{key}: {m}")
+    for got, st in zip(sharded["momentum"], opt.optimizers[0].state.values()):
+        torch.testing.assert_close(got, st["momentum_buffer"], rtol=1e-5, atol=1e-5)
+
+
+def _muon_dcp_job(resume, normuon, rank, out_dir):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model, opts = _muon_mlp(True, normuon)
+    ckpt = os.path.join(out_dir, f"muon-ckpt-{normuon}")
+
+    if resume:  # fresh processes, model and optimizers: load step 5, train 5 more
+        msd, osd = get_state_dict(model, opts)
+        dcp.load({"model": msd, "opt": osd}, checkpoint_id=ckpt)
+        set_state_dict(model, opts, model_state_dict=msd, optim_state_dict=osd)
+    else:
+        _train_muon(model, opts, rank, 0, 5)
+        msd, osd = get_state_dict(model, opts)
+        dcp.save({"model": msd, "opt": osd}, checkpoint_id=ckpt)
+    _train_muon(model, opts, rank, 5, 10)
+    return {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("normuon", [False, True])
+def test_po_muon_resumes_from_a_distributed_checkpoint_as_the_uninterrupted_run(tmp_path, normuon):
+    # the momentum buffers are sharded like their parameters; NorMuon's row statistics are kept whole on every
+    # rank (a plain tensor in the state), which DCP saves as replicated
+    uninterrupted = spawn(functools.partial(_muon_dcp_job, False, normuon), tmp_path)
+    resumed = spawn(functools.partial(_muon_dcp_job, True, normuon), tmp_path)
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
