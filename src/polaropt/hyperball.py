@@ -96,23 +96,22 @@ class Hyperball:
                         state[k] = v.float()
         self.before = [torch.empty_like(p).copy_(p) if p.grad is not None else None for p in self.params]
 
-    def _generator(self, state: dict, p: torch.Tensor, device) -> torch.Generator:
-        """This tensor's rounding generator for this step: seeded from its state, so a resume repeats it."""
-        seed = state.setdefault("hyperball_seed", (torch.initial_seed() + 7919 * self._index(p)) % (1 << 62))
-        rounds = state.get("hyperball_rounds", 0)
+    def _generator(self, state: dict, index: int, device) -> torch.Generator:
+        """The rounding generator of ``self.params[index]`` for this step: seeded from its state, so a resume
+        repeats it."""
+        if "hyperball_seed" not in state:
+            state["hyperball_seed"] = (torch.initial_seed() + 7919 * index) % (1 << 62)
+        seed, rounds = state["hyperball_seed"], state.get("hyperball_rounds", 0)
         state["hyperball_rounds"] = rounds + 1
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device)
         return gen.manual_seed(seed + rounds)
 
-    def _index(self, p) -> int:
-        return next(i for i, q in enumerate(self.params) if q is p)
-
     @torch.no_grad()
     def post(self, opt, args, kwargs):
         lr = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}  # at step time (schedulers)
-        for p, w in zip(self.params, self.before):
+        for index, (p, w) in enumerate(zip(self.params, self.before)):
             if w is None:
                 continue
             state = opt.state[p]  # the base optimizer has created it by now
@@ -129,7 +128,7 @@ class Hyperball:
             if low is not None:
                 data, grad = low
                 if data.dtype == torch.bfloat16:
-                    round_stochastic_(data, moved, self._generator(state, p, moved.device))
+                    round_stochastic_(data, moved, self._generator(state, index, moved.device))
                 else:
                     data.copy_(moved)
                 p.data, p.grad = data, grad  # the weight's own storage and gradient again

@@ -155,8 +155,8 @@ class Muon(torch.optim.Optimizer):
                     O = self._normuon(self.state[p], O, group["beta2"])
                 rows, cols = O.shape[-2:]
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                step = adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols)
-                p.add_(_like(O.reshape(p.shape), p), alpha=-(step if group["scale"] == 1 else step * group["scale"]))
+                step = adjusted_lr(group["lr"], group["adjust_lr_fn"], rows, cols) * group["scale"]  # ×1.0 is exact
+                p.add_(_like(O.reshape(p.shape), p), alpha=-step)
         return loss
 
     @staticmethod

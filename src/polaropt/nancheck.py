@@ -227,9 +227,10 @@ class LazyCheck:
         ``restore``); a bad one raises (with ``restore``, after putting the snapshot back when it holds
         a bad tensor and the read is not of a load). ``where`` names a read with no step to blame."""
         self._watch()
-        loaded = self.reload  # whoever reads it first: the loaded state is the new starting point
-        if loaded:
-            self.reload, periodic, where = False, True, where or "in the state loaded since the last step"
+        # a load is read as the new starting point, whoever reads it first; until a read finds it clean, every
+        # step is refused (training on it would blame the steps)
+        if self.reload:
+            periodic, where = True, where or "in the state loaded since the last step"
             self.snapshot = None  # a bad load leaves nothing clean to go back to
         scope = self._scope(optimizer)
         maps = list(getattr(optimizer.state, "maps", [optimizer.state]))
@@ -242,7 +243,7 @@ class LazyCheck:
             self.since = 0
         bad = nonfinite(tensors)
         if not bad:
-            self.clean_at, self.covered = self.steps, {id(t) for t in scope}
+            self.reload, self.clean_at, self.covered = False, self.steps, {id(t) for t in scope}
             if periodic:
                 self.groups = guard.group_sizes(optimizer)
                 if self.restore:
@@ -275,8 +276,6 @@ class LazyCheck:
                     "holding NaN or Inf), or attach with restore=True to keep a copy to go back to")
         advice = ("The steps after it spread it (check='step' names where it entered): lower the learning rate or "
                   "check the loss and inputs" if by_steps else "Fix the initialization or the checkpoint")
-        if loaded:  # every step is refused until a clean state is loaded: training on it would blame the steps
-            self.reload = True
         held_by = f"{len(shown)} tensors hold" if len(shown) > 1 else "1 tensor holds"
         raise FloatingPointError(f"NaN or Inf {where}: {held_by} one now ({_listed(shown)}). {done}. "
                                  f"{advice}")

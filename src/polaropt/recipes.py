@@ -322,9 +322,9 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     hidden, rest = _split(model, include, exclude)
     if not hidden:
         raise ValueError(f"{name}: found no hidden matrix in the model; name them with include=")
-    mats, names = [p for _, p in hidden], [q for q, _ in hidden]
     # the direction rule's own checks (its options, its shapes) on the plain matrices, before the model is touched
-    _direction_optimizer(direction, [{"params": mats, "weight_decay": weight_decay}], lr, options, adam)
+    _direction_optimizer(direction, [{"params": [p for _, p in hidden], "weight_decay": weight_decay}], lr, options,
+                         adam)
     try:
         optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden, rest,
                                         kept, options, adam, name)
