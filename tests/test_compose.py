@@ -453,3 +453,24 @@ def test_multipliers_equal_their_parametrization_written_out_over_50_steps():
         for k, m in enumerate((model[0], model[2])):
             torch.testing.assert_close(m.weight.detach(), (r[k][:, None] * v[k] * c[k][None, :]).detach(),
                                        rtol=1e-9, atol=1e-11, msg=lambda msg: f"step {t} layer {k}: {msg}")
+
+
+def test_a_step_refused_by_the_gradient_check_leaves_bfloat16_weights_as_they_were():
+    # the Hyperball hooks swap a bf16 weight to a float32 copy for the step; their pre-hook ran before attach's
+    # check, so a refused step left V in float32
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4)).to(torch.bfloat16)
+    opt = po.compose(m, direction="adamw", radial="fixed", scale="row", lr=1e-2, check="step")
+    x = torch.randn(4, 8).to(torch.bfloat16)
+    v = po.direction_of(m[2])
+    before = v.detach().clone()
+    opt.zero_grad()
+    m(x).float().square().mean().backward()
+    v.grad[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="refused before AdamW wrote anything"):
+        opt.step()
+    assert v.dtype == v.grad.dtype == torch.bfloat16 and torch.equal(v, before)
+    opt.zero_grad()
+    m(x).float().square().mean().backward()
+    opt.step()  # the next step goes through, in the weights' own dtype
+    assert v.dtype == torch.bfloat16 and not torch.equal(v, before)

@@ -45,8 +45,8 @@ class Hyperball:
     resumed run rounds as the uninterrupted one. A checkpoint's float32 base state is put back as float32 after
     ``load_state_dict`` (torch casts it to the weight's dtype), so a bfloat16 run resumes bit for bit.
 
-    ``hooks(base)`` registers what a base optimizer needs (the step hooks, the load hooks) and returns the
-    handles."""
+    ``post_hooks(base)`` and ``pre_hooks(base)`` register what a base optimizer needs and return the handles.
+    If the base raises inside its step, the next ``pre`` puts the swapped weights back first."""
 
     def __init__(self, params: list[torch.Tensor], names: list[str], project: bool = True):
         self.params, self.names, self.project = params, names, project
@@ -55,10 +55,23 @@ class Hyperball:
         self._incoming = None  # the state dict being loaded
         self._generators: dict[torch.device, torch.Generator] = {}
 
-    def hooks(self, base: torch.optim.Optimizer) -> list:
-        return [base.register_step_pre_hook(self.pre), base.register_step_post_hook(self.post),
-                base.register_load_state_dict_pre_hook(self.load_pre),
+    def post_hooks(self, base: torch.optim.Optimizer) -> list:
+        """The step post-hook and the load hooks. Registered before another post-hook (attach's renormalization),
+        they run before it."""
+        return [base.register_step_post_hook(self.post), base.register_load_state_dict_pre_hook(self.load_pre),
                 base.register_load_state_dict_post_hook(self.load_post)]
+
+    def pre_hooks(self, base: torch.optim.Optimizer) -> list:
+        """The step pre-hook. Registered after another pre-hook (attach's gradient check), it runs after it, so a step
+        that is refused there never finds a weight swapped to its float32 copy."""
+        return [base.register_step_pre_hook(self.pre)]
+
+    def _swap_back(self) -> None:
+        """Low-precision weights back in their own storage: after a step, or after one that raised in the base."""
+        for p in self.params:
+            low = self.low.pop(id(p), None)
+            if low is not None:
+                p.data, p.grad = low
 
     def load_pre(self, opt, state_dict):
         self._incoming = state_dict
@@ -78,6 +91,7 @@ class Hyperball:
                             opt.state[p][k] = v.detach().to(p.device, copy=True)
 
     def pre(self, opt, args, kwargs):
+        self._swap_back()  # a previous step that raised inside the base optimizer left them swapped
         for p, name in zip(self.params, self.names):  # before anything moves
             if (self.project and p.grad is not None and "hyperball_radius" not in opt.state.get(p, {})
                     and not bool(p.detach().any())):

@@ -333,13 +333,16 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise
 
     def hooks(opt):
-        handles = ball.hooks(base) if ball is not None else []
+        # the cell's own post-hooks run before attach's (the renormalization), its pre-hooks after attach's (the
+        # gradient check): a refused step finds nothing of the cell's done
+        handles = ball.post_hooks(base) if ball is not None else []
         try:  # every cell is guarded against NaN/Inf (check=); project/absorb and a fixed radius per slice renormalize
-            return handles + [attach(opt, model, state=state, **checks)]
+            handles.append(attach(opt, model, state=state, **checks))
         except BaseException:
             for h in handles:
                 h.remove()
             raise
+        return handles + (ball.pre_hooks(base) if ball is not None else [])
     try:
         return _finish(name, optimizers, hooks)
     except BaseException:
@@ -354,8 +357,11 @@ class Retract:
     def __init__(self, targets):
         self.targets = [(t.direction, t.polar.dims) for t in targets]
 
-    def hooks(self, base: torch.optim.Optimizer) -> list:
+    def post_hooks(self, base: torch.optim.Optimizer) -> list:
         return [base.register_step_post_hook(self.post)]
+
+    def pre_hooks(self, base: torch.optim.Optimizer) -> list:
+        return []
 
     @torch.no_grad()
     def post(self, opt, args, kwargs) -> None:
