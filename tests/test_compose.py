@@ -304,6 +304,19 @@ def test_a_cell_refused_after_parametrizing_takes_its_parametrizations_off():
         torch.testing.assert_close(m.state_dict()[k], v, equal_nan=True, rtol=1e-12, atol=1e-12)
 
 
+def _same_batches(model, twin, opt, steps=50, start=0):
+    """Yield each step's number after one batch's gradients reached both the model (its optimizer zeroed first)
+    and its twin."""
+    gen = torch.Generator().manual_seed(1)
+    for t in range(start, start + steps):
+        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+        opt.zero_grad()
+        twin.zero_grad()
+        for m in (model, twin):
+            m(x).square().mean().backward()
+        yield t
+
+
 def _mlp_and_twin():
     """A small MLP (two hidden matrices and a head) and a plain copy for a reference written out."""
     torch.manual_seed(0)
@@ -335,13 +348,7 @@ def test_muown_equals_its_update_rule_over_50_steps():
     state = [(w.detach().norm(dim=1, keepdim=True), torch.zeros_like(w),
               (torch.zeros(w.shape[0], 1, dtype=w.dtype), torch.zeros(w.shape[0], 1, dtype=w.dtype))) for w in hidden]
     opt = po.recipe("muown", model, lr=0.01, direction_options={"dtype": torch.float64})
-    gen = torch.Generator().manual_seed(1)
-    for t in range(1, 51):
-        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
-        opt.zero_grad()
-        twin.zero_grad()
-        for m in (model, twin):
-            m(x).square().mean().backward()
+    for t in _same_batches(model, twin, opt, start=1):
         opt.step()
         aux.step()
         with torch.no_grad():
@@ -366,13 +373,7 @@ def test_scion_equals_its_spectral_step_over_50_steps():
     bufs = [torch.zeros_like(w) for w in hidden]
     opt = po.recipe("scion", model, lr=0.01, weight_decay=1.0,
                     direction_options={"dtype": torch.float64, "scale": 3.0, "backend": "svd"})
-    gen = torch.Generator().manual_seed(1)
-    for t in range(50):
-        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
-        opt.zero_grad()
-        twin.zero_grad()
-        for m in (model, twin):
-            m(x).square().mean().backward()
+    for t in _same_batches(model, twin, opt):
         opt.step()
         aux.step()
         with torch.no_grad():
@@ -398,13 +399,7 @@ def test_absorb_muon_equals_liu_absorb_with_torchs_muon_over_50_steps():
                              {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.01,
                             weight_decay=0.0)
     opt = po.recipe("absorb-muon", model, lr=0.01)
-    gen = torch.Generator().manual_seed(1)
-    for t in range(50):
-        x = torch.randn(16, 12, generator=gen, dtype=torch.float64)
-        opt.zero_grad()
-        twin.zero_grad()
-        for m in (model, twin):
-            m(x).square().mean().backward()
+    for t in _same_batches(model, twin, opt):
         opt.step()
         with torch.no_grad():
             for w, si, vi in zip(hidden, s, v):
