@@ -190,11 +190,13 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 @pytest.mark.parametrize("key,value,match", [
     ("recipes", "adamw,sgd", "unknown recipe 'sgd'"), ("recipes", "muon,polar-absorb", "must include adamw"),
-    ("lrs", "0.001,0.01,0.1", "at least 4"), ("lrs", "0.001,0.001,0.01,0.1", "repeats"),
+    ("lrs", "0.001,0.01", "at least 3"), ("lrs", "0.001,0.001,0.01,0.1", "repeats"),
+    ("seeds", "1", "seeds must be >= 2"), ("search_seeds", "0", "search_seeds must be >= 1"),
+    ("clip", "-1", "clip >= 0"), ("alpha", "1.5", "0 < alpha < 1"), ("max_extend", "-1", "max_extend must be >= 0"),
     ("lr_scale", "muon=x", "RECIPE=FACTOR"), ("lr_scale", "nope=2", "RECIPE=FACTOR"), ("preset", "tpu", "valid presets"),
     ("seeds", "0", "seeds must be >= 1"), ("steps", "-1", "steps must be >= 0"),
     ("lr_scale", "muon=2,muon=3", "repeats"), ("recipes", "adamw", "at least one recipe besides adamw"),
-    ("warmup", "0", "handover"), ("early", "0.95", "early")])
+    ("early", "0.97", "early")])
 def test_bad_configs_are_refused_naming_the_choices(key, value, match):
     with pytest.raises(ValueError, match=match):
         BENCHMARKS["bench-fmnist-mlp"].make_config(overrides={key: value})
@@ -252,21 +254,27 @@ def test_a_gpu_run_rebuilds_on_a_cpu_machine():
 
 # ---- statistics on hand-made records --------------------------------------------------------------
 
+OFFSETS = (0.0, 0.01, -0.01, 0.02, -0.02)  # per seed, the same for every recipe: differences are exact
+
+
 def _records(finals_by_recipe: dict, curves: dict, cfg, steps=100, times=None):
+    """Search runs (seed 1000) at every lr of the coarse grid, and the reported seeds at the best: ``curves[e]``
+    plus each seed's offset (so a paired difference has no spread)."""
     at = common.eval_steps(steps, cfg.evals)
-    recs = [{"kind": "scalar", "metric": "sizes", "value": {"steps": steps}},
+    recs = [{"kind": "scalar", "metric": "sizes", "value": {"steps": steps, "batch": 4}},
             {"kind": "scalar", "metric": "data", "value": {}}]
     for e, finals in finals_by_recipe.items():
         for lr, f in zip(cfg.grid(e), finals):
             best = f is not None and f == min(x for x in finals if x is not None)
             curve = curves[e] if best else [2.0] * (len(at) - 1) + [f]
-            recs.append({"kind": "curve", "recipe": e, "lr": lr, "seed": 0, "phase": "search", "step": at,
+            recs.append({"kind": "curve", "recipe": e, "lr": lr, "seed": 1000, "phase": "search", "step": at,
                          "metric": "val_loss", "value": curve, "diverged": None})
             if best:
-                for seed in range(1, cfg.seeds):
+                for seed in range(cfg.seeds):
                     recs.append({"kind": "curve", "recipe": e, "lr": lr, "seed": seed, "phase": "seed", "step": at,
-                                 "metric": "val_loss", "value": curve, "diverged": None})
+                                 "metric": "val_loss", "value": [v + OFFSETS[seed] for v in curve], "diverged": None})
         recs.append({"kind": "point", "metric": "step_time", "recipe": e, "value": (times or {}).get(e, 1.0)})
+        recs.append({"kind": "point", "metric": "state_bytes", "recipe": e, "value": 1024})
     return recs
 
 
@@ -292,26 +300,64 @@ def test_claims_fail_when_the_records_say_so():
                      "polar-absorb-every10": [1.4, 1.3, 1.5, 1.6]},
                     {"adamw": fast, "polar-absorb": slow, "muon": slow, "polar-absorb-every10": slow}, cfg)
     by_id = {c.id: c for c in analysis.claims(recs, cfg, "t")}
-    assert not by_id["absorb-early@t"].passed  # absorb's 2.5 at step 25 is above AdamW's 1.5
-    assert "at step 25 2.5" in by_id["absorb-early@t"].measured
+    assert not by_id["absorb-early@t"].passed  # absorb's 2.5 at step 25 is above AdamW's 1.5, on every seed
+    assert "at step 25 +1.000 [+1.000, +1.000]" in by_id["absorb-early@t"].measured
     assert not by_id["absorb-late@t"].passed  # it falls 1.2 from step 25 on, more than AdamW's 0.5
-    assert not by_id["fewer-steps-muon@t"].passed and "never" in by_id["fewer-steps-muon@t"].measured
+    assert not by_id["fewer-steps-muon@t"].passed and "+0.300" in by_id["fewer-steps-muon@t"].measured
+    assert not by_id["less-time-muon@t"].passed and "never" in by_id["less-time-muon@t"].measured
     assert not by_id["not-worse-polar-absorb-every10@t"].passed
     st = analysis.Stats(recs, cfg, "t")
-    assert st.steps_to_adamw("adamw") == 100 and st.steps_to("polar-absorb", 1.5) == 75
-    assert st.steps_to("adamw", 1.16) == 60  # 1.2 at step 50, 1.1 at 75: interpolated
-    assert st.steps_to("adamw", math.inf) is None
-    # the handover fix runs absorb for the warm-up (5 of 100 steps), AdamW after
+    assert st.reach("adamw") == [100, None, 98, None, 95]  # AdamW's mean final, 1.0: the seeds above never reach it
+    assert st.steps_to("polar-absorb", 1.5) == [75, 76, 74, 78, 74]  # per seed, interpolated
+    assert analysis.cross([3.0, 1.5, 1.2, 1.1, 1.0], [0, 25, 50, 75, 100], 1.16) == 60  # interpolated
+    assert analysis.cross([3.0, 1.5, None, None, None], [0, 25, 50, 75, 100], 1.0) is None  # diverged first
+    assert st.steps_to("adamw", math.inf) == [None] * 5
     st.step_time.update({"adamw": 1.0, "polar-absorb-every10": 2.0})
     assert st.time_ratio("polar-absorb-every10") == 2.0
-    # the source's picture: absorb fast early, then slow; both claims hold
-    early_fast = [3.0, 1.2, 1.15, 1.12, 1.1]
-    recs = _records({"adamw": [1.5, 1.0, 1.2, 1.4], "polar-absorb": [1.5, 1.1, 1.6, 1.9]},
-                    {"adamw": fast, "polar-absorb": early_fast}, CharConfig(recipes=("adamw", "polar-absorb"), evals=4,
-                                                                             lr_scale=(), lrs=cfg.lrs))
-    by_id = {c.id: c for c in analysis.claims(recs, CharConfig(recipes=("adamw", "polar-absorb"), evals=4,
-                                                               lr_scale=(), lrs=cfg.lrs), "t")}
+    # the source's picture, and a recipe resolved better than AdamW: every claim holds, the summary says "use"
+    early_fast, better = [3.0, 1.2, 1.15, 1.12, 1.1], [3.0, 1.3, 1.0, 0.9, 0.8]
+    cfg2 = CharConfig(recipes=("adamw", "polar-absorb", "muon"), evals=4, lr_scale=(), lrs=cfg.lrs)
+    recs = _records({"adamw": [1.5, 1.0, 1.2, 1.4], "polar-absorb": [1.5, 1.1, 1.6, 1.9], "muon": [1.5, 0.8, 1.6, 2]},
+                    {"adamw": fast, "polar-absorb": early_fast, "muon": better}, cfg2, times={"muon": 1.2})
+    by_id = {c.id: c for c in analysis.claims(recs, cfg2, "t")}
     assert by_id["absorb-early@t"].passed and by_id["absorb-late@t"].passed
+    assert by_id["fewer-steps-muon@t"].passed and by_id["less-time-muon@t"].passed
+    st = analysis.Stats(recs, cfg2, "t")
+    assert st.resolved("muon") == -1 and st.resolved("polar-absorb") == 1 and st.pairs["adamw"]["muon"].mean == \
+        pytest.approx(-0.2)
+    assert analysis.recommendation(st).startswith("**t: use muon**: final loss -0.200 [-0.200, -0.200]")
+
+
+def test_paired_intervals_are_scipys_and_holm_adjusts_as_its_definition():
+    from scipy import stats as sps
+
+    a, b = [1.0, 1.2, 0.9, 1.1, 1.05], [1.1, 1.25, 1.0, 1.12, 1.2]
+    p = analysis.paired(a, b)
+    ref = sps.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert (p.lo, p.hi, p.p, p.n) == pytest.approx((ci.low, ci.high, ref.pvalue, 5)) and p.lo < p.mean < p.hi < 0
+    assert analysis.paired([1.0, math.inf], [1.0, 1.0]) is None  # a diverged seed: no interval
+    assert analysis.paired([1.0, 2.0], [1.0, 2.0]).p == 1.0  # identical runs
+    assert analysis.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert analysis.holm({"a": 0.5, "b": 0.9}) == {"a": 1.0, "b": 1.0}
+
+
+def test_the_lr_search_extends_at_an_edge_within_bounds_then_refines_by_quarter_decades():
+    grid = (1e-3, 3.162e-3, 1e-2, 3.162e-2)
+
+    def searched(best, max_extend=2):
+        scores = {}
+        while todo := common.next_lrs(scores, grid, max_extend):
+            scores.update({lr: abs(math.log10(lr / best)) for lr in todo})
+        return sorted(scores)
+
+    assert searched(2e-3) == [1e-3, 1.778e-3, 3.162e-3, 5.623e-3, 1e-2, 3.162e-2]  # coarse, then the two quarters
+    assert searched(0.3) == [1e-3, 3.162e-3, 1e-2, 3.162e-2, 0.1, 0.1778, 0.3162]  # two half decades up, a quarter
+    assert searched(1e-9) == [1e-4, 1.778e-4, 3.162e-4, 1e-3, 3.162e-3, 1e-2, 3.162e-2]  # never past max_extend
+    assert searched(1e-9, max_extend=0) == [1e-3, 1.778e-3, 3.162e-3, 1e-2, 3.162e-2]
+    diverged = {lr: math.inf for lr in grid}  # every lr diverged: try smaller ones
+    assert common.next_lrs(diverged, grid, 2) == [3.162e-4]
+    assert common.snap(5.623e-4 * 10 ** 0.25) == 1e-3  # 4-digit rounding does not compound into a new point
 
 
 def test_edge_cases_of_the_statistics():
@@ -324,7 +370,7 @@ def test_edge_cases_of_the_statistics():
                     times={"adamw": 1.0, "polar-absorb-handover": 3.0})
     st = analysis.Stats(recs, cfg, "t")
     assert st.lr_window("polar-normalize") == (0.0, False)  # diverged everywhere: no window, not the whole grid
-    assert st.time_ratio("polar-absorb-handover") == pytest.approx((5 * 3.0 + 95 * 1.0) / 100)
+    assert st.time_ratio("polar-absorb-handover") == pytest.approx((10 * 3.0 + 90 * 1.0) / 100)  # warm-up 10%
     claim = next(c for c in analysis.claims(recs, cfg, "t") if c.id == "lr-window-polar-normalize@t")
     assert not claim.passed
     # AdamW's own window reaches the grid's end: no recipe can be shown wider
@@ -351,13 +397,13 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     for exp in BENCHMARKS.values():
         assert validate_run_dir(tmp_path / exp.path) == [], exp.name
     summary = (tmp_path / "bench" / "summary.md").read_text()
-    assert all(f"| {e} |" in summary for e in common.ENTRIES) and (tmp_path / "bench" / "summary.png").exists()
+    assert all(f"| {e} |" in summary for e in common.RECIPES) and (tmp_path / "bench" / "summary.png").exists()
     index = (tmp_path / "index.md").read_text()
     assert "bench/charlm/report.md" in index and "liu-far-target" not in index  # the suite did not run here
     assert "[bench/summary.md](bench/summary.md)" in index and "bench/summary.md" in (tmp_path / "index.html").read_text()
     assert f"summary: {tmp_path / 'bench' / 'summary.md'}" in out
     report = (tmp_path / "bench" / "fmnist-mlp" / "report.md").read_text()
-    assert "| polar-absorb-handover |" in report and "step time × AdamW" in report
+    assert "| polar-absorb |" in report and "step time × AdamW" in report and "− adamw [95% CI]" in report
     # --resume skips the finished tasks; `polaropt report` rebuilds them and the summary from disk
     before = (tmp_path / "bench" / "charlm" / "meta.json").read_text()
     assert main(["bench", "--quick", "--quiet", "--resume", "--out", str(tmp_path), "--tasks", "charlm"]) == 0
@@ -366,13 +412,32 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "bench" / "summary.md").read_text() == summary
     claims = json.loads((tmp_path / "bench" / "fmnist-cnn" / "claims.json").read_text())
-    assert {c["id"] for c in claims} >= {"absorb-early@fmnist-cnn", "fewer-steps-muon@fmnist-cnn"}
+    assert {c["id"] for c in claims} >= {"absorb-early@fmnist-cnn", "fewer-steps-muon@fmnist-cnn",
+                                         "less-time-muon@fmnist-cnn", "lr-window-polar-normalize@fmnist-cnn"}
+    # no search run is reported: search seeds from 1000, reported 0..seeds-1; the AdamW parts at AdamW's tuned lr
+    recs = [json.loads(line) for line in (tmp_path / "bench" / "fmnist-cnn" / "records.jsonl").read_text().splitlines()]
+    curves = [r for r in recs if r["kind"] == "curve"]
+    cfg = BENCHMARKS["bench-fmnist-cnn"].quick
+    assert {r["seed"] for r in curves if r["phase"] == "search"} == {1000}
+    assert {r["seed"] for r in curves if r["phase"] == "seed"} == set(range(cfg.seeds))
+    rest = next(r["value"] for r in recs if r.get("metric") == "rest_lr")
+    assert rest == common.best_lrs(recs, cfg)["adamw"]
+    assert {r["rest_lr"] for r in curves if r["recipe"] != "adamw"} == {rest}
+    # a quick run beside a full one: left out of the summary and of the index's counts
+    meta = tmp_path / "bench" / "charlm" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "quick": False}))
+    assert main(["report", str(tmp_path)]) == 0
+    summary = (tmp_path / "bench" / "summary.md").read_text()
+    assert "--quick run:" not in summary and "--quick runs of fmnist-mlp, fmnist-cnn" in summary
+    assert "| fmnist-mlp |" not in summary and "| charlm |" in summary
+    assert "not counted: --quick runs of bench-fmnist-mlp, bench-fmnist-cnn" in (tmp_path / "index.md").read_text()
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--tasks", "mnist"], "unknown task 'mnist'; valid tasks are fmnist-mlp, fmnist-cnn, charlm"),
     (["--set", "nope=1"], "unknown config key 'nope'"),
     (["--tasks", "charlm,charlm"], "names a task twice"),
+    (["--recipes", "muon,sgd"], "unknown recipe 'sgd'; valid recipes are adamw, adamw-weight-norm"),
     (["--set", "data_dir=/nonexistent", "--tasks", "fmnist-mlp"], "apt-get install -y dataset-fashion-mnist"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--tasks", "x"], "cuda|unknown task")])
 def test_bench_refuses_bad_input_with_exit_2(tmp_path, capsys, argv, match):
@@ -403,8 +468,8 @@ def test_a_timing_round_the_guard_stops_is_not_counted(monkeypatch):
                     workers=1)
     calls, real = [0], common.make_optimizer
 
-    def flaky(entry, model, lr, weight_decay):
-        opt = real(entry, model, lr, weight_decay)
+    def flaky(entry, model, lr, weight_decay, rest_lr=None):
+        opt = real(entry, model, lr, weight_decay, rest_lr)
         if entry == "polar-absorb":
             def pre(*_):
                 calls[0] += 1
@@ -416,5 +481,5 @@ def test_a_timing_round_the_guard_stops_is_not_counted(monkeypatch):
     monkeypatch.setattr(common, "make_optimizer", flaky)
     recs = common.time_recipes("fmnist-mlp", cfg, {"adamw": 1e-3, "polar-absorb": 1e-3},
                                lambda r, **k: r)
-    samples = {r["recipe"]: r["samples"] for r in recs}
+    samples = {r["recipe"]: r["samples"] for r in recs if r["metric"] == "step_time"}
     assert len(samples["adamw"]) == 3 and len(samples["polar-absorb"]) == 2

@@ -160,3 +160,24 @@ def test_the_orthogonalize_benchmark_runs_and_reports_every_backend(tmp_path):
     assert set(backends) == set(orthogonalize.BACKENDS)
     assert backends["svd"]["max_sigma_error_one"] < 1e-4 < backends["torch-bf16"]["max_sigma_error_one"]
     assert (tmp_path / "o.json").exists()
+
+
+def test_the_gpu_bench_script_parses_and_its_settings_are_valid_config():
+    """benchmarks/bench_gpu.sh is run by hand on a GPU machine: its shell must parse and each --set it passes must
+    be a field the benchmark's config accepts (a typo would only show there, after the machine was started)."""
+    import re
+    import shutil
+    import subprocess
+
+    from polaropt.cli import bench_configs
+    from polaropt.experiments.registry import BENCHMARKS
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.sh"
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    keys = re.findall(r'--set "?(\w+)=', text)
+    assert set(keys) == {"preset", "workers", "data_dir"} and "--device cuda" in text and "--resume" in text
+    configs = bench_configs(BENCHMARKS, None, {"preset": "gpu", "workers": "6", "data_dir": "data/fashion-mnist",
+                                               "device": "cuda"}, quick=False)
+    assert {c.preset for c in configs.values()} == {"gpu"} and {c.workers for c in configs.values()} == {6}

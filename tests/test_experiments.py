@@ -639,11 +639,18 @@ def test_refused_commands_create_no_out_folder_and_the_index_counts_a_benchmark_
         with pytest.raises(SystemExit):
             main(argv + ["--out", str(tmp_path / "out" / "deep")])
     assert not (tmp_path / "out").exists()
-    suite = [("liu-1d", None, None, [{"passed": True, "kind": "source"}, {"passed": True, "kind": "derived"}])]
-    bench = [("bench-charlm", None, None, [{"passed": False}, {"passed": True}])]
+    full, quick = {"quick": False}, {"quick": True}
+    suite = [("liu-1d", None, full, [{"passed": True, "kind": "source"}, {"passed": True, "kind": "derived"}])]
+    bench = [("bench-charlm", None, full, [{"passed": False}, {"passed": True}])]
     line = rep.headline(suite + bench, ALL)
     assert line.startswith("1 of 1 source claims reproduced; 1 of 1 derived checks hold") and \
         line.endswith("over 1 experiments; benchmark: 1 of 2 claims hold over 1 tasks")
+    # `polaropt bench --quick` into the folder of a full `reproduce`: its claims are named apart, never counted
+    line = rep.headline(suite + [("bench-charlm", None, quick, [{"passed": True}] * 5)], ALL)
+    assert line.startswith("1 of 1 source claims") and "benchmark" not in line.split("(")[0] \
+        and line.endswith("(not counted: --quick runs of bench-charlm, 5 claims on tiny settings)")
+    line = rep.headline([("liu-1d", None, quick, suite[0][3])], ALL)
+    assert line.startswith("--quick runs only") and "not counted" not in line
 
 
 # ---- each tightened check can fail for the reason its statement gives (issue 25) -----------------------------

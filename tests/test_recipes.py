@@ -183,14 +183,33 @@ def test_recipes_refuse_bad_input():
     with pytest.raises(ValueError, match="unknown recipe 'adam'; valid recipes are adamw, adamw-weight-norm"):
         po.recipe("adam", model(), lr=1e-3)
     with pytest.raises(ValueError, match="recipe 'muon' takes no option 'every'; its options are betas, check, check_every, direction_options, eps, "
-                                         "radial_lr, restore"):
+                                         "radial_lr, rest_lr, restore"):
         po.recipe("muon", model(), lr=1e-3, every=2)
+    with pytest.raises(ValueError, match="recipe 'adamw' takes no option 'rest_lr'; its options are betas, eps"):
+        po.recipe("adamw", model(), lr=1e-3, rest_lr=1e-3)
+    for name in ("muon", "adamw-weight-norm"):
+        with pytest.raises(ValueError, match="rest_lr must be a positive finite number, got 0"):
+            po.recipe(name, model(), lr=1e-3, rest_lr=0)
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
         po.recipe("adamw", model(), lr=-1)
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):
         po.recipe("polar-absorb", model(), lr=1e-3, weight_decay=-0.1)
     with pytest.raises(ValueError, match="include pattern 'nope' matches no parameter"):
         po.recipe("muon", model(), lr=1e-3, include="nope")
+
+
+@pytest.mark.parametrize("name", [r for r in po.RECIPES if r != "adamw"])
+def test_rest_lr_steps_everything_but_the_hidden_matrices(name):
+    """The benchmark fixes the embeddings', head's, biases' and gains' lr at tuned AdamW's while it searches a
+    recipe's own lr: rest_lr must reach exactly those, and the hidden matrices (and their scales) keep lr."""
+    m = model()
+    opt = po.recipe(name, m, lr=1e-2, rest_lr=3e-4)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    rest = [m.emb.weight, m.qkv.bias, m.proj.bias, m.conv.bias, m.ln.weight, m.ln.bias]
+    assert all(lr_of[id(p)] == 3e-4 for p in rest)
+    hidden = [p for p in m.parameters() if all(p is not q for q in rest)]
+    assert hidden and all(lr_of[id(p)] == 1e-2 for p in hidden)  # W, or its direction and scale (or multipliers)
+    train(m, opt, 2)  # and it steps
 
 
 def test_recipe_handles_remove_the_hooks():

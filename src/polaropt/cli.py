@@ -38,11 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--resume", action="store_true",
                      help="skip experiments finished in OUT with the same config and the same code")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
-    bench = sub.add_parser("bench", help="the real-model benchmark: every recipe on every task, each at its own best "
-                                         "lr, into OUT/bench/ (tables, figures, claims) and OUT/index.html")
+    bench = sub.add_parser("bench", help="the real-model benchmark: the recipes on every task, each at its own best lr "
+                                         "(searched on seeds never reported), compared with tuned AdamW and Muon "
+                                         "over paired seeds, into OUT/bench/ (a recommendation per task, tables, "
+                                         "figures, claims) and OUT/index.html")
     bench.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     bench.add_argument("--tasks", default=None, metavar="T1,T2",
                        help="comma-separated tasks (default: all of fmnist-mlp, fmnist-cnn, charlm)")
+    bench.add_argument("--recipes", default=None, metavar="R1,R2",
+                       help="comma-separated recipes (default: the config's; adamw is always added, every "
+                            "comparison is against it); `polaropt run bench-charlm --help` lists the valid ones")
     bench.add_argument("--device", default=None, help="torch device for the runs (default: cpu); with cuda, also "
                                                       "--set preset=gpu for the larger sizes")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -215,6 +220,9 @@ def _main(parser, args) -> int:
             overrides = parse_set(args.overrides)
             if args.device is not None:
                 overrides["device"] = args.device
+            if args.recipes is not None:
+                chosen = [r.strip() for r in args.recipes.split(",") if r.strip()]
+                overrides["recipes"] = ",".join(dict.fromkeys(["adamw", *chosen]))
             tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
             configs = bench_configs(registry.BENCHMARKS, tasks, overrides, args.quick)
         except ValueError as e:

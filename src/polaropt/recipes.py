@@ -168,11 +168,12 @@ def _split(model, include, exclude):
     return hidden, rest
 
 
-def _decay_groups(params, kept: set[int], weight_decay) -> list[dict]:
-    """``params`` as two groups: decayed, and kept from decay (``kept``: ids, by ``param_groups``' convention)."""
+def _decay_groups(params, kept: set[int], weight_decay, **options) -> list[dict]:
+    """``params`` as two groups: decayed, and kept from decay (``kept``: ids, by ``param_groups``' convention);
+    ``options`` (e.g. ``lr``) set on both."""
     params = list(params)
-    groups = ({"params": [p for p in params if id(p) not in kept], "weight_decay": weight_decay},
-              {"params": [p for p in params if id(p) in kept], "weight_decay": 0.0})
+    groups = ({"params": [p for p in params if id(p) not in kept], "weight_decay": weight_decay, **options},
+              {"params": [p for p in params if id(p) in kept], "weight_decay": 0.0, **options})
     return [g for g in groups if g["params"]]
 
 
@@ -256,8 +257,8 @@ def _choice(kind: str, value, valid) -> None:
 
 
 def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none", scale: str = "out", lr: float,
-            radial_lr: float | None = None, weight_decay: float = 0.0, include=None, exclude=None,
-            direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
+            radial_lr: float | None = None, rest_lr: float | None = None, weight_decay: float = 0.0, include=None,
+            exclude=None, direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
             every: int = 1, check: str | None = "lazy", check_every: int = 100, restore: bool = False,
             name: str | None = None) -> torch.optim.Optimizer:
     """One optimizer for ``model``: a direction rule × a radial rule × a scale granularity on its hidden
@@ -280,6 +281,9 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     - ``scale``: the granularity of the polar scale (``"out"``/``"in"`` by the layer's layout, ``"tensor"``,
       ``"row"``, ``"column"``, ``"element"``).
 
+    ``rest_lr`` (default ``lr``): the lr of the AdamW that steps everything but the hidden matrices and their
+    scales (embeddings, the head, biases, norm gains), e.g. fixed at a tuned AdamW's lr while ``lr`` is searched.
+
     Weight decay λ lands where each radial rule carries W's norm (:func:`polaropt.param_groups`): on V for
     ``free``/``absorb``, on s for ``normalize``/``project``, nowhere for ``fixed`` (its norm is fixed); 1-D
     parameters and a model's ``no_weight_decay()`` names are kept from it. ``state``, ``every``, ``check``,
@@ -291,7 +295,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     _choice("direction rule", direction, DIRECTIONS)
     _choice("radial rule", radial, RADIALS)
     _choice("scale", scale, SCALES + ("out", "in"))
-    for key, value in (("lr", lr), ("radial_lr", lr if radial_lr is None else radial_lr)):
+    for key, value in (("lr", lr), ("radial_lr", lr if radial_lr is None else radial_lr),
+                       ("rest_lr", lr if rest_lr is None else rest_lr)):
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
             raise ValueError(f"{key} must be a positive finite number, got {value!r}")
     if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
@@ -315,6 +320,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     options, adam = dict(direction_options or {}), dict(adam_options or {})
     _check_direction_options(direction, options)
     radial_lr = lr if radial_lr is None else radial_lr
+    rest_lr = lr if rest_lr is None else rest_lr
     name = name or f"{direction}/{radial}" + ("" if radial in ("none", "multipliers") else f"/{scale}")
     checks = dict(every=every, check=check, check_every=check_every, restore=restore)
     # kept from decay as param_groups keeps them (1-D, no_weight_decay()), read while the names are plain
@@ -326,8 +332,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     _direction_optimizer(direction, [{"params": [p for _, p in hidden], "weight_decay": weight_decay}], lr, options,
                          adam)
     try:
-        optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden, rest,
-                                        kept, options, adam, name)
+        optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
+                                        rest, kept, options, adam, name)
     except BaseException:  # a refused cell leaves the model as it came
         _undo(model)
         raise
@@ -378,7 +384,8 @@ def _undo(model: nn.Module) -> None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
-def _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden, rest, kept, options, adam, name):
+def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden, rest, kept, options, adam,
+           name):
     """The optimizers of one cell, its direction optimizer and its Hyperball hooks (or None); parametrizes
     ``model`` where the radial rule says."""
     mats, names = [p for _, p in hidden], [q for q, _ in hidden]
@@ -386,7 +393,7 @@ def _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden,
         fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
         base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
                                     options, adam)
-        return [base, _adamw(rest, lr, weight_decay, kept, **adam)], base, Hyperball(mats, names) if fixed else None
+        return [base, _adamw(rest, rest_lr, weight_decay, kept, **adam)], base, Hyperball(mats, names) if fixed else None
     if radial == "multipliers":
         directions, factors = [], []
         for (q, p), module in zip(hidden, _weight_owners(model, hidden, name)):
@@ -396,15 +403,16 @@ def _build(model, direction, radial, scale, lr, radial_lr, weight_decay, hidden,
             factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
         if direction == "adamw":  # one AdamW, as the method's paper trains it
             groups = [{"params": directions, "weight_decay": weight_decay},
-                      {"params": factors, "weight_decay": 0.0, "lr": radial_lr}, *_decay_groups(rest, kept, weight_decay)]
+                      {"params": factors, "weight_decay": 0.0, "lr": radial_lr},
+                      *_decay_groups(rest, kept, weight_decay, lr=rest_lr)]
             base = torch.optim.AdamW(groups, lr=lr, **adam)
             return [base], base, None
         base = _direction_optimizer(direction, [{"params": directions, "weight_decay": weight_decay}], lr, options, adam)
         return [base, torch.optim.AdamW([{"params": factors, "weight_decay": 0.0, "lr": radial_lr},
-                                         *_decay_groups(rest, kept, weight_decay)], lr=lr, **adam)], base, None
+                                         *_decay_groups(rest, kept, weight_decay, lr=rest_lr)], lr=lr, **adam)], base, None
     mode = {"fixed": "project", "retract": "normalize"}.get(radial, radial)
     polarize_model(model, include=names, scale=scale, mode=mode, trainable_scale=radial != "fixed")
-    groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr})
+    groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr}, rest={"lr": rest_lr})
     leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
     # a fixed radius per slice: the step on V normalized per tensor, then the renormalization projects each slice
     ball = (Hyperball(leaves, names, project=False) if radial == "fixed"
@@ -435,14 +443,16 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     | multipliers | adamw × multipliers | ``W_ij = r_i·V_ij·c_j`` (Falcon), decay on V only |
     | absorb-muon | muon × absorb × tensor | Liu's absorb, Muon on the direction, AdamW on the scale |
 
-    ``options``: ``betas`` and ``eps`` for the AdamW parts; for the cells, ``radial_lr``, ``direction_options`` and
+    ``options``: ``betas`` and ``eps`` for the AdamW parts; ``rest_lr`` (all but ``adamw``: the lr of embeddings,
+    head, biases and gains, as :func:`compose`); for the cells, ``radial_lr``, ``direction_options`` and
     the NaN/Inf check's ``check``, ``check_every`` and ``restore`` (as :func:`compose`), and ``every`` for those that
     renormalize (:data:`ATTACHED`). Unknown names and options are refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
     cell = NAMED.get(name, {})
-    valid = ({"betas", "eps"} | ({"radial_lr", "direction_options", "check", "check_every", "restore"} if cell else set())
+    valid = ({"betas", "eps"} | ({"rest_lr"} if name != "adamw" else set())
+             | ({"radial_lr", "direction_options", "check", "check_every", "restore"} if cell else set())
              | ({"every"} if name in ATTACHED else set()))
     bad = sorted(set(options) - valid)
     if bad:
@@ -472,6 +482,9 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         _own_class_on_copy(module)
         gains.append(module.parametrizations.weight.original0)
         directions.append(module.parametrizations.weight.original1)
+    rest_lr = options.pop("rest_lr", lr)
+    if isinstance(rest_lr, bool) or not (isinstance(rest_lr, (int, float)) and rest_lr > 0 and math.isfinite(rest_lr)):
+        raise ValueError(f"rest_lr must be a positive finite number, got {rest_lr!r}")
     groups = [{"params": directions, "weight_decay": weight_decay}, {"params": gains, "weight_decay": 0.0},
-              *_decay_groups(rest, kept, weight_decay)]
+              *_decay_groups(rest, kept, weight_decay, lr=rest_lr)]
     return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam)])

@@ -63,18 +63,32 @@ def counts(claims: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def counted(runs) -> list:
+    """The runs the headline counts: the full ones when there is any, else the ``--quick`` ones."""
+    return [r for r in runs if not r[2]["quick"]] or list(runs)
+
+
 def headline(runs, experiments) -> str:
     """The index's lead: the suite's claims counted by kind; a benchmark's claims (runs under ``bench/``, which
-    test recipes, not the sources) counted on their own."""
+    test recipes, not the sources) counted on their own. ``--quick`` runs never mix with full ones: beside any
+    full run they are named apart and not counted; alone, the line says they are quick."""
     bench = {name for name, e in experiments.items() if e.path.startswith("bench/")}
-    suite = [c for name, *_, claims in runs if name not in bench for c in claims]
-    tasks = [c for name, *_, claims in runs if name in bench for c in claims]
-    n = len([r for r in runs if r[0] not in bench])
+    use = counted(runs)
+    quick = [r for r in runs if r not in use]
+    suite = [c for name, *_, claims in use if name not in bench for c in claims]
+    tasks = [c for name, *_, claims in use if name in bench for c in claims]
+    n = len([r for r in use if r[0] not in bench])
     parts = [f"{counts(suite)}, over {n} experiments"] if suite else []
     if tasks:
         parts.append(f"benchmark: {sum(c['passed'] for c in tasks)} of {len(tasks)} claims hold over "
-                     f"{len(runs) - n} tasks")
-    return "; ".join(parts)
+                     f"{len(use) - n} tasks")
+    line = "; ".join(parts)
+    if use and use[0][2]["quick"]:
+        line = "--quick runs only (tiny settings for tests; their verdicts say little): " + line
+    if quick:
+        line += (f" (not counted: --quick runs of {', '.join(r[0] for r in quick)}, "
+                 f"{sum(len(r[3]) for r in quick)} claims on tiny settings)")
+    return line
 
 
 def _kind(c) -> str:
@@ -151,7 +165,7 @@ def _index_md(runs, experiments, missing, passed, total, summary=None) -> str:
     for name, d, meta, claims in runs:
         md.append(f"| {name} | {_cell(experiments[name].description)} | {sum(c['passed'] for c in claims)}/{len(claims)} "
                   f"| {meta['quick']} | {meta['wall_time_s']:.1f} | [{experiments[name].path}/report.md]({experiments[name].path}/report.md) |")
-    failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
+    failed = [(name, c) for name, _, _, claims in counted(runs) for c in claims if not c["passed"]]
     md += ["", f"## Not reproduced ({len(failed)})", ""]
     md += [f"- `{c['id']}` ({name}): {_cell(c['statement'])} Expected {_cell(c['expected'])}; measured "
            f"{_cell(c['measured'])}." for name, c in failed]
@@ -188,8 +202,11 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
     if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
         png = (out_root / summary).with_suffix(".png")
-        h.append(f"<h2>Benchmark: which recipe?</h2><p><a href='{e(summary)}'>{e(summary)}</a>: final loss, steps to "
-                 "AdamW's loss and step time of every recipe on every task.</p>"
+        quick = "--quick run" in (out_root / summary).read_text()
+        h.append(f"<h2>Benchmark: which recipe?</h2><p><a href='{e(summary)}'>{e(summary)}</a>: a recommendation per "
+                 "task, and each recipe's paired difference to tuned AdamW and Muon, with the time to AdamW's loss.</p>"
+                 + ("<p class='no'>A --quick run: tiny settings for tests, these numbers say nothing about the "
+                    "recipes.</p>" if quick else "")
                  + (f"<a href='{e(summary)}'>{_img(png, 'fig')}</a>" if png.exists() else ""))
     h.append("<h2>Summary</h2><table><tr><th>experiment</th><th>source</th><th>claims reproduced</th>"
              "<th>key figure</th></tr>")
@@ -203,7 +220,7 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
                  f"<span class='barno' style='width:{8 * (len(claims) - ok)}px'></span></td>"
                  f"<td>{f'<a href=#{e(name)}>' + _img(key, 'thumb') + '</a>' if key else ''}</td></tr>")
     h.append("</table>")
-    failed = [(name, c) for name, _, _, claims in runs for c in claims if not c["passed"]]
+    failed = [(name, c) for name, _, _, claims in counted(runs) for c in claims if not c["passed"]]
     h.append(f"<h2 id='not-reproduced'>Not reproduced ({len(failed)})</h2>")
     h.append("<table><tr><th>claim</th><th>statement</th><th>expected</th><th>measured</th></tr>")
     for name, c in failed:
@@ -258,8 +275,8 @@ def write_index(out_root: Path, experiments: dict) -> Path:
     group = {n: e.path.split("/")[0] if "/" in e.path else "" for n, e in experiments.items()}
     ran = {r[0] for r in runs}
     missing = [n for n in experiments if n not in ran and group[n] in {group[r] for r in ran}]
-    total = sum(len(c) for *_, c in runs)
-    passed = sum(sum(x["passed"] for x in c) for *_, c in runs)
+    total = sum(len(c) for *_, c in counted(runs))
+    passed = sum(sum(x["passed"] for x in c) for *_, c in counted(runs))
     summary = "bench/summary.md" if (out_root / "bench" / "summary.md").exists() else None
     write_text_atomic(out_root / "index.md", _index_md(runs, experiments, missing, passed, total, summary))
     write_text_atomic(out_root / "index.html", _index_html(runs, experiments, missing, passed, total, summary,

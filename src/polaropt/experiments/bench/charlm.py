@@ -15,7 +15,7 @@ class Config(BenchConfig):
     pass
 
 
-QUICK = Config(lrs=(3e-4, 1e-3, 3e-3, 1e-2), steps=20, width=16, batch=8, evals=2,
+QUICK = Config(lrs=(1e-3, 3.162e-3, 1e-2), max_extend=0, early=0.5, steps=20, width=16, batch=8, evals=4,
                seeds=2, time_rounds=2, time_steps=2, workers=1)
 
 
@@ -24,5 +24,5 @@ def run(cfg: Config, progress) -> list[dict]:
 
 
 EXPERIMENT = analysis.experiment(
-    NAME, "Benchmark: every recipe on a char-level GPT (fused qkv, tied head) of the King James Bible",
+    NAME, "Benchmark: the recipes on a char-level GPT (fused qkv, tied head) of the King James Bible",
     Config, QUICK, run)

@@ -27,12 +27,12 @@ PRESETS = ("cpu", "gpu")
 # each task's presets: model width, batch, steps, and the validation set (images, or batches of windows for
 # charlm); a config field set to 0 takes the preset's value
 SIZES = {
-    "fmnist-mlp": {"cpu": {"width": 256, "batch": 128, "steps": 600, "val": 2000},
-                   "gpu": {"width": 1024, "batch": 256, "steps": 3000, "val": 5000}},
-    "fmnist-cnn": {"cpu": {"width": 8, "batch": 64, "steps": 300, "val": 2000},
-                   "gpu": {"width": 64, "batch": 256, "steps": 3000, "val": 5000}},
-    "charlm": {"cpu": {"width": 64, "batch": 16, "steps": 250, "depth": 2, "context": 64, "val": 8},
-               "gpu": {"width": 384, "batch": 64, "steps": 3000, "depth": 6, "context": 256, "val": 32}},
+    "fmnist-mlp": {"cpu": {"width": 256, "batch": 128, "steps": 1000, "val": 2000},
+                   "gpu": {"width": 1024, "batch": 256, "steps": 1000, "val": 5000}},
+    "fmnist-cnn": {"cpu": {"width": 16, "batch": 32, "steps": 1000, "val": 1000},
+                   "gpu": {"width": 32, "batch": 128, "steps": 1000, "val": 5000}},
+    "charlm": {"cpu": {"width": 128, "batch": 8, "steps": 1000, "depth": 4, "context": 32, "val": 16},
+               "gpu": {"width": 256, "batch": 32, "steps": 1000, "depth": 4, "context": 128, "val": 32}},
 }
 VAL_IMAGES = 5000  # Fashion-MNIST validation: from the last 5000 training images (the test set is not touched)
 
