@@ -193,6 +193,7 @@ def test_schedule_warms_up_then_decays_to_zero():
     ("lrs", "0.001,0.01", "at least 3"), ("lrs", "0.001,0.001,0.01,0.1", "repeats"),
     ("seeds", "1", "seeds must be >= 2"), ("search_seeds", "0", "search_seeds must be >= 1"),
     ("clip", "-1", "clip >= 0"), ("alpha", "1.5", "0 < alpha < 1"), ("max_extend", "-1", "max_extend must be >= 0"),
+    ("max_extend", "11", "max_extend must be at most 10"),
     ("lr_scale", "muon=x", "RECIPE=FACTOR"), ("lr_scale", "nope=2", "RECIPE=FACTOR"), ("preset", "tpu", "valid presets"),
     ("seeds", "0", "seeds must be >= 1"), ("steps", "-1", "steps must be >= 0"),
     ("lr_scale", "muon=2,muon=3", "repeats"), ("recipes", "adamw", "at least one recipe besides adamw"),
@@ -225,6 +226,12 @@ def test_the_handover_fix_swaps_to_plain_adamw_after_warm_up(monkeypatch):
     monkeypatch.setattr(common.po, "unpolarize_model", spy)
     recs = common.train_one("fmnist-mlp", cfg, "polar-absorb-handover", 1e-3, 0, "search")
     assert seen == [2]  # once, with both hidden matrices polarized
+    # what it continues with: the hidden matrices at the recipe's lr, the rest at AdamW's tuned lr, as every recipe
+    model = tasks.build("fmnist-mlp", width=8, batch=8, val=10).model(0)
+    opt = common.handover_adamw(model, 1e-2, 3e-4, 0.1)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    assert [lr_of[id(m.weight)] for m in (model[1], model[3], model[5])] == [(1e-2, 0.1), (1e-2, 0.1), (3e-4, 0.1)]
+    assert all(lr_of[id(m.bias)] == (3e-4, 0.0) for m in (model[1], model[3], model[5]))
     loss = next(r for r in recs if r["metric"] == "val_loss")
     assert loss["diverged"] is None and all(math.isfinite(v) for v in loss["value"])
 
@@ -384,6 +391,8 @@ def test_edge_cases_of_the_statistics():
            for r in recs]
     claims = analysis.claims(bad, cfg, "t")
     assert [c.id for c in claims] == ["adamw-trains@t"] and not claims[0].passed
+    text = analysis.details(bad, cfg, "t")  # the report is still written, saying what it can
+    assert "no recipe is resolved better than tuned AdamW" in text and "nan at the end" in text
 
 
 # ---- end to end ----------------------------------------------------------------------------------
@@ -401,6 +410,7 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     index = (tmp_path / "index.md").read_text()
     assert "bench/charlm/report.md" in index and "liu-far-target" not in index  # the suite did not run here
     assert "[bench/summary.md](bench/summary.md)" in index and "bench/summary.md" in (tmp_path / "index.html").read_text()
+    assert "A --quick run" in (tmp_path / "index.html").read_text() and index.startswith("# polaropt results\n\n--quick")
     assert f"summary: {tmp_path / 'bench' / 'summary.md'}" in out
     report = (tmp_path / "bench" / "fmnist-mlp" / "report.md").read_text()
     assert "| polar-absorb |" in report and "step time × AdamW" in report and "− adamw [95% CI]" in report
@@ -431,6 +441,7 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     assert "--quick run:" not in summary and "--quick runs of fmnist-mlp, fmnist-cnn" in summary
     assert "| fmnist-mlp |" not in summary and "| charlm |" in summary
     assert "not counted: --quick runs of bench-fmnist-mlp, bench-fmnist-cnn" in (tmp_path / "index.md").read_text()
+    assert "A --quick run" not in (tmp_path / "index.html").read_text()  # the summary shown is the full run's
 
 
 @pytest.mark.parametrize("argv,match", [

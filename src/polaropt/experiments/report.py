@@ -202,7 +202,7 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
     if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
         png = (out_root / summary).with_suffix(".png")
-        quick = "--quick run" in (out_root / summary).read_text()
+        quick = "**--quick run:" in (out_root / summary).read_text()  # the banner of a summary of quick runs only
         h.append(f"<h2>Benchmark: which recipe?</h2><p><a href='{e(summary)}'>{e(summary)}</a>: a recommendation per "
                  "task, and each recipe's paired difference to tuned AdamW and Muon, with the time to AdamW's loss.</p>"
                  + ("<p class='no'>A --quick run: tiny settings for tests, these numbers say nothing about the "

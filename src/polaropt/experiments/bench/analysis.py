@@ -107,7 +107,7 @@ class Stats:
     def _family(self, ref: str) -> dict[str, Pair | None]:
         """Every other recipe's final loss against ``ref``'s, paired; Holm over those that did not diverge."""
         out = {e: paired(self.finals(e), self.finals(ref)) for e in self.recipes if e != ref}
-        adj = holm({e: p.p for e, p in out.items() if p is not None})
+        adj = holm({e: 1.0 if p is None else p.p for e, p in out.items()})  # a diverged pair still counts as a test
         return {e: None if p is None else Pair(**{**p.__dict__, "holm": adj[e]}) for e, p in out.items()}
 
     def finals(self, e: str, index: int = -1) -> list[float]:
@@ -165,8 +165,9 @@ class Stats:
             else "images/s"
 
     def spread(self, index: int) -> float:
-        """AdamW's seed standard deviation at evaluation ``index``."""
-        return statistics.stdev(self.finals("adamw", index))
+        """AdamW's seed standard deviation at evaluation ``index`` (NaN once a seed has diverged)."""
+        values = self.finals("adamw", index)
+        return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
 
     def lr_window(self, e: str) -> tuple[float, bool]:
         """Width, in decades of lr, of the window around the best lr whose search loss is within ``window`` of
@@ -327,8 +328,9 @@ def recommendation(st: Stats) -> str:
     e = min(better, key=lambda r: st.final(r)[0])
     p = st.pairs["adamw"][e]
     times = [t for t in st.time_to(e) if t is not None]
+    slower = f" (at equal time slower than AdamW on {st.cfg.device})" if times and statistics.median(times) > 1 else ""
     when = (f"reaches AdamW's final loss in {_reach(st.reach(e))} of {st.steps} steps, "
-            f"{statistics.median(times):.2f}× AdamW's time" if times else "")
+            f"{statistics.median(times):.2f}× AdamW's time{slower}" if times else "")
     vs = ""
     if "muon" in st.pairs and e != "muon":
         q = st.pairs["muon"][e]
@@ -425,7 +427,7 @@ def interval_panel(ax, st: Stats) -> None:
     ax.axvline(0, color="k", lw=1)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("final val loss − tuned AdamW's (paired, 95% CI; filled: Holm-resolved)")
+    ax.set_xlabel("Δ final val loss vs AdamW (95% CI; filled: Holm)")
     ax.set_title(f"{st.task}: {st.cfg.seeds} seeds", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
 

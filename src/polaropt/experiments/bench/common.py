@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import multiprocessing
 import statistics
@@ -152,6 +153,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seeds < 2:
             raise ValueError(f"seeds must be >= 2 (a paired interval needs two differences), got {self.seeds}")
+        if self.max_extend > 10:
+            raise ValueError(f"max_extend must be at most 10 (5 decades past each end of the grid), got {self.max_extend}")
         if self.seeds > SEARCH_SEED0:
             raise ValueError(f"seeds must be at most {SEARCH_SEED0} (the search seeds start there), got {self.seeds}")
         for name in ("steps", "width", "batch", "max_extend"):
@@ -255,6 +258,18 @@ def _step(task, model, opt, x, y, clip: float):
     return loss
 
 
+def handover_adamw(model, lr: float, rest_lr: float | None, weight_decay: float) -> torch.optim.AdamW:
+    """The plain AdamW the handover fix continues with: the hidden matrices at ``lr``, the rest (embeddings, head,
+    biases, gains) at ``rest_lr`` as in every other recipe, 1-D parameters kept from decay."""
+    hidden = {id(p) for _, p in po.hidden_matrices(model)}
+    params = list(dict.fromkeys(model.parameters()))
+    rest = [p for p in params if id(p) not in hidden]
+    groups = [{"params": [p for p in params if id(p) in hidden], "lr": lr},
+              {"params": [p for p in rest if p.ndim >= 2], "lr": rest_lr or lr},
+              {"params": [p for p in rest if p.ndim < 2], "lr": rest_lr or lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+
+
 def train_one(task_name: str, cfg, entry: str, lr: float, seed: int, phase: str, rest_lr: float | None = None
               ) -> list[dict]:
     """One training run; its curves as records. A run whose loss turns non-finite (or that polaropt's
@@ -289,7 +304,7 @@ def train_one(task_name: str, cfg, entry: str, lr: float, seed: int, phase: str,
             for h in opt.polar_handles:
                 h.remove()
             po.unpolarize_model(model)
-            opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            opt = handover_adamw(model, lr, rest_lr, cfg.weight_decay)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: factor(k + warm))
         t0 = time.perf_counter()
         x, y = batches[t]
@@ -465,15 +480,17 @@ def time_recipes(task_name: str, cfg, best: dict[str, float], progress, rest_lr:
     cuda = cfg.device.startswith("cuda")
     peak = {}
     for e in cfg.recipes:  # warm-up: first calls allocate state and caches (on CUDA: the peak of a fresh start)
-        if cuda:
+        if cuda:  # above what is held already (the data): the earlier recipes' models are freed first
             runs.clear()
+            gc.collect()  # a polarized model sits in reference cycles
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(cfg.device)
+            held_before = torch.cuda.memory_allocated(cfg.device)
         fresh(e)
         steps(e)
         failed[e].clear()
         if cuda:
-            peak[e] = torch.cuda.max_memory_allocated(cfg.device)
+            peak[e] = torch.cuda.max_memory_allocated(cfg.device) - held_before
             runs.pop(e)
     for e in [e for e in cfg.recipes if e not in runs]:  # CUDA: built again after its peak was read
         fresh(e)
