@@ -362,6 +362,20 @@ def test_the_lr_search_extends_at_an_edge_within_bounds_then_refines_by_quarter_
     assert searched(0.3) == [1e-3, 3.162e-3, 1e-2, 3.162e-2, 0.1, 0.1778, 0.3162]  # two half decades up, a quarter
     assert searched(1e-9) == [1e-4, 1.778e-4, 3.162e-4, 1e-3, 3.162e-3, 1e-2, 3.162e-2]  # never past max_extend
     assert searched(1e-9, max_extend=0) == [1e-3, 1.778e-3, 3.162e-3, 1e-2, 3.162e-2]
+    # mapping the lr window (AdamW and the WN-style recipes): past an end while its loss is within 10% of the best
+    def mapped(best, width):
+        scores = {}
+        while todo := common.next_lrs(scores, grid, 2, window=0.1):
+            scores.update({lr: 1 + 0.01 * d + max(0.0, d - width) for lr in todo
+                           for d in [abs(math.log10(lr / best))]})  # nearly flat within `width` decades
+        return sorted(scores)
+
+    assert mapped(2e-3, 0.1) == searched(2e-3)  # a narrow window inside the tried lrs: nothing more
+    assert mapped(2e-3, 0.6) == [3.162e-4, *searched(2e-3)]  # 1e-3 is inside the window, 3.162e-4 outside
+    assert mapped(2e-3, 9.0) == [1e-4, 3.162e-4, *searched(2e-3), 0.1, 0.3162]  # flat: out to the bounds only
+    cfg = MLPConfig(recipes=("adamw", "muon", "polar-normalize"))
+    assert common.mapped(cfg) == {"adamw", "polar-normalize"} and common.mapped(MLPConfig(recipes=("adamw", "muon"))) \
+        == set()
     diverged = {lr: math.inf for lr in grid}  # every lr diverged: try smaller ones
     assert common.next_lrs(diverged, grid, 2) == [3.162e-4]
     assert common.snap(5.623e-4 * 10 ** 0.25) == 1e-3  # 4-digit rounding does not compound into a new point

@@ -5,7 +5,9 @@ For every entry (a recipe, or one of the fixes below) on one task:
 1. **lr search, on seeds that are never reported** (``search_seeds`` of them, numbered from 1000): the coarse
    grid ``lrs`` (half decades), then, while the best lr (the lowest final validation loss, averaged over the
    search seeds; a diverged run counts as +∞) sits at an end of what was tried, one more half decade beyond it
-   (at most ``max_extend`` per side), then the two quarter-decade neighbours of the best. AdamW is searched
+   (at most ``max_extend`` per side), then the two quarter-decade neighbours of the best; for AdamW and the
+   weight-normalization-style recipes, also one half decade past an end whose loss is still within ``window`` of
+   the best (same bound), so that their lr windows have both edges. AdamW is searched
    first: every other entry steps what is not a hidden matrix (embeddings, head, biases, gains) with AdamW at
    AdamW's tuned lr (``rest_lr``), so its own grid never drags them.
 2. **reported seeds** 0 … ``seeds`` − 1 at the best lr: a seed gives every entry the same initialization and
@@ -374,11 +376,13 @@ def best_of(scores: dict[float, float]) -> float:
     return min(scores, key=lambda lr: (scores[lr], lr))
 
 
-def next_lrs(scores: dict[float, float], grid: tuple[float, ...], max_extend: int) -> list[float]:
+def next_lrs(scores: dict[float, float], grid: tuple[float, ...], max_extend: int, window: float | None = None
+             ) -> list[float]:
     """The lrs the search tries next, given ``scores`` so far: the coarse ``grid`` first; then one half decade
     beyond an end of the tried range while the best sits there (up to ``max_extend`` half decades past the grid
-    on each side, never further); then the best's quarter-decade neighbours inside that range; [] when the
-    search is done."""
+    on each side, never further); then the best's quarter-decade neighbours inside that range; then, with
+    ``window``, one half decade beyond an end whose loss is still within ``window`` of the best (inside the same
+    range), so the lr window's edges are found; [] when the search is done."""
     def tried(lr: float) -> bool:
         return any(abs(math.log10(lr / x)) < 0.05 for x in scores)
 
@@ -391,7 +395,22 @@ def next_lrs(scores: dict[float, float], grid: tuple[float, ...], max_extend: in
         q = snap(best * 10 ** step)
         if best == edge and lo <= q <= hi:
             return [q]
-    return [q for q in (snap(best / 10 ** 0.25), snap(best * 10 ** 0.25)) if lo <= q <= hi and not tried(q)]
+    refine = [q for q in (snap(best / 10 ** 0.25), snap(best * 10 ** 0.25)) if lo <= q <= hi and not tried(q)]
+    if refine or window is None or not math.isfinite(scores[best]):
+        return refine
+    limit = scores[best] * (1 + window)
+    for edge, step in ((lrs[0], -0.5), (lrs[-1], 0.5)):
+        q = snap(edge * 10 ** step)
+        if scores[edge] <= limit and lo <= q <= hi:
+            return [q]
+    return []
+
+
+def mapped(cfg) -> set[str]:
+    """The entries whose lr window the search maps to its edges: AdamW and the weight-normalization-style recipes,
+    when one of those is compared (Wu's claim that normalization widens the window needs both edges)."""
+    wn = {e for e in WN_STYLE if e in cfg.recipes}
+    return wn | {"adamw"} if wn else set()
 
 
 def search(task_name: str, cfg, entries: list[str], rest_lr: float | None, progress, records: list[dict],
@@ -400,7 +419,8 @@ def search(task_name: str, cfg, entries: list[str], rest_lr: float | None, progr
     out = []
     for round_ in range(1, 100):
         jobs = [(e, lr, seed, "search", None if e == "adamw" else rest_lr) for e in entries
-                for lr in next_lrs(search_scores(records + out, e), cfg.grid(e), cfg.max_extend)
+                for lr in next_lrs(search_scores(records + out, e), cfg.grid(e), cfg.max_extend,
+                                   cfg.window if e in mapped(cfg) else None)
                 for seed in cfg.search_seed_list()]
         if not jobs:
             return out
