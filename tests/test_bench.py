@@ -458,6 +458,18 @@ def test_polaropt_bench_quick_end_to_end(tmp_path, capsys):
     assert "A --quick run" not in (tmp_path / "index.html").read_text()  # the summary shown is the full run's
 
 
+@needs_fmnist
+def test_recipes_flag_runs_the_recipes_named_beside_adamw(tmp_path, capsys):
+    """`--recipes normuon` compares normuon with AdamW (added: every comparison is against it), and only those."""
+    assert main(["bench", "--quick", "--quiet", "--out", str(tmp_path), "--tasks", "fmnist-mlp",
+                 "--recipes", "normuon"]) == 0
+    cfg = json.loads((tmp_path / "bench" / "fmnist-mlp" / "config.json").read_text())
+    assert cfg["recipes"] == ["adamw", "normuon"]
+    recs = [json.loads(line) for line in (tmp_path / "bench" / "fmnist-mlp" / "records.jsonl").read_text().splitlines()]
+    assert {r["recipe"] for r in recs if r["kind"] == "curve"} == {"adamw", "normuon"}
+    assert "| fmnist-mlp | normuon |" in (tmp_path / "bench" / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--tasks", "mnist"], "unknown task 'mnist'; valid tasks are fmnist-mlp, fmnist-cnn, charlm"),
     (["--set", "nope=1"], "unknown config key 'nope'"),
