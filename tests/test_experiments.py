@@ -362,6 +362,20 @@ def test_chou_claims_fail_on_contrary_records(suite):
     assert before["magnification-identity"] and not after["magnification-identity"]
 
 
+def test_chou_speed_up_trend_holds_when_wns_lead_grows_with_alpha(suite):
+    """'WN improves convergence speed, especially for larger initializations': the quick run's speed-ups fall with α
+    (the claim fails); records where GD slows down with α while WN does not make it hold."""
+    def grow(records):
+        for r in records:
+            if r["kind"] == "point" and r["method"] == "gd":
+                r["steps_to_converged"] = int(100 + 1000 * r["alpha"])  # GD slower the larger α
+            if r["kind"] == "point" and r["method"] == "wn":
+                r["steps_to_converged"] = 100
+
+    before, after = _claims(suite, "chou-sparse", grow)
+    assert not before["wn-faster-grows-with-init"] and after["wn-faster-grows-with-init"]
+
+
 def test_cs182_claims_fail_on_contrary_records(suite):
     def bias(records):
         for r in records:
