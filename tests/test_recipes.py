@@ -188,8 +188,10 @@ def test_recipes_refuse_bad_input():
     with pytest.raises(ValueError, match="recipe 'adamw' takes no option 'rest_lr'; its options are betas, eps"):
         po.recipe("adamw", model(), lr=1e-3, rest_lr=1e-3)
     for name in ("muon", "adamw-weight-norm"):
+        m = model()
         with pytest.raises(ValueError, match="rest_lr must be a positive finite number, got 0"):
-            po.recipe(name, model(), lr=1e-3, rest_lr=0)
+            po.recipe(name, m, lr=1e-3, rest_lr=0)
+        assert not any(torch.nn.utils.parametrize.is_parametrized(x) for x in m.modules())  # refused untouched
     with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
         po.recipe("adamw", model(), lr=-1)
     with pytest.raises(ValueError, match="weight_decay must be >= 0"):

@@ -251,6 +251,15 @@ def _direction_optimizer(rule: str, groups: list[dict], lr: float, options: dict
     return SteepestDescent(groups, lr=lr, norm=rule, **options)
 
 
+def _check_rates(weight_decay, **lrs) -> None:
+    """Refuse an lr that is not a positive finite number, or a weight decay below 0, naming it."""
+    for key, value in lrs.items():
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{key} must be a positive finite number, got {value!r}")
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+
+
 def _choice(kind: str, value, valid) -> None:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; valid choices are {', '.join(map(repr, valid))}")
@@ -295,12 +304,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     _choice("direction rule", direction, DIRECTIONS)
     _choice("radial rule", radial, RADIALS)
     _choice("scale", scale, SCALES + ("out", "in"))
-    for key, value in (("lr", lr), ("radial_lr", lr if radial_lr is None else radial_lr),
-                       ("rest_lr", lr if rest_lr is None else rest_lr)):
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-            raise ValueError(f"{key} must be a positive finite number, got {value!r}")
-    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    _check_rates(lr=lr, radial_lr=lr if radial_lr is None else radial_lr, rest_lr=lr if rest_lr is None else rest_lr,
+                 weight_decay=weight_decay)
     if radial == "fixed" and scale == "element":
         raise ValueError("radial='fixed' with scale='element' fixes every entry's magnitude: only its sign could "
                          "change. Use 'tensor' (Hyperball), 'row'/'out' or 'column'/'in'")
@@ -464,10 +469,8 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         return compose(model, **{**cell, "direction_options": {**cell.get("direction_options", {}), **given},
                                  "adam_options": {**cell.get("adam_options", {}), **adam}},
                        lr=lr, weight_decay=weight_decay, include=include, exclude=exclude, name=name, **options)
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < math.inf):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    rest_lr = options.pop("rest_lr", lr)
+    _check_rates(lr=lr, rest_lr=rest_lr, weight_decay=weight_decay)  # before the model is touched
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("recipe() takes a plain model and parametrizes it itself; this one is already "
                          "parametrized (polarized, weight_norm, or an earlier recipe): build it afresh")
@@ -482,9 +485,6 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         _own_class_on_copy(module)
         gains.append(module.parametrizations.weight.original0)
         directions.append(module.parametrizations.weight.original1)
-    rest_lr = options.pop("rest_lr", lr)
-    if isinstance(rest_lr, bool) or not (isinstance(rest_lr, (int, float)) and rest_lr > 0 and math.isfinite(rest_lr)):
-        raise ValueError(f"rest_lr must be a positive finite number, got {rest_lr!r}")
     groups = [{"params": directions, "weight_decay": weight_decay}, {"params": gains, "weight_decay": 0.0},
               *_decay_groups(rest, kept, weight_decay, lr=rest_lr)]
     return _finish(name, [torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, **adam)])

@@ -114,7 +114,6 @@ def claims_table(claims: list[dict], name: str | None = None) -> list[str]:
 def experiment_report(exp, config, claims, figures: list[str], meta: dict, notes: str) -> str:
     """``NAME/report.md`` from the claims, figures and meta of one run."""
     claims = [c.to_dict() if hasattr(c, "to_dict") else c for c in claims]
-    passed = sum(c["passed"] for c in claims)
     how = ("with --quick (reduced settings for tests: the claims are checked, but on far less data than the full "
            "run, so their verdicts say little)" if meta["quick"] else "at full settings")
     v = meta["versions"]
@@ -202,7 +201,8 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
         h.append(f"<p class='no'>Not run (or unfinished): {e(', '.join(missing))}.</p>")
     if summary is not None:  # the benchmark's answer first: its recipe × task figure, linked to its table
         png = (out_root / summary).with_suffix(".png")
-        quick = "**--quick run:" in (out_root / summary).read_text()  # the banner of a summary of quick runs only
+        tasks = [meta for name, _, meta, _ in runs if experiments[name].path.startswith("bench/")]
+        quick = bool(tasks) and all(meta["quick"] for meta in tasks)  # summary.py shows quick runs only then
         h.append(f"<h2>Benchmark: which recipe?</h2><p><a href='{e(summary)}'>{e(summary)}</a>: a recommendation per "
                  "task, and each recipe's paired difference to tuned AdamW and Muon, with the time to AdamW's loss.</p>"
                  + ("<p class='no'>A --quick run: tiny settings for tests, these numbers say nothing about the "

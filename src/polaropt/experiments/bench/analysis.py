@@ -21,7 +21,7 @@ from scipy import stats as sps
 from ..figures import new_figure, save
 from ..framework import Check, Claim, Experiment, fmt
 from ..records import by, one, select
-from .common import FEWER_STEPS, FIXES, SRC_000, WN_STYLE, best_lrs, lr_factor, search_scores
+from .common import FEWER_STEPS, FIXES, SRC_000, WN_STYLE, best_of, lr_factor, search_scores
 
 SRC_002 = "002 Wu et al. 2020, Introduction"
 SRC_MUON = "Jordan et al. 2024 (Muon), and Wen et al. (Hyperball): fewer steps to a given loss than AdamW"
@@ -87,8 +87,8 @@ class Stats:
     def __init__(self, records: list[dict], cfg, task: str):
         self.task, self.cfg = task, cfg
         self.recipes = list(cfg.recipes)
-        self.best = best_lrs(records, cfg)
         self.search = {e: search_scores(records, e) for e in self.recipes}
+        self.best = {e: best_of(scores) for e, scores in self.search.items()}  # as common.best_lrs
         self.sizes = one(records, "scalar", metric="sizes")["value"]
         self.info = one(records, "scalar", metric="data")["value"]
         self.steps = self.sizes["steps"]
@@ -131,6 +131,17 @@ class Stats:
         if p is None or not p.holm < self.cfg.alpha:
             return 0
         return -1 if p.mean < 0 else 1
+
+    def pair_cell(self, e: str, ref: str, holm: bool = False) -> str:
+        """A table cell for ``e`` − ``ref``: the difference and its interval, **bold** when resolved (with Holm's p
+        after it if ``holm``); "–" for the baseline itself or one not compared, "diverged" when a run diverged."""
+        if e == ref or ref not in self.pairs:
+            return "–"
+        p = self.pairs[ref][e]
+        if p is None:
+            return "diverged"
+        mark = "**" if p.holm < self.cfg.alpha else ""
+        return f"{mark}{p.text()}{mark}" + (f" ({p.holm:.2g})" if holm else "")
 
     def mean_curve(self, e: str) -> list[float]:
         """The mean over seeds at every evaluation; +∞ from the first evaluation any seed had diverged at."""
@@ -305,12 +316,7 @@ def table(st: Stats) -> list[str]:
         m, sd = st.final(e)
         width, cens = st.lr_window(e)
         loss = f"{m:.4f} ± {sd:.4f}" if math.isfinite(m) else "diverged"
-        cells = []
-        for r in refs:
-            p = st.pairs[r].get(e)
-            cells.append("–" if e == r else "diverged" if p is None else
-                         f"{'**' if p.holm < st.cfg.alpha else ''}{p.text()}{'**' if p.holm < st.cfg.alpha else ''}"
-                         f" ({p.holm:.2g})")
+        cells = [st.pair_cell(e, r, holm=True) for r in refs]
         lines.append(f"| {e} | {st.best[e]:g}{' (edge)' if st.at_edge(e) else ''} | {loss} |"
                      + (f" {fmt(st.final_acc(e))} |" if acc else "") + "".join(f" {c} |" for c in cells)
                      + f" {_reach(st.reach(e))} / {st.steps} | {_reach(st.time_to(e))} | {st.time_ratio(e):.2f} |"

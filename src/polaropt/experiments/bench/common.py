@@ -260,16 +260,12 @@ def _step(task, model, opt, x, y, clip: float):
     return loss
 
 
-def handover_adamw(model, lr: float, rest_lr: float | None, weight_decay: float) -> torch.optim.AdamW:
-    """The plain AdamW the handover fix continues with: the hidden matrices at ``lr``, the rest (embeddings, head,
-    biases, gains) at ``rest_lr`` as in every other recipe, 1-D parameters kept from decay."""
-    hidden = {id(p) for _, p in po.hidden_matrices(model)}
-    params = list(dict.fromkeys(model.parameters()))
-    rest = [p for p in params if id(p) not in hidden]
-    groups = [{"params": [p for p in params if id(p) in hidden], "lr": lr},
-              {"params": [p for p in rest if p.ndim >= 2], "lr": rest_lr or lr},
-              {"params": [p for p in rest if p.ndim < 2], "lr": rest_lr or lr, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+def handover_adamw(model, lr: float, rest_lr: float | None, weight_decay: float):
+    """The plain AdamW the handover fix continues with: compose's plain cell, the hidden matrices at ``lr``, the rest
+    (embeddings, head, biases, gains) at ``rest_lr`` as in every other recipe, decay where AdamW's recipe puts it;
+    no NaN check (plain AdamW had none)."""
+    return po.compose(model, direction="adamw", radial="none", lr=lr, rest_lr=rest_lr, weight_decay=weight_decay,
+                      check=None)
 
 
 def train_one(task_name: str, cfg, entry: str, lr: float, seed: int, phase: str, rest_lr: float | None = None

@@ -39,12 +39,7 @@ def rows(st: Stats) -> list[str]:
     """One task's rows of the cross-task table."""
     out = []
     for e in st.recipes:
-        cells = []
-        for ref in ("adamw", "muon"):
-            p = st.pairs.get(ref, {}).get(e) if ref in st.pairs else None
-            bold = p is not None and p.holm < st.cfg.alpha
-            cells.append("–" if e == ref or ref not in st.pairs else "diverged" if p is None
-                         else f"{'**' if bold else ''}{p.text()}{'**' if bold else ''}")
+        cells = [st.pair_cell(e, ref) for ref in ("adamw", "muon")]
         m, _ = st.final(e)
         out.append(f"| {st.task} | {e} | {m:.3f} | " + " | ".join(cells)
                    + f" | {_reach(st.reach(e))} | {_reach(st.time_to(e))} | {st.time_ratio(e):.2f} | "
