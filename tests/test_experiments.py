@@ -117,6 +117,16 @@ def test_one_d_claims_fail_on_contrary_records(suite):
     assert before["1d-learnable-saddle-at-minus-one"] and not after["1d-learnable-saddle-at-minus-one"]
 
 
+def test_one_d_plateau_claim_fails_when_the_plateau_ends_elsewhere(suite):
+    def longer(records):  # absorb_learnable_scale still near W*² at step 900 from W0 = -10 (the figure: ≈ 700)
+        for r in records:
+            if (r["kind"], r["metric"], r["mode"], r["w0"]) == ("curve", "loss", "absorb_learnable_scale", -10.0):
+                r["value"][900] = 1e4
+
+    before, after = _claims(suite, "liu-1d", longer)
+    assert before["1d-absorb-plateau-matches-figure"] and not after["1d-absorb-plateau-matches-figure"]
+
+
 def test_scaling_claims_fail_on_contrary_records(suite):
     def linear_growth(records):
         for r in records:
@@ -126,6 +136,18 @@ def test_scaling_claims_fail_on_contrary_records(suite):
     before, after = _claims(suite, "liu-scaling", linear_growth)
     assert before["scaling-learnable_scale"] and not after["scaling-learnable_scale"]
     assert before["scaling-absorb_learnable_scale"] and not after["scaling-absorb_learnable_scale"]
+
+
+def test_linreg_flat_curve_finding_fails_when_fixed_project_converges(suite):
+    def converges(records):  # s fixed + project falls like the absorbing mode: no longer the figure's flat curve
+        absorb = {r["seed"]: r["value"] for r in records if r["kind"] == "curve" and r["run"] == "tensor-fixed-absorb"}
+        for r in records:
+            if r["kind"] == "curve" and r["run"] == "tensor-fixed-project":
+                r["value"] = list(absorb[r["seed"]])
+
+    before, after = _claims(suite, "liu-linreg", converges)
+    assert before["linreg-fixed-project-draws-the-flat-curve"]
+    assert not after["linreg-fixed-project-draws-the-flat-curve"]
 
 
 @pytest.mark.parametrize("learnable_wins", [True, False])
@@ -198,6 +220,7 @@ def test_the_index_and_reports_count_source_claims_derived_checks_and_findings_a
         "toy-adam-limit", "1d-learnable-saddle-at-minus-one", "flow-limit-wn", "flow-limit-rpgd",
         "flow-limit-first-order", "flow-sign-kept", "example-derived-limit", "wn-matches-flow-limit"}
     assert {c["id"] for c in kinds["beyond"]} == {"linreg-rescale-keeps-late-slowdown",
+                                                  "linreg-fixed-project-draws-the-flat-curve",
                                                   "wn-rpgd-closer-than-gd-from-the-same-start"}
     n = {k: (sum(c["passed"] for c in v), len(v)) for k, v in kinds.items()}
     head = (suite / "index.md").read_text().splitlines()[2]
@@ -349,7 +372,8 @@ def test_two_stage_claims_fail_on_contrary_records(suite):
 
 def test_chou_claims_fail_on_contrary_records(suite):
     def mutate(records):
-        gd = sorted((r for r in records if r["kind"] == "point" and r["method"] == "gd"), key=lambda r: r["alpha"])
+        gd = sorted((r for r in records if r["kind"] == "point" and r["method"] == "gd" and "sweep" not in r),
+                    key=lambda r: r["alpha"])
         errs = [r["err_l1"] for r in gd]
         for r, e in zip(gd, reversed(errs)):
             r["err_l1"] = e  # GD best at large α
@@ -374,6 +398,25 @@ def test_chou_speed_up_trend_holds_when_wns_lead_grows_with_alpha(suite):
 
     before, after = _claims(suite, "chou-sparse", grow)
     assert not before["wn-faster-grows-with-init"] and after["wn-faster-grows-with-init"]
+
+
+def test_chou_tuned_step_claim_fails_when_gds_fastest_step_wins(suite):
+    """wn-faster-at-tuned-step takes each method's fastest converged run over the step sweep: GD converging in 10
+    steps at one swept lr makes it fail; a WN run that reached the loss but ended above it does not count."""
+    def gd_fast(records):
+        for r in records:
+            if r["kind"] == "point" and r["method"] == "gd" and r.get("sweep") and r["lr"] == 1.0:
+                r.update(steps_to_converged=10, loss=0.0)
+
+    def wn_left(records):
+        for r in records:
+            if r["kind"] == "point" and r["method"] == "wn":
+                r["loss"] = 1.0  # reached the converged loss at some step, but ended far above it
+
+    before, after = _claims(suite, "chou-sparse", gd_fast)
+    assert before["wn-faster-at-tuned-step"] and not after["wn-faster-at-tuned-step"]
+    _, after = _claims(suite, "chou-sparse", wn_left)
+    assert not after["wn-faster-at-tuned-step"]
 
 
 def test_cs182_claims_fail_on_contrary_records(suite):

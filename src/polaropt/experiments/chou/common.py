@@ -51,9 +51,10 @@ class Trained:
     log_steps: list  # the logged steps
     r0: torch.Tensor  # WN's radius at the start, per copy
     r_end: torch.Tensor  # and at the end
+    diverged: dict  # method -> whether each copy diverged (and was frozen)
 
 
-def train_gd_wn(cfg, A, y, alpha: dict, wn_ratio: torch.Tensor, progress) -> Trained:
+def train_gd_wn(cfg, A, y, alpha: dict, wn_ratio: torch.Tensor, progress, lr: dict | None = None) -> Trained:
     """GD (one copy per α) and WN (one copy per (α, c)) side by side, ``cfg.steps`` steps of ½‖Ax − y‖².
 
     Per-copy steps as gradient factors (plain SGD: a gradient factor is a step factor). GD: a fixed step. WN: u
@@ -61,24 +62,32 @@ def train_gd_wn(cfg, A, y, alpha: dict, wn_ratio: torch.Tensor, progress) -> Tra
     keeps the ratio c, the flow's path and its magnification factor. f = lr/r² moves w = r·u/‖u‖ like GD's w;
     while r is small its own relative speed c·f·|∂L/∂r|/r is what limits the step, so f is capped to keep that
     below 0.1 (the flow is stiff there, not the method).
+
+    ``lr``: method -> each copy's lr (default: ``cfg.lr`` for all). A copy whose loss passes 1e6 times its start
+    (or turns non-finite) diverged: it is frozen where it is (its gradient masked to 0) and never converges;
+    a copy at ``cfg.lr`` diverging stops the run, as that step is the experiment's stable one.
     """
     lam = float(torch.linalg.eigvalsh(A @ A.T).max())
-    gd_lr, wn_lr = step_size(cfg.lr, lam, alpha["gd"]), step_size(cfg.lr, lam, alpha["wn"])
+    lr = lr or {k: torch.full_like(a, cfg.lr) for k, a in alpha.items()}
+    gd_lr, wn_lr = step_size(lr["gd"], lam, alpha["gd"]), step_size(lr["wn"], lam, alpha["wn"])
     models = {"gd": Weights(balanced(alpha["gd"], cfg.n)), "wn": Weights(balanced(alpha["wn"], cfg.n))}
     po.polarize(models["wn"], "weight", scale="tensor", mode="normalize", batch_dims=1)
     r, u = po.scale_of(models["wn"]), po.direction_of(models["wn"])
     r0 = r.detach().reshape(-1).clone()
-    models["gd"].weight.register_hook(lambda grad: grad * gd_lr.view(-1, 1, 1))
+    alive = {k: torch.ones(len(a), dtype=torch.bool) for k, a in alpha.items()}  # False: diverged, frozen
+    models["gd"].weight.register_hook(lambda g: torch.where(alive["gd"].view(-1, 1, 1), g * gd_lr.view(-1, 1, 1), 0.0))
     opt = torch.optim.SGD([models["gd"].weight, r, u], lr=1.0)
 
     def wn_clock(*_):  # a step pre-hook: runs inside opt.step(), after backward and before the update
         rv, gr = r.detach().reshape(-1), r.grad.reshape(-1)
         f = torch.minimum(wn_lr / rv.square(), 0.1 * rv / (wn_ratio * gr.abs()).clamp_min(1e-300))
-        u.grad.mul_(f.view(-1, 1, 1))
-        r.grad.mul_((wn_ratio * f).view(r.grad.shape))
+        keep = alive["wn"]
+        u.grad.copy_(torch.where(keep.view(-1, 1, 1), u.grad * f.view(-1, 1, 1), 0.0))
+        r.grad.copy_(torch.where(keep, r.grad.reshape(-1) * wn_ratio * f, 0.0).view(r.grad.shape))
 
     opt.register_step_pre_hook(wn_clock)
     hits = {k: torch.full((len(a),), -1, dtype=torch.long) for k, a in alpha.items()}
+    start = {}
     logs = {k: [] for k in models}
     log_steps = []
 
@@ -87,22 +96,27 @@ def train_gd_wn(cfg, A, y, alpha: dict, wn_ratio: torch.Tensor, progress) -> Tra
         total = 0
         for k, mod in models.items():
             loss = 0.5 * (dln_output(mod.weight) @ A.T - y).square().sum(-1)
-            d = loss.detach()
-            hits[k][(d < cfg.converged_loss) & (hits[k] < 0)] = t
+            d = start.setdefault(k, loss.detach()) if t == 0 else loss.detach()
+            gone = alive[k] & ~(d <= 1e6 * start[k])  # NaN counts as gone
+            if gone.any():
+                if (lr[k][gone] == cfg.lr).any():
+                    raise FloatingPointError(f"chou-sparse diverged at step {t}; lower --set lr (now {cfg.lr})")
+                alive[k] &= ~gone
+            loss = torch.where(alive[k], loss, 0.0)  # a frozen copy gets no gradient
+            hits[k][(d < cfg.converged_loss) & alive[k] & (hits[k] < 0)] = t
             if logged:
                 logs[k].append(d.clone())
             total = total + loss.sum()
         if logged:
             log_steps.append(t)
-        if t < cfg.steps and not torch.isfinite(total):
-            raise FloatingPointError(f"chou-sparse diverged at step {t}; lower --set lr (now {cfg.lr})")
         return total
 
     train(loss_at, opt, cfg.steps, progress=progress, desc="chou-sparse")
     with torch.no_grad():
         weights = {k: mod.weight.detach() for k, mod in models.items()}
     return Trained(weights=weights, hits=hits, logs={k: torch.stack(v) for k, v in logs.items()},
-                   log_steps=log_steps, r0=r0, r_end=r.detach().reshape(-1))
+                   log_steps=log_steps, r0=r0, r_end=r.detach().reshape(-1),
+                   diverged={k: ~a for k, a in alive.items()})
 
 
 # ---- reading the records -------------------------------------------------------------------------
@@ -123,9 +137,18 @@ def steps_to(p) -> int | None:
 
 
 def runs(records):
-    """GD's points sorted by α, and WN's points in run order."""
-    return (sorted(select(records, "point", method="gd"), key=lambda p: p["alpha"]),
-            select(records, "point", method="wn"))
+    """GD's points sorted by α, and WN's points in run order, at the experiment's step (the step sweep apart)."""
+    base = [p for p in select(records, "point") if "sweep" not in p]
+    return sorted((p for p in base if p["method"] == "gd"), key=lambda p: p["alpha"]), \
+        [p for p in base if p["method"] == "wn"]
+
+
+def fastest(points, method: str, alpha: float, converged_loss: float):
+    """The run of ``method`` at ``alpha`` that converged in the fewest steps and ended converged (a run that
+    reached the loss and then left it does not count); None: none did."""
+    done = [p for p in points if p["method"] == method and p["alpha"] == alpha and steps_to(p) is not None
+            and p["loss"] <= converged_loss]
+    return min(done, key=steps_to, default=None)
 
 
 def alpha_c(gd, n: int) -> float:

@@ -11,7 +11,7 @@ this WN run is plain gradient flow from the effective initialization α/ρ.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,8 @@ from scipy import stats
 from .. import theory
 from ..framework import Check, Claim, Experiment, param
 from ..records import one, select
-from .common import SRC, alpha_c, best_wn, dln_output, log_magnification, problem, rel_err, runs, steps_to, train_gd_wn
+from .common import SRC, alpha_c, best_wn, dln_output, log_magnification, problem, rel_err, runs, train_gd_wn
+from .speed import speed_claims
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Config:
     window: float = param(10.0, "the moderate inits: grid α with α_c/window ≤ α < α_c (α_c: 2Nα_c² = ‖x_ℓ1‖₁)")
     wn_gain: float = param(5.0, "there, the best converged WN run's error is at most GD's divided by this")
     large_within: float = param(0.1, "at α ≥ α_c, some WN run ends within this relative error of x_ℓ1")
+    tuned_lrs: tuple[float, ...] = param((1.0, 3.0, 10.0, 30.0), "the step sweep: lrs besides lr at which every (α, c) "
+                                         "also runs, so each method is compared at its own fastest step")
+    sweep_steps: int = param(6000, "the step sweep's steps (its runs converge sooner than at lr)")
     min_spearman: float = param(0.8, "Spearman correlation of effective init (GD: α, WN: α/ρ) and error, at least")
 
     def validate(self):
@@ -50,6 +54,10 @@ class Config:
             raise ValueError(f"need 0 < sparsity < m < n, got sparsity={self.sparsity}, m={self.m}, n={self.n}")
         if not self.alphas or min(self.alphas) <= 0 or not self.ratios or min(self.ratios) <= 0:
             raise ValueError(f"alphas and ratios must be non-empty and positive, got {self.alphas}, {self.ratios}")
+        if any(x <= 0 for x in self.tuned_lrs) or self.lr in self.tuned_lrs:
+            raise ValueError(f"tuned_lrs must be positive and exclude lr ({self.lr}), got {self.tuned_lrs}")
+        if self.tuned_lrs and self.sweep_steps < 1:
+            raise ValueError(f"sweep_steps must be >= 1, got {self.sweep_steps}")
         if self.steps < 1 or self.lr <= 0 or self.log_every < 1 or self.converged_loss <= 0:
             raise ValueError(f"need steps >= 1, lr > 0, log_every >= 1 and converged_loss > 0, got steps={self.steps}, "
                              f"lr={self.lr}, log_every={self.log_every}, converged_loss={self.converged_loss}")
@@ -65,29 +73,41 @@ QUICK = Config(n=200, m=40, sparsity=4, alphas=(1e-4, 1e-2, 3e-2, 1.0), ratios=(
 def run(cfg: Config, progress) -> list[dict]:
     A, x_star, y = problem(cfg)
     x_l1 = torch.tensor(theory.min_l1_solution(A.numpy(), y.numpy()))
-    alpha = {"gd": torch.tensor(cfg.alphas, dtype=torch.float64),
-             "wn": torch.tensor([a for a in cfg.alphas for _ in cfg.ratios], dtype=torch.float64)}
-    wn_ratio = torch.tensor([c for _ in cfg.alphas for c in cfg.ratios], dtype=torch.float64)
-    out = train_gd_wn(cfg, A, y, alpha, wn_ratio, progress)
+    records = []
+    for lrs, steps in (((cfg.lr,), cfg.steps), (cfg.tuned_lrs, cfg.sweep_steps)):
+        if lrs:
+            records += train_grid(cfg, replace(cfg, steps=steps), lrs, A, y, x_star, x_l1, progress)
+    records.append({"kind": "scalar", "name": "x_l1_equals_x_star", "value": float((x_l1 - x_star).norm())})
+    return records
+
+
+def train_grid(cfg: Config, run_cfg: Config, lrs, A, y, x_star, x_l1, progress) -> list[dict]:
+    """GD at every (lr, α) and WN at every (lr, α, c), trained side by side; the run at cfg.lr logs its
+    curves, the step sweep is marked ``sweep='tuned'``."""
+    grid = {"gd": [(lr, a, None) for lr in lrs for a in cfg.alphas],
+            "wn": [(lr, a, c) for lr in lrs for a in cfg.alphas for c in cfg.ratios]}
+    lr, alpha, ratio = ({k: torch.tensor([row[i] for row in g], dtype=torch.float64) for k, g in grid.items()
+                         if i < 2 or k == "wn"} for i in range(3))
+    out = train_gd_wn(run_cfg, A, y, alpha, ratio["wn"], progress, lr=lr)
+    swept = lrs != (cfg.lr,)
     records = []
     for k, W in out.weights.items():
         x = dln_output(W)
         loss = 0.5 * (x @ A.T - y).square().sum(-1)
         prod = (W[:, 0] * W[:, 1]).median(dim=1).values
-        for i in range(len(W)):
-            rec = {"kind": "point", "method": k, "alpha": float(alpha[k][i]),
-                   "ratio": None if k == "gd" else float(wn_ratio[i]), "loss": float(loss[i]),
+        for i, (lr, a, c) in enumerate(grid[k]):
+            rec = {"kind": "point", "method": k, "alpha": a, "ratio": c, "loss": float(loss[i]),
                    "steps_to_converged": int(out.hits[k][i]), "err_l1": float((x[i] - x_l1).norm()),
                    "err_star": float((x[i] - x_star).norm()), "norm_l1": float(x_l1.norm()),
-                   "l1_of_x_l1": float(x_l1.abs().sum()), "median_product": float(prod[i]), "n": cfg.n}
+                   "l1_of_x_l1": float(x_l1.abs().sum()), "median_product": float(prod[i]), "n": cfg.n, "lr": lr}
+            if swept:
+                rec.update(sweep="tuned", diverged=bool(out.diverged[k][i]))
+            else:
+                records.append({"kind": "curve", "method": k, "metric": "loss", "alpha": a, "ratio": c,
+                                "step": out.log_steps, "value": out.logs[k][:, i].tolist()})
             if k == "wn":
                 rec.update(r0=float(out.r0[i]), r_end=float(out.r_end[i]))
             records.append(rec)
-        for i in range(out.logs[k].shape[1]):
-            records.append({"kind": "curve", "method": k, "metric": "loss", "alpha": float(alpha[k][i]),
-                            "ratio": None if k == "gd" else float(wn_ratio[i]), "step": out.log_steps,
-                            "value": out.logs[k][:, i].tolist()})
-    records.append({"kind": "scalar", "name": "x_l1_equals_x_star", "value": float((x_l1 - x_star).norm())})
     return records
 
 
@@ -151,36 +171,7 @@ def claims(records, cfg: Config) -> list[Claim]:
         id="wn-robust-at-large-init", source=SRC + ", abstract ('initialized at practically large scale')",
         statement="A robust bias that persists even if the weights are initialized at practically large scale.",
         checks=checks or Check.holds(f"a grid α ≥ α_c = {ac:.3g}", "no α in that range on the grid", False)))
-    checks = []
-    for g in gd:
-        best = best_wn(wn, g["alpha"], converged_below=conv)
-        checks.append(Check.sooner(
-            f"α={g['alpha']:g}: steps to loss {conv:g} of the most accurate converged WN run"
-            + ("" if best is None else f" (c={best['ratio']:g})"), None if best is None else steps_to(best),
-            "GD's", steps_to(g)))
-    out.append(Claim.of(
-        id="wn-faster", source=SRC + ", Key Results",
-        statement="Experiments show WN significantly improves convergence speed (at every α of the grid; "
-                  "`wn-faster-grows-with-init` tests 'especially for larger initializations').",
-        checks=checks))
-    speedup, censored = {}, set()  # GD's steps over the fastest converged WN run's, per α where WN converged;
-    for g in gd:  # GD never converging counts as all the steps (the speed-up is then a lower bound, marked ≥)
-        fast = [steps_to(p) for p in wn if p["alpha"] == g["alpha"] and steps_to(p) is not None]
-        if fast:
-            speedup[g["alpha"]] = (steps_to(g) or cfg.steps) / min(fast)
-            if steps_to(g) is None:
-                censored.add(g["alpha"])
-    trend = (float(stats.spearmanr(list(speedup), list(speedup.values())).statistic) if len(speedup) >= 3
-             else float("nan"))
-    out.append(Claim.of(
-        id="wn-faster-grows-with-init", source=SRC + ", Key Results",
-        statement="…especially for larger initializations: WN's speed-up over GD (GD's steps to the converged loss "
-                  "over WN's fastest converged run's, at the same step in w-units) grows with α.",
-        checks=Check.holds("Spearman rank correlation of the speed-up with α, over the α where WN converged, > 0",
-                           f"{trend:.2f} over {len(speedup)} α (speed-up at α = "
-                           f"{', '.join(f'{a:g}: ' + ('≥' if a in censored else '') + f'×{v:.2f}' for a, v in speedup.items())})",
-                           trend > 0),
-        values={"speedup": {f"{a:g}": v for a, v in speedup.items()}, "spearman": trend}))
+    out += speed_claims(records, gd, wn, cfg)
     eff = [(math.log(p["alpha"]), rel_err(p)) for p in gd if p["loss"] <= conv]
     eff += [(math.log(p["alpha"]) - log_magnification(p) / 2, rel_err(p)) for p in wn if p["loss"] <= conv]
     rho_s = (float(stats.spearmanr([x for x, _ in eff], [e for _, e in eff]).statistic) if len(eff) >= 3

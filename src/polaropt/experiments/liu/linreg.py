@@ -18,6 +18,7 @@ from ..records import select
 from ..toys import Weights
 from ..training import train
 from .common import check_states, SRC_000, adam, run_label
+from .linreg_figure import VARIANTS, figure_claims, figures
 
 SCALES = ("tensor", "element")  # the source's "Scalar" and "Matrix (element-wise)"
 # label -> polarize options of the 8 modes, labelled scale-trainability-renormalization
@@ -25,18 +26,6 @@ MODES = {f"{sc}-{'learnable' if tr else 'fixed'}-{'absorb' if ab else 'none'}":
          dict(scale=sc, trainable_scale=tr, mode="absorb" if ab else "free")
          for sc in SCALES for tr in (True, False) for ab in (True, False)}
 ABSORB = tuple(m for m, opts in MODES.items() if opts["mode"] == "absorb")
-# The source's figure legend colours, inferred from its three observations (the post names colours,
-# not modes): green/red = scalar learnable with/without re-parametrization, pink/gray = element-wise
-# learnable with/without, purple/brown = element-wise fixed with/without.
-COLOURS = {"tensor-learnable-absorb": "green", "tensor-learnable-none": "red",
-           "element-learnable-absorb": "pink", "element-learnable-none": "gray",
-           "element-fixed-absorb": "purple", "element-fixed-none": "brown"}
-PLOT_COLOURS = {"pink": "hotpink", "tensor-fixed-absorb": "tab:blue", "tensor-fixed-none": "tab:orange"}
-# Final losses read off the source's figure at 5000 steps (seed-findings), as (low, high)
-FIGURE_FINAL = {"element-learnable-absorb": (1e-10, 1e-8), "element-learnable-none": (1e-10, 1e-8),
-                "tensor-learnable-none": (1e-6, 1e-4), "tensor-learnable-absorb": (1e-3, 1e-1),
-                "tensor-fixed-none": (1.3e2, 1.3e2), "element-fixed-none": (1.3e2, 1.3e2),
-                "element-fixed-absorb": (2.5e2, 2.5e2), "tensor-fixed-absorb": (1.1e3, 1.1e3)}
 LEARNABLE_PAIRS = (("tensor-learnable-absorb", "tensor-learnable-none"),
                    ("element-learnable-absorb", "element-learnable-none"))  # (absorb, none)
 ESSENTIAL_PAIRS = (("element-learnable-absorb", "element-fixed-absorb"),
@@ -66,6 +55,8 @@ class Config:
                                        "figure's range")
     figure_floor: float = param(1e-10, "the lowest loss the source's figure shows (float32's floor there): a range "
                                        "read off it that starts here is a bound from above only")
+    flat_decades: float = param(0.5, "'flat': the decades of loss a run drops from its first recorded loss to the "
+                                     "late window (geometric means) are at most this")
     state_margin: float = param(0.5, "'still behind late': absorb+state's late mean log10 loss minus the plain "
                                      "run's is at least this, in every pair where state='keep' slows late training")
 
@@ -115,7 +106,7 @@ def train_group(cfg: Config, w_star, w0, modes, state: str) -> torch.Tensor:
     model = nn.ModuleDict()
     for label in modes:
         model[label] = Weights(w0)
-        po.polarize(model[label], "weight", init=cfg.init, batch_dims=1, **MODES[label])
+        po.polarize(model[label], "weight", init=cfg.init, batch_dims=1, **{**MODES, **VARIANTS}[label])
     opt = adam(model, cfg.lr, state)
     g = torch.Generator().manual_seed(12345)  # the same fresh batches for every group
     hist = torch.empty(len(range(0, cfg.steps, cfg.record_every)), len(modes), cfg.seeds, dtype=torch.float64)
@@ -137,7 +128,7 @@ def train_group(cfg: Config, w_star, w0, modes, state: str) -> torch.Tensor:
 def run(cfg: Config, progress) -> list[dict]:
     w_star, w0 = problems(cfg)
     kept = list(range(0, cfg.steps, cfg.record_every))
-    groups = [("keep", tuple(MODES))] + [(st, ABSORB) for st in cfg.states if st != "keep"]
+    groups = [("keep", tuple(MODES) + tuple(VARIANTS))] + [(st, ABSORB) for st in cfg.states if st != "keep"]
     records = []
     for state, modes in progress(groups, desc="liu-linreg"):
         hist = train_group(cfg, w_star, w0, modes, state)
@@ -191,19 +182,11 @@ def claims(records, cfg: Config) -> list[Claim]:
                          for a, b in ESSENTIAL_PAIRS],
                  values={"late": {f"{a} vs {b}": (late[a], late[b]) for a, b in ESSENTIAL_PAIRS}}),
     ]
-    final = {m: 10 ** late[m] for m in FIGURE_FINAL}
-    out.append(Claim.of(
-        id="linreg-final-losses-match-figure", source=SRC_000 + " figure (values read off by polaropt)",
-        statement="Final losses at 5000 steps as read off the source's figure: element-wise learnable 1e-10…1e-8, "
-                  "scalar learnable 1e-6…1e-4 (none) and 1e-3…1e-1 (absorb), plain ≈ 1.3e2, element-wise fixed "
-                  "absorb ≈ 2.5e2, scalar fixed absorb ≈ 1.1e3.",
-        # a range that starts at the figure's floor (float32's, ~1e-10) bounds the loss from above only: a run that
-        # goes below it is not contradicted by a figure that cannot show lower
-        checks=[Check.at_most(f"{m}'s late geometric-mean loss (the figure's range starts at its floor)", final[m],
-                              hi * cfg.figure_factor) if lo <= cfg.figure_floor else
-                Check.between(f"{m}'s late geometric-mean loss", final[m], lo / cfg.figure_factor,
-                              hi * cfg.figure_factor) for m, (lo, hi) in FIGURE_FINAL.items()],
-        values={"final": final}))
+    shown = [m for m in VARIANTS if select(records, "curve", run=m)]  # runs recorded before it was added lack it
+    late.update({m: window_log_loss(records, cfg, m, "late") for m in shown})
+    first = {m: float(np.median([np.log10(r["value"][0]) for r in select(records, "curve", run=m)]))
+             for m in (*shown, "tensor-fixed-absorb")}
+    out += figure_claims(late, first, cfg)
     slowed = [(a, b) for a, b in LEARNABLE_PAIRS if late[a] - late[b] >= cfg.late_slowdown]  # where keep slows late
     for st in cfg.states:
         if st == "keep":
@@ -220,31 +203,6 @@ def claims(records, cfg: Config) -> list[Claim]:
                     for a, b in slowed] or Check.holds("a pair where state='keep' slows late training", "none", False),
             values={"late (state, keep, none)": got}))
     return out
-
-
-def figures(records, cfg: Config, out_dir) -> list[str]:
-    from ..figures import new_figure, save
-
-    names = []
-    runs = sorted({r["run"] for r in select(records, "curve")})
-    for which, title in (("keep", "the source's 8 modes (state=keep)"), ("beyond", "absorb modes: state policies")):
-        fig, ax = new_figure(size=(8, 5))
-        for run_name in runs:
-            is_keep = "+" not in run_name
-            if which == "keep" and not is_keep or which == "beyond" and "absorb" not in run_name:
-                continue
-            found = select(records, "curve", run=run_name)
-            curves = np.array([r["value"] for r in found])
-            mode = found[0]["mode"]
-            colour = PLOT_COLOURS.get(COLOURS.get(mode, mode), COLOURS.get(mode)) if is_keep else None
-            label = run_name + (f" ({COLOURS[run_name]})" if run_name in COLOURS else "")
-            line, = ax.semilogy(found[0]["step"], np.median(curves, axis=0), lw=1.2, label=label,
-                                ls="-" if is_keep else "--", color=colour)
-            ax.fill_between(found[0]["step"], curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
-        ax.set(xlabel="step", ylabel="MSE loss (median, band: min-max over seeds)", title=title)
-        ax.legend(fontsize=7, ncol=2)
-        names += save(fig, out_dir, f"linreg_{which}")
-    return names
 
 
 EXPERIMENT = Experiment(
