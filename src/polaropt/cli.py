@@ -257,7 +257,7 @@ def _main(parser, args) -> int:
         index = reproduce(Path(args.out), registry.EXPERIMENTS, quick=args.quick, resume=args.resume,
                           quiet=args.quiet, log=log, index_of=experiments)
     print(index.read_text().split("\n## Not reproduced")[0])
-    print(f"the report, with every figure beside its claims: {index.with_suffix('.html')} (Markdown: {index})")
+    print(f"the report, each experiment with its figures, claims and notes: {index.with_suffix('.html')} (Markdown: {index})")
     return 0
 
 

@@ -1,14 +1,14 @@
-"""Reports built from run folders only: ``NAME/report.md`` per experiment, and ``index.md`` and one
-self-contained ``index.html`` (figures embedded) for the whole suite.
+"""Reports built from run folders only: ``NAME/report.md`` per experiment, and ``index.md`` and
+``index.html`` for the whole suite.
 
 The HTML page reads top-down the way a researcher asks: how much reproduced (one summary row per
-experiment with its key figure), what did not (every NOT reproduced claim, linked to its experiment),
-then each experiment with its figures beside its claims, and a link to its full report.
+experiment), what did not (every NOT reproduced claim, linked to its experiment), then each experiment with
+its figures at the page's width (its key figure first), its claims, its notes and configuration. The page
+links the figures in the run folders beside it (embedding them made a 3 MB page): keep the folder together.
 """
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 from pathlib import Path
@@ -149,9 +149,11 @@ def _key_figure(exp, folder: Path) -> Path | None:
     return pngs[0] if pngs else None
 
 
-def _img(png: Path, cls: str) -> str:
-    data = base64.b64encode(png.read_bytes()).decode()
-    return f"<img class='{cls}' alt='{html.escape(png.name)}' src='data:image/png;base64,{data}'>"
+def _img(png: Path, out_root: Path) -> str:
+    """The figure linked by its path from the page (embedding every PNG made the page a 3 MB file); a linked
+    figure opens full size."""
+    src = html.escape(png.relative_to(out_root).as_posix())
+    return f"<a href='{src}' title='open full size'><img alt='{html.escape(png.name)}' src='{src}' loading='lazy'></a>"
 
 
 def _index_md(runs, experiments, missing, passed, total, summary=None) -> str:
@@ -181,9 +183,7 @@ td code{white-space:nowrap}
 th{background:#f4f4f4}.ok{color:#1a7f37;font-weight:600}.no{color:#b42318;font-weight:600}
 tr.no-row{background:#fff4f2}.bar{display:inline-block;height:9px;background:#1a7f37;vertical-align:middle}
 .barno{display:inline-block;height:9px;background:#e5a29a;vertical-align:middle}
-img.thumb{width:340px;border:1px solid #eee}.exp{display:flex;gap:18px;align-items:flex-start}
-.exp .figs{flex:0 0 58%}.exp .figs img{width:100%;border:1px solid #eee;margin-bottom:6px}
-.exp .claims{flex:1}section{border-top:2px solid #ddd;margin-top:26px;padding-top:6px}
+img{max-width:100%;border:1px solid #eee;margin-bottom:6px}section{border-top:2px solid #ddd;margin-top:26px;padding-top:6px}
 details summary{cursor:pointer;color:#555}.muted{color:#666;font-size:13px}"""
 
 
@@ -207,18 +207,15 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
                  "task, and each recipe's paired difference to tuned AdamW and Muon, with the time to AdamW's loss.</p>"
                  + ("<p class='no'>A --quick run: tiny settings for tests, these numbers say nothing about the "
                     "recipes.</p>" if quick else "")
-                 + (f"<a href='{e(summary)}'>{_img(png, 'fig')}</a>" if png.exists() else ""))
-    h.append("<h2>Summary</h2><table><tr><th>experiment</th><th>source</th><th>claims reproduced</th>"
-             "<th>key figure</th></tr>")
+                 + (_img(png, out_root) if png.exists() else ""))
+    h.append("<h2>Summary</h2><table><tr><th>experiment</th><th>source</th><th>claims reproduced</th></tr>")
     for name, d, meta, claims in runs:
         exp, ok = experiments[name], sum(c["passed"] for c in claims)
-        key = _key_figure(exp, d)
         quick = " <span class='muted'>(--quick)</span>" if meta["quick"] else ""
         h.append(f"<tr><td><a href='#{e(name)}'><b>{e(name)}</b></a>{quick}<br><span class='muted'>"
                  f"{e(exp.description)}</span></td><td>{'<br>'.join(map(e, source_names(claims)))}</td>"
                  f"<td>{ok}/{len(claims)}<br><span class='bar' style='width:{8 * ok}px'></span>"
-                 f"<span class='barno' style='width:{8 * (len(claims) - ok)}px'></span></td>"
-                 f"<td>{f'<a href=#{e(name)}>' + _img(key, 'thumb') + '</a>' if key else ''}</td></tr>")
+                 f"<span class='barno' style='width:{8 * (len(claims) - ok)}px'></span></td></tr>")
     h.append("</table>")
     failed = [(name, c) for name, _, _, claims in counted(runs) for c in claims if not c["passed"]]
     h.append(f"<h2 id='not-reproduced'>Not reproduced ({len(failed)})</h2>")
@@ -233,16 +230,16 @@ def _index_html(runs, experiments, missing, passed, total, summary=None, out_roo
         h.append(f"<section id='{e(name)}'><h2>{e(name)} <span class='muted'>{ok}/{len(claims)} reproduced · "
                  f"<a href='#{e(name)}-notes'>notes and configuration</a> (below; Markdown: "
                  f"<a href='{e(exp.path)}/report.md'>report.md</a>) · {meta['wall_time_s']:.1f} s</span></h2>"
-                 f"<p>{e(exp.description)}</p><div class='exp'><div class='figs'>")
-        h += [f"<a href='{e(exp.path)}/{e(png.name)}' title='open full size'>{_img(png, 'fig')}</a>"
-              for png in sorted(d.glob("*.png"))]
-        h.append("</div><div class='claims'><table><tr><th>claim</th><th>result</th></tr>")
+                 f"<p>{e(exp.description)}</p>")
+        key = _key_figure(exp, d)  # the key figure first, each at the page's width (multi-panel figures stay legible)
+        h += [_img(png, out_root) for png in sorted(d.glob("*.png"), key=lambda png: png != key)]
+        h.append("<table><tr><th>claim</th><th>result</th></tr>")
         for c in claims:
             h.append(f"<tr{' class=no-row' if not c['passed'] else ''}><td><code>{e(c['id'])}</code>{e(_kind(c))} "
                      f"{e(c['statement'])}<details><summary>expected / measured</summary><p><b>expected</b> "
                      f"{e(c['expected'])}</p><p><b>measured</b> {e(c['measured'])}</p><p class='muted'>"
                      f"{e(c['source'])}</p></details></td><td>{_verdict(c)}</td></tr>")
-        h.append("</table></div></div>")
+        h.append("</table>")
         h.append(_report_details(d / "report.md", name))
         h.append("</section>")
     h.append("</body></html>")
