@@ -169,7 +169,9 @@ def claims(records, cfg: Config) -> list[Claim]:
             f"{rel_err(g):.2e})", rel_err(best), cfg.large_within))
     out.append(Claim.of(
         id="wn-robust-at-large-init", source=SRC + ", abstract ('initialized at practically large scale')",
-        statement="A robust bias that persists even if the weights are initialized at practically large scale.",
+        statement="A robust bias that persists even if the weights are initialized at practically large scale (not "
+                  "testable with the inferred model: at α ≥ α_c, r has no need to grow, so ρ ≈ 1 at every c; see the "
+                  "notes).",
         checks=checks or Check.holds(f"a grid α ≥ α_c = {ac:.3g}", "no α in that range on the grid", False)))
     out += speed_claims(records, gd, wn, cfg)
     eff = [(math.log(p["alpha"]), rel_err(p)) for p in gd if p["loss"] <= conv]
