@@ -792,12 +792,12 @@ def test_linf_flavoured_needs_many_entries_near_the_maximum(suite):
 
 
 def test_final_losses_at_the_figures_floor_are_bounded_from_above_only(suite, monkeypatch):
-    from polaropt.experiments.liu import linreg
+    from polaropt.experiments.liu import linreg, linreg_figure
 
     exp = get_experiment("liu-linreg")
     cfg = exp.make_config(quick=True)
     records = read_records(suite / "liu-linreg" / "records.jsonl")
-    middle = {m: (lo * hi) ** 0.5 for m, (lo, hi) in linreg.FIGURE_FINAL.items()}  # every mode inside its range
+    middle = {m: (lo * hi) ** 0.5 for m, (lo, hi) in linreg_figure.FIGURE_FINAL.items()}  # every mode inside its range
 
     def finals(**given):
         table = {m: __import__("math").log10(v) for m, v in {**middle, **given}.items()}
