@@ -1,7 +1,8 @@
-"""Time per training step of Hyperball against AdamW: polaropt's ``hyperball-adamw`` recipe, HeavyBall's
+"""Time per training step of Hyperball against AdamW: polaropt's ``hyperball-adamw`` recipe (AdamW + hooks),
+the same recipe with ``compile=True`` (``po.HyperballAdamW``, fused by torch.compile), HeavyBall's
 ``HyperBallAdamW`` (as HeavyBall ships it: its own compiled kernels) on the same hidden matrices, and torch's
-AdamW on everything, on ``benchmarks/overhead.py``'s MLP and small GPT. Variants interleaved, median of
-repeats, ratio to AdamW. HeavyBall is a benchmark-only dependency (``pip install --no-deps heavyball==3.2.1``
+AdamW on everything, as a user gets it (foreach) and with ``fused=True`` (torch's single-kernel AdamW), on
+``benchmarks/overhead.py``'s MLP and small GPT. Variants interleaved, median of repeats, ratio to AdamW. HeavyBall is a benchmark-only dependency (``pip install --no-deps heavyball==3.2.1``
 plus ``opt-einsum``); without it that row is left out.
 
     python benchmarks/hyperball.py --model mlp --batch 128 --repeats 15 --out benchmarks/results/hyperball_mlp.json
@@ -26,8 +27,12 @@ def build(variant: str, kind: str, width: int, seq: int):
     model = make_model(kind, width, seq)
     if variant == "adamw":
         return model, po.recipe("adamw", model, lr=1e-3)
+    if variant == "adamw-fused":
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
     if variant == "hyperball-adamw":
         return model, po.recipe("hyperball-adamw", model, lr=1e-3)
+    if variant == "hyperball-compiled":
+        return model, po.recipe("hyperball-adamw", model, lr=1e-3, compile=True)
     import heavyball
 
     hidden = [p for _, p in po.hidden_matrices(model)]
@@ -47,7 +52,7 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    variants = ["adamw", "hyperball-adamw"]
+    variants = ["adamw", "adamw-fused", "hyperball-adamw", "hyperball-compiled"]
     try:
         import heavyball  # noqa: F401
 
@@ -63,16 +68,18 @@ def main(argv=None) -> dict:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
-        for _ in range(args.warmup):  # state created, HeavyBall's kernels compiled
+        for _ in range(args.warmup):  # state created, the compiled kernels built
             step()
         steps[v] = step
     times = time_interleaved(steps, repeats=args.repeats, calls=args.steps, rotate=True)
     med = {v: statistics.median(t) for v, t in times.items()}
     record = new_record("hyperball", vars(args))
     record["results"] = {v: {"median_ms": 1e3 * med[v], "ratio_to_adamw": med[v] / med["adamw"],
+                             "ratio_to_fused_adamw": med[v] / med["adamw-fused"],
                              "times_ms": [1e3 * t for t in times[v]]} for v in variants}
     for v in variants:
-        print(f"{v:<16} {1e3 * med[v]:8.2f} ms  ×{med[v] / med['adamw']:.3f} of AdamW")
+        print(f"{v:<20} {1e3 * med[v]:8.2f} ms  ×{med[v] / med['adamw']:.3f} of AdamW  "
+              f"×{med[v] / med['adamw-fused']:.3f} of fused AdamW")
     write_record(record, args.out)
     return record
 

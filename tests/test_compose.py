@@ -469,3 +469,102 @@ def test_a_step_refused_by_the_gradient_check_leaves_bfloat16_weights_as_they_we
     m(x).float().square().mean().backward()
     opt.step()  # the next step goes through, in the weights' own dtype
     assert v.dtype == torch.bfloat16 and not torch.equal(v, before)
+
+
+# ---- Hyperball-AdamW fused (compose(..., compile=True)) ----------------------------------------------------------
+
+HIDDEN = ("qkv.weight", "conv.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0")
+
+
+def _fused_pair(compile_fused):
+    """The reference (AdamW + Hyperball's hooks) and HyperballAdamW on the same model."""
+    ref, fused = net(), net()
+    return (ref, po.recipe("hyperball-adamw", ref, lr=0.02),
+            fused, po.recipe("hyperball-adamw", fused, lr=0.02, compile=compile_fused))
+
+
+def test_hyperball_adamw_fused_equals_adamw_with_the_hooks_over_50_steps():
+    """The fast path's function, run eagerly (compile=False inside), against the reference: every parameter of a
+    model with a tied head, fused qkv, a conv and an LSTM, every step; and the same state keys."""
+    ref, ropt, fused, fopt = _fused_pair(True)
+    for opt in fopt.optimizers:
+        if isinstance(opt, po.HyperballAdamW):
+            opt.compile = False  # the same function eagerly: what the compiled one is tested equal to below
+    for t in range(50):
+        train(ref, ropt, 1, start=t)
+        train(fused, fopt, 1, start=t)
+        for (q, a), b in zip(ref.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10, msg=lambda msg: f"step {t} {q}: {msg}")
+    for q in HIDDEN:
+        assert torch.allclose(fused.get_parameter(q).norm(), net().get_parameter(q).norm(), rtol=1e-12)
+    def keys(opt):
+        return [[sorted(s) for s in sd["state"].values()] for sd in opt.state_dict()["optimizers"]]
+    assert keys(ropt) == keys(fopt) and "hyperball_radius" in keys(fopt)[0][0]
+
+
+def test_hyperball_adamw_compiled_equals_its_eager_function():
+    """torch.compile's fused kernels against the same function run eagerly, float32, with a scheduled lr (a new lr
+    must not need a new compile, nor reuse a stale one)."""
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")):
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    models, opts = [], []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        m = Net().float()
+        opt = po.recipe("hyperball-adamw", m, lr=0.02, compile=True)
+        opt.optimizers[0].compile = compiled
+        models.append(m)
+        opts.append((opt, torch.optim.lr_scheduler.StepLR(opt.optimizers[0], step_size=3, gamma=0.5)))
+    for t in range(8):
+        for m, (opt, sched) in zip(models, opts):
+            train(m, opt, 1, start=t)
+            sched.step()
+        for a, b in zip(*(m.parameters() for m in models)):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+def test_hyperball_adamw_fused_and_the_reference_load_each_others_checkpoints():
+    """The same state keys and meaning: a reference checkpoint resumes under the fused optimizer and back (a
+    deepcopy stands for torch.save/load: torch's load_state_dict shares tensors of the same dtype and device)."""
+    ref, ropt, fused, fopt = _fused_pair(True)
+    fopt.optimizers[0].compile = False  # its eager function (the compiled one is tested equal to it above)
+    train(ref, ropt, 5)
+    fused.load_state_dict(ref.state_dict())
+    fopt.load_state_dict(copy.deepcopy(ropt.state_dict()))
+    train(ref, ropt, 5, start=5)
+    train(fused, fopt, 5, start=5)
+    for a, b in zip(ref.parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    back = net()  # and back: the fused state into the reference
+    bopt = po.recipe("hyperball-adamw", back, lr=0.02)
+    back.load_state_dict(fused.state_dict())
+    bopt.load_state_dict(copy.deepcopy(fopt.state_dict()))
+    train(back, bopt, 3, start=10)
+    train(fused, fopt, 3, start=10)
+    for a, b in zip(back.parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(direction="muon", radial="fixed", scale="tensor"), r"direction='muon', radial='fixed', scale='tensor' has no "
+                                                             r"fused form"),
+    (dict(direction="adamw", radial="fixed", scale="row"), r"scale='row' has no fused form"),
+    (dict(direction="adamw", radial="fixed", scale="tensor", direction_options={"amsgrad": True}),
+     r"takes AdamW's betas and eps only, got amsgrad"),
+])
+def test_compile_is_refused_where_there_is_no_fused_form(kwargs, message):
+    m = net()
+    with pytest.raises(ValueError, match=message):
+        po.compose(m, lr=0.01, compile=True, **kwargs)
+    assert not any(po.is_polarized(mod) for mod in m.modules())
+    with pytest.raises(ValueError, match=r"recipe 'muon' takes no option 'compile'"):
+        po.recipe("muon", m, lr=0.01, compile=True)
+
+
+def test_compile_refuses_bfloat16_weights_naming_them():
+    m = Net().to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"compile=True steps float32/float64 weights; qkv.weight is torch.bfloat16"):
+        po.recipe("hyperball-adamw", m, lr=0.01, compile=True)

@@ -314,14 +314,15 @@ def test_recipe_optimizer_behaves_as_one_optimizer():
     assert len(opt.state) == sum(len(o.state) for o in opt.optimizers) > 0
 
 
-@pytest.mark.parametrize("name", ["hyperball-adamw", "hyperball-muon"])
-def test_hyperball_refuses_a_zero_matrix_before_anything_moves(name):
+@pytest.mark.parametrize("name,options", [("hyperball-adamw", {}), ("hyperball-muon", {}),
+                                          ("hyperball-adamw", {"compile": True})])
+def test_hyperball_refuses_a_zero_matrix_before_anything_moves(name, options):
     """Its radius is fixed at ‖W‖: a zero-initialized projection could never move, so the first step refuses,
-    naming it, with every tensor as it was."""
+    naming it, with every tensor as it was (the fused HyperballAdamW too, before it compiles anything)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 10))
     nn.init.zeros_(model[2].weight)
-    opt = po.recipe(name, model, lr=1e-2)
+    opt = po.recipe(name, model, lr=1e-2, **options)
     model(torch.randint(0, 10, (4,))).square().sum().backward()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match=r"2\.weight is all zeros at its first step.*radius R = ‖W‖ would be 0"):

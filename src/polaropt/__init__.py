@@ -29,6 +29,7 @@ from .recipes import DIRECTIONS, NAMED, RADIALS, RECIPES, RecipeOptimizer, compo
 from .renorm import renormalize_
 from .slices import SCALES
 from .diagnostics import UpdateStats
+from .hyperball import HyperballAdamW
 from .lion import Lion
 from .muon import Muon
 from .orthogonalize import orthogonalize
@@ -48,6 +49,7 @@ __all__ = [
     "STATES",
     "DIRECTIONS",
     "Lion",
+    "HyperballAdamW",
     "UpdateStats",
     "Muon",
     "NAMED",

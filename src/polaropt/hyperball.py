@@ -6,9 +6,14 @@ a weight kept at a fixed norm R, stepped along the normalized update of any base
 as hooks around the base optimizer's step (the base computes u; the hooks normalize it and project). With
 ``project=False`` only the step is normalized (W ← W − η·N(u)): the radial rule ``"fixed"`` at a finer
 granularity than the tensor, where polaropt's renormalization projects each slice.
+
+:class:`HyperballAdamW` is the same rule with AdamW's update fused into it, one ``torch.compile``-d step per matrix
+(``compose(..., compile=True)``): the fast path, tested equal to AdamW + :class:`Hyperball`'s hooks.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -149,3 +154,104 @@ class Hyperball:
         self.before = []
 
 
+def adamw_hyperball_(p, g, m, v, bc2_sqrt: float, lr: float, radius: float, beta1: float, beta2: float,
+                     eps: float) -> None:
+    """One Hyperball-AdamW step of one matrix, in place: AdamW's moments, its update d = m/(√v/√bc2 + ε) (its
+    1/bc1 cancels in N(d)), then ``p ← R·N(p − c·d)`` with c = lr·R/‖d‖. ‖p − c·d‖² = ‖p‖² − 2c⟨p, d⟩ + c²‖d‖²
+    comes from the three sums of the first pass, so compiled this is two passes over the matrix: the moments and
+    the sums, then the step and the projection. ``bc2_sqrt`` is √(1 − β₂ᵗ). torch.compile takes the Python
+    floats as inputs of the kernels (after one recompile), so a new step, a scheduled lr or another matrix's
+    radius reuses the compiled code."""
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    d = m / (v.sqrt() / bc2_sqrt + eps)
+    dd, pd, pp = (d * d).sum(), (p * d).sum(), (p * p).sum()
+    c = lr * radius / dd.sqrt().clamp_min(torch.finfo(p.dtype).tiny)
+    p.sub_(c * d).mul_(radius / (pp - 2 * c * pd + c * c * dd).clamp_min(torch.finfo(p.dtype).tiny).sqrt())
+
+
+def adamw_hyperball_many_(ps, gs, ms, vs, bc2_sqrts: list, lr: float, radii: list, beta1: float, beta2: float,
+                          eps: float) -> None:
+    """:func:`adamw_hyperball_` over lists of flat tensors: compiled, one call steps them all (a call of compiled
+    code costs about as much as stepping a 512 × 512 matrix on a CPU)."""
+    for p, g, m, v, bc2_sqrt, radius in zip(ps, gs, ms, vs, bc2_sqrts, radii):
+        adamw_hyperball_(p, g, m, v, bc2_sqrt, lr, radius, beta1, beta2, eps)
+
+
+_COMPILED = {}
+CHUNK = 8  # matrices per compiled call: one compiled code per list length, so at most two per optimizer
+
+
+def _compiled_step():
+    if "step" not in _COMPILED:  # compiled on first use: importing polaropt compiles nothing
+        # dynamic: one compiled code for every matrix length (each is stepped as a flat view) and every float
+        _COMPILED["step"] = torch.compile(adamw_hyperball_many_, fullgraph=True, dynamic=True)
+    return _COMPILED["step"]
+
+
+class HyperballAdamW(torch.optim.AdamW):
+    """Hyperball with AdamW's update, ``W ← R·N(W − η·R·N(u))``, as one ``torch.compile``-d step per matrix
+    (``compile=False``: the same function eagerly). The state is AdamW's (``exp_avg``, ``exp_avg_sq``, ``step``)
+    and :class:`Hyperball`'s ``hyperball_radius``, so a checkpoint loads into either form. Fused, the moments,
+    the update's norm, the step and the projection take two passes over each matrix where AdamW's foreach step
+    and the hooks take about twelve (``docs/benchmarks.md``). float32/float64 weights, no weight decay (the norm
+    is fixed), AdamW's ``betas`` and ``eps`` only; anything else is refused, naming it. ``names`` (one per
+    parameter, in order) name a refused matrix in the message."""
+
+    def __init__(self, params, names: list[str] | None = None, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                 compile: bool = True, **refused):
+        if refused:
+            raise ValueError(f"HyperballAdamW takes AdamW's betas and eps only, not {', '.join(sorted(refused))}: "
+                             "use compile=False (AdamW with Hyperball's hooks) for the other options")
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+        flat = [p for g in self.param_groups for p in g["params"]]
+        self.names = dict(zip(map(id, flat), names or (f"parameter {i}" for i in range(len(flat)))))
+        for group in self.param_groups:
+            if group["weight_decay"] != 0:
+                raise ValueError(f"HyperballAdamW: weight decay {group['weight_decay']} on a fixed-norm matrix has "
+                                 "nothing to decay (its norm is fixed); leave it at 0")
+            for p in group["params"]:
+                if p.dtype not in (torch.float32, torch.float64):
+                    raise ValueError(f"compile=True steps float32/float64 weights; {self.names[id(p)]} is {p.dtype}: "
+                                     "use compile=False, which steps bfloat16/float16 in float32 and rounds once")
+        self.compile = compile
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:  # refused before anything moves
+            for p in group["params"]:
+                if p.grad is not None and "hyperball_radius" not in self.state[p] and not bool(p.any()):
+                    raise ValueError(f"{self.names[id(p)]} is all zeros at its first step, so its Hyperball radius "
+                                     "R = ‖W‖ would be 0 and it could never move (the radius is fixed)")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            flat, shaped = [], []  # (p, g, m, v, √bc2, R): flat views go to the compiled code together
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if "hyperball_radius" not in state:  # one host sync per matrix, at its first step
+                    state["hyperball_radius"] = float(p.norm(dtype=torch.float64))
+                bc2_sqrt = math.sqrt(1 - beta2 ** (float(state["step"]) + 1))  # `step` is on the CPU: no device sync
+                tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
+                if all(t.is_contiguous() for t in tensors):  # the step is elementwise and its sums whole-tensor
+                    flat.append((state, *(t.view(-1) for t in tensors), bc2_sqrt, state["hyperball_radius"]))
+                else:
+                    shaped.append((state, *tensors, bc2_sqrt, state["hyperball_radius"]))
+            fn = _compiled_step() if self.compile else adamw_hyperball_many_
+            # a step is counted after its matrices moved: one that raises (a compile error) leaves them as they were
+            for batch in [flat[i:i + CHUNK] for i in range(0, len(flat), CHUNK)] + [[x] for x in shaped]:
+                states, ps, gs, ms, vs, bc2s, radii = (list(x) for x in zip(*batch))
+                (fn if batch[0][1].ndim == 1 else adamw_hyperball_many_)(ps, gs, ms, vs, bc2s, group["lr"], radii,
+                                                                         beta1, beta2, group["eps"])
+                for state in states:
+                    state["step"] += 1
+        return loss

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .groups import _no_decay, kept_from_decay, param_groups
-from .hyperball import Hyperball
+from .hyperball import Hyperball, HyperballAdamW
 from .lion import Lion
 from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
@@ -269,7 +269,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
             radial_lr: float | None = None, rest_lr: float | None = None, weight_decay: float = 0.0, include=None,
             exclude=None, direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
             every: int = 1, check: str | None = "lazy", check_every: int = 100, restore: bool = False,
-            name: str | None = None) -> torch.optim.Optimizer:
+            compile: bool = False, name: str | None = None) -> torch.optim.Optimizer:
     """One optimizer for ``model``: a direction rule × a radial rule × a scale granularity on its hidden
     matrices (:func:`hidden_matrices`), AdamW on everything else (embeddings, head, biases, gains).
 
@@ -298,7 +298,10 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     parameters and a model's ``no_weight_decay()`` names are kept from it. ``state``, ``every``, ``check``,
     ``check_every``, ``restore``: :func:`polaropt.attach`'s, for ``project``/``absorb``/``fixed``. Returns one
     optimizer (a :class:`RecipeOptimizer` when two are needed) with ``polar_handles`` and ``polar_recipe``.
-    A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
+    ``compile=True`` (Hyperball-AdamW only: ``"adamw"`` × ``"fixed"`` × ``"tensor"``, float32/float64 weights) steps
+    the hidden matrices with :class:`polaropt.HyperballAdamW`, AdamW's update and Hyperball's fused by
+    ``torch.compile`` (the first step compiles, which takes seconds and, on a CPU, a C++ compiler); the same rule
+    and state as without it. A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
     would be fixed; ``"normalize"``/``"retract"`` with ``"element"``: V/|V| is a sign, it has no gradient).
     """
     _choice("direction rule", direction, DIRECTIONS)
@@ -324,6 +327,13 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
                          "'keep' and 1")
     options, adam = dict(direction_options or {}), dict(adam_options or {})
     _check_direction_options(direction, options)
+    if compile and (direction, radial, scale) != ("adamw", "fixed", "tensor"):
+        raise ValueError(f"compile=True fuses AdamW's update with Hyperball's (direction='adamw', radial='fixed', "
+                         f"scale='tensor': the recipe 'hyperball-adamw'); direction={direction!r}, radial={radial!r}, "
+                         f"scale={scale!r} has no fused form")
+    if compile and set(adam) | set(options) - {"betas", "eps"}:
+        raise ValueError(f"compile=True takes AdamW's betas and eps only, got "
+                         f"{', '.join(sorted(set(adam) | set(options) - {'betas', 'eps'}))}: leave compile=False for them")
     radial_lr = lr if radial_lr is None else radial_lr
     rest_lr = lr if rest_lr is None else rest_lr
     name = name or f"{direction}/{radial}" + ("" if radial in ("none", "multipliers") else f"/{scale}")
@@ -338,7 +348,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
                          adam)
     try:
         optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
-                                        rest, kept, options, adam, name)
+                                        rest, kept, options, adam, name, compile)
     except BaseException:  # a refused cell leaves the model as it came
         _undo(model)
         raise
@@ -390,10 +400,13 @@ def _undo(model: nn.Module) -> None:
 
 
 def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden, rest, kept, options, adam,
-           name):
+           name, compile=False):
     """The optimizers of one cell, its direction optimizer and its Hyperball hooks (or None); parametrizes
     ``model`` where the radial rule says."""
     mats, names = [p for _, p in hidden], [q for q, _ in hidden]
+    if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule
+        base = HyperballAdamW(mats, names, lr=lr, **{**adam, **options})
+        return [base, _adamw(rest, rest_lr, weight_decay, kept, **adam)], base, None
     if radial == "none" or (radial == "fixed" and scale == "tensor"):
         fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
         base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
@@ -458,7 +471,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     cell = NAMED.get(name, {})
     valid = ({"betas", "eps"} | ({"rest_lr"} if name != "adamw" else set())
              | ({"radial_lr", "direction_options", "check", "check_every", "restore"} if cell else set())
-             | ({"every"} if name in ATTACHED else set()))
+             | ({"every"} if name in ATTACHED else set()) | ({"compile"} if name == "hyperball-adamw" else set()))
     bad = sorted(set(options) - valid)
     if bad:
         raise ValueError(f"recipe {name!r} takes no option {', '.join(map(repr, bad))}; its options are "
