@@ -645,3 +645,70 @@ def test_po_muon_resumes_from_a_distributed_checkpoint_as_the_uninterrupted_run(
     resumed = spawn(functools.partial(_muon_dcp_job, True, normuon), tmp_path)
     for key, value in uninterrupted.items():
         assert torch.equal(resumed[key], value), key
+
+
+SHARD_CELLS = [("adamw", "absorb", "tensor"), ("muon", "retract", "row"), ("adamw", "multipliers", "out"),
+               ("adamw", "fixed", "tensor"), ("adamw", "fixed", "row"), ("muon", "none", "out")]
+
+
+def _shard_gpt(model):
+    for b in model.blocks:
+        fsdp.fully_shard(b)
+    fsdp.fully_shard(model)
+
+
+def _compose_cell(cell, shard):
+    torch.manual_seed(0)
+    model = GPT().double()
+    direction, radial, scale = cell
+    options = {"backend": "polar-express", "ns_steps": 8} if direction == "muon" else {}
+    opt = po.compose(model, direction=direction, radial=radial, scale=scale, lr=1e-2, weight_decay=0.01,
+                     direction_options=options, shard=_shard_gpt if shard else None)
+    return model, opt
+
+
+def _compose_cells_sharded(rank, out_dir):
+    out = {}
+    for cell in SHARD_CELLS:
+        model, opt = _compose_cell(cell, True)
+        train(model, opt, "gpt", 0, 6, rank)
+        out[cell] = plain(model)
+    return out
+
+
+def test_compose_shard_trains_every_kind_of_cell_as_one_process(tmp_path):
+    """compose(..., shard=fn): the cell parametrizes the model, fn shards it, then the optimizers are built on the
+    sharded parameters; 2 ranks (each half the batch) train as one process with the whole batch, on a GPT with a tied
+    head: a polar cell (Liu's absorb), Muown's (retract × row, Muon gathering whole matrices), the multipliers,
+    Hyperball (a fixed norm per tensor and per row) and a plain Muon cell."""
+    sharded = spawn(_compose_cells_sharded, tmp_path, timeout=240)
+    for cell in SHARD_CELLS:
+        model, opt = _compose_cell(cell, False)
+        train(model, opt, "gpt", 0, 6)
+        ref = plain(model)
+        assert sharded[cell].keys() == ref.keys()
+        for key in ref:
+            torch.testing.assert_close(sharded[cell][key], ref[key], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"{cell} {key}: {m}")
+
+
+def _compose_refusals(rank, out_dir):
+    out = {}
+    model = GPT().double()
+    _shard_gpt(model)
+    for key, kwargs in {"polar": dict(radial="absorb"), "twice": dict(radial="none", shard=_shard_gpt),
+                        "compile": dict(radial="fixed", scale="tensor", compile=True)}.items():
+        try:
+            po.compose(model, lr=1e-2, **kwargs)
+            out[key] = "no error"
+        except ValueError as e:
+            out[key] = str(e)
+    return out
+
+
+def test_compose_on_a_sharded_model_refuses_what_must_come_before_fully_shard(tmp_path):
+    messages = spawn(_compose_refusals, tmp_path)
+    assert "radial='absorb' parametrizes it, which must come first: pass the unsharded model and shard=" in \
+        messages["polar"]
+    assert "already sharded with FSDP2's fully_shard: pass it unsharded with shard=" in messages["twice"]
+    assert "compile=True steps whole local tensors; under FSDP2" in messages["compile"]

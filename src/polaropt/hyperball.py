@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .slices import slice_norm
+
 LOW = (torch.float16, torch.bfloat16)
 
 
@@ -29,6 +31,18 @@ def round_stochastic_(dst: torch.Tensor, src: torch.Tensor, generator: torch.Gen
     noise = torch.randint(0, 1 << 16, src.shape, dtype=torch.int32, device=src.device, generator=generator)
     cut = (bits + noise) & -65536  # 0xFFFF0000: keep sign, exponent and bfloat16's 7 mantissa bits
     return dst.copy_(cut.view(torch.float32))  # exact: the low 16 bits are zero
+
+
+def _whole_norm(x: torch.Tensor) -> torch.Tensor:
+    """‖x‖_F of the whole tensor; of an FSDP2 shard (a DTensor) across every rank's shard (a replicated DTensor)."""
+    return slice_norm(x, tuple(range(x.ndim))) if hasattr(x, "placements") else torch.linalg.vector_norm(x)
+
+
+def _all_zero(x: torch.Tensor) -> bool:
+    """Whether every entry is 0; for an FSDP2 shard, on every rank (one collective, the same answer everywhere)."""
+    if hasattr(x, "placements"):
+        return float(_whole_norm(x).full_tensor()) == 0
+    return not bool(x.any())
 
 
 class Hyperball:
@@ -99,7 +113,7 @@ class Hyperball:
         self._swap_back()  # a previous step that raised inside the base optimizer left them swapped
         for p, name in zip(self.params, self.names):  # before anything moves
             if (self.project and p.grad is not None and "hyperball_radius" not in opt.state.get(p, {})
-                    and not bool(p.detach().any())):
+                    and _all_zero(p.detach())):
                 raise ValueError(
                     f"{name} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be 0 and it could "
                     "never move (the radius is fixed); initialize it, or leave it out of the hidden matrices with "
@@ -135,14 +149,16 @@ class Hyperball:
                 continue
             state = opt.state[p]  # the base optimizer has created it by now
             if self.project and "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into
-                state["hyperball_radius"] = float(w.norm(dtype=torch.float64))  # bf16 weights keeps it; one sync, once
+                radius = _whole_norm(w.double())  # bf16 weights keeps it; one sync, once
+                state["hyperball_radius"] = float(radius.full_tensor() if hasattr(radius, "placements") else radius)
             # in place in p, no temporary and no host sync, four passes: p − w = −η·u, so
             # W − η·R·N(u) = w + c·(p − w) with c = η·R/‖p − w‖ (a lerp), then R·N(·)
             R = state["hyperball_radius"] if self.project else 1.0
-            c = lr[id(p)] * R / torch.dist(p, w).clamp_min(torch.finfo(p.dtype).tiny)
+            step = torch.dist(p, w) if not hasattr(p, "placements") else _whole_norm(p - w)  # FSDP2: across shards
+            c = lr[id(p)] * R / step.clamp_min(torch.finfo(p.dtype).tiny)
             moved = p.lerp_(w, 1 - c)  # a zero step leaves W as it was
             if self.project:
-                moved.mul_(R / torch.linalg.vector_norm(moved))
+                moved.mul_(R / _whole_norm(moved))
             low = self.low.pop(id(p), None)
             if low is not None:
                 data, grad = low

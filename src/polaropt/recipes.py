@@ -27,7 +27,7 @@ from .lion import Lion
 from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
 from .nancheck import check_mode
-from .polar import _own_class_on_copy, polar_tensors
+from .polar import _is_fsdp_module, _own_class_on_copy, polar_tensors
 from .slices import SCALES, slice_norm
 from .steepest import SteepestDescent
 from .steps import attach
@@ -269,7 +269,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
             radial_lr: float | None = None, rest_lr: float | None = None, weight_decay: float = 0.0, include=None,
             exclude=None, direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
             every: int = 1, check: str | None = "lazy", check_every: int = 100, restore: bool = False,
-            compile: bool = False, name: str | None = None) -> torch.optim.Optimizer:
+            compile: bool = False, shard: Callable[[nn.Module], object] | None = None,
+            name: str | None = None) -> torch.optim.Optimizer:
     """One optimizer for ``model``: a direction rule × a radial rule × a scale granularity on its hidden
     matrices (:func:`hidden_matrices`), AdamW on everything else (embeddings, head, biases, gains).
 
@@ -301,7 +302,11 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     ``compile=True`` (Hyperball-AdamW only: ``"adamw"`` × ``"fixed"`` × ``"tensor"``, float32/float64 weights) steps
     the hidden matrices with :class:`polaropt.HyperballAdamW`, AdamW's update and Hyperball's fused by
     ``torch.compile`` (the first step compiles, which takes seconds and, on a CPU, a C++ compiler); the same rule
-    and state as without it. A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
+    and state as without it. ``shard``: under FSDP2, a function that shards the model (``fully_shard`` on its
+    blocks, then on the root), called after the cell has parametrized it and before the optimizers are built, the
+    order FSDP2 needs (a polar cell's s and V, or the multipliers, must exist before ``fully_shard`` so FSDP
+    shards and reduces them like any parameter); a plain cell may also take a model already sharded.
+    A cell that cannot work is refused, naming why (``"fixed"`` with ``scale="element"``: each entry's magnitude
     would be fixed; ``"normalize"``/``"retract"`` with ``"element"``: V/|V| is a sign, it has no gradient).
     """
     _choice("direction rule", direction, DIRECTIONS)
@@ -331,6 +336,17 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise ValueError(f"compile=True fuses AdamW's update with Hyperball's (direction='adamw', radial='fixed', "
                          f"scale='tensor': the recipe 'hyperball-adamw'); direction={direction!r}, radial={radial!r}, "
                          f"scale={scale!r} has no fused form")
+    sharded = any(_is_fsdp_module(m) for m in model.modules())
+    if sharded and (shard is not None or radial not in ("none", "fixed") or (radial == "fixed" and scale != "tensor")):
+        raise ValueError("the model is already sharded with FSDP2's fully_shard"
+                         + (": pass it unsharded with shard=" if shard is not None else
+                            f"; radial={radial!r}" + (f" at scale={scale!r}" if radial == "fixed" else "")
+                            + " parametrizes it, which must come first: pass the unsharded model and shard=<a "
+                              "function that calls fully_shard on it>"))
+    if compile and (sharded or shard is not None):
+        raise ValueError("compile=True steps whole local tensors; under FSDP2 (DTensor shards) use compile=False")
+    if shard is not None and not callable(shard):
+        raise ValueError(f"shard must be a function that shards the model (e.g. calls fully_shard), got {shard!r}")
     if compile and set(adam) | set(options) - {"betas", "eps"}:
         raise ValueError(f"compile=True takes AdamW's betas and eps only, got "
                          f"{', '.join(sorted(set(adam) | set(options) - {'betas', 'eps'}))}: leave compile=False for them")
@@ -348,7 +364,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
                          adam)
     try:
         optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
-                                        rest, kept, options, adam, name, compile)
+                                        rest, kept, options, adam, name, compile, shard)
     except BaseException:  # a refused cell leaves the model as it came
         _undo(model)
         raise
@@ -399,11 +415,26 @@ def _undo(model: nn.Module) -> None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
+def _resharded(model, shard, *lists):
+    """``shard(model)``, then each list of parameters again as the sharded model's (fully_shard replaces every
+    parameter with a DTensor one; the same qualified name finds it)."""
+    if shard is None:
+        return lists
+    before = {id(p): q for q, p in model.named_parameters(remove_duplicate=False)}
+    shard(model)
+    return tuple([model.get_parameter(before[id(p)]) for p in params] for params in lists)
+
+
 def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden, rest, kept, options, adam,
-           name, compile=False):
+           name, compile=False, shard=None):
     """The optimizers of one cell, its direction optimizer and its Hyperball hooks (or None); parametrizes
-    ``model`` where the radial rule says."""
+    ``model`` where the radial rule says, then shards it with ``shard`` (when given) before any optimizer
+    exists."""
     mats, names = [p for _, p in hidden], [q for q, _ in hidden]
+    if shard is not None and radial in ("none", "fixed") and not (radial == "fixed" and scale != "tensor"):
+        undecayed = [p for p in mats + rest if id(p) in kept]
+        mats, rest, undecayed = _resharded(model, shard, mats, rest, undecayed)
+        kept = {id(p) for p in undecayed}
     if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule
         base = HyperballAdamW(mats, names, lr=lr, **{**adam, **options})
         return [base, _adamw(rest, rest_lr, weight_decay, kept, **adam)], base, None
@@ -419,6 +450,9 @@ def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay
             _own_class_on_copy(module)  # a deepcopy gets its own parametrized class
             directions.append(module.parametrizations.weight.original)
             factors += [module.parametrizations.weight[0].r, module.parametrizations.weight[0].c]
+        undecayed = [p for p in rest if id(p) in kept]
+        directions, factors, rest, undecayed = _resharded(model, shard, directions, factors, rest, undecayed)
+        kept = {id(p) for p in undecayed}
         if direction == "adamw":  # one AdamW, as the method's paper trains it
             groups = [{"params": directions, "weight_decay": weight_decay},
                       {"params": factors, "weight_decay": 0.0, "lr": radial_lr},
@@ -430,6 +464,8 @@ def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay
                                          *_decay_groups(rest, kept, weight_decay, lr=rest_lr)], lr=lr, **adam)], base, None
     mode = {"fixed": "project", "retract": "normalize"}.get(radial, radial)
     polarize_model(model, include=names, scale=scale, mode=mode, trainable_scale=radial != "fixed")
+    if shard is not None:
+        shard(model)  # param_groups and the polar tensors below read the sharded model's parameters
     groups = param_groups(model, weight_decay=weight_decay, scale={"lr": radial_lr}, rest={"lr": rest_lr})
     leaves = [p for g in groups if g["polar_role"] == "direction" for p in g["params"]]
     # a fixed radius per slice: the step on V normalized per tensor, then the renormalization projects each slice
@@ -470,7 +506,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")
     cell = NAMED.get(name, {})
     valid = ({"betas", "eps"} | ({"rest_lr"} if name != "adamw" else set())
-             | ({"radial_lr", "direction_options", "check", "check_every", "restore"} if cell else set())
+             | ({"radial_lr", "direction_options", "check", "check_every", "restore", "shard"} if cell else set())
              | ({"every"} if name in ATTACHED else set()) | ({"compile"} if name == "hyperball-adamw" else set()))
     bad = sorted(set(options) - valid)
     if bad:
