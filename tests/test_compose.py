@@ -362,28 +362,78 @@ def test_muown_equals_its_update_rule_over_50_steps():
             torch.testing.assert_close(got[name], b, rtol=1e-9, atol=1e-11, msg=lambda m: f"step {t} {name}: {m}")
 
 
-def test_scion_equals_its_spectral_step_over_50_steps():
-    """Scion's constrained step with the Spectral LMO (LIONS-EPFL/scion): d ← (1 − α)d + α·g, W ← (1 − γ)W −
-    γ·ρ·√(d_out/d_in)·polar(d); the rest by AdamW (weight decay 1 on its matrices, as the recipe places it)."""
-    model, twin = _mlp_and_twin()
-    hidden = [twin[0].weight, twin[2].weight]
-    rest = [p for p in twin.parameters() if all(p is not h for h in hidden)]
-    aux = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": 1.0},
-                             {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=0.01)
-    bufs = [torch.zeros_like(w) for w in hidden]
-    opt = po.recipe("scion", model, lr=0.01, weight_decay=1.0,
+class _EmbedMLP(nn.Module):
+    """An embedding, two hidden matrices with biases, a LayerNorm and a head: every kind Scion treats apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 12)
+        self.body = nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 24), nn.LayerNorm(24))
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, idx):
+        return self.head(self.body(self.emb(idx)))
+
+
+@pytest.mark.parametrize("weight_decay", [1.0, 0.0])
+def test_scion_equals_its_reference_update_over_50_steps(weight_decay):
+    """Scion (LIONS-EPFL/scion), every parameter: d ← (1 − α)d + α·g with α = 0.1, W ← (1 − γλ)W − γ·ρ·lmo(d)
+    (λ = 1 its constrained step, 0 unconstrained); lmo: √(d_out/d_in)·polar(d) for the hidden matrices (ρ = 3),
+    sign(d)/d_in for the head (ρ = 10), each embedding row over its RMS (ρ = 1), vectors over their RMS (ρ = 1)."""
+    torch.manual_seed(0)
+    model = _EmbedMLP().double()
+    twin = copy.deepcopy(model)
+    opt = po.recipe("scion", model, lr=0.01, weight_decay=weight_decay,
                     direction_options={"dtype": torch.float64, "scale": 3.0, "backend": "svd"})
-    for t in _same_batches(model, twin, opt):
+
+    def lmo(name, d):
+        if name in ("body.0.weight", "body.2.weight"):
+            return 3.0 * math.sqrt(d.shape[0] / d.shape[1]) * po.orthogonalize(d, "svd")
+        if name == "head.weight":
+            return 10.0 * torch.sign(d) / d.shape[1]
+        if name == "emb.weight":
+            return d / (d.square().mean(dim=1, keepdim=True).sqrt() + 1e-8)
+        return d / (d.square().mean().sqrt() + 1e-8)
+
+    bufs = {q: torch.zeros_like(w) for q, w in twin.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    for t in range(50):
+        idx = torch.randint(0, 10, (16,), generator=gen)
+        opt.zero_grad()
+        twin.zero_grad()
+        for m in (model, twin):
+            m(idx).square().mean().backward()
         opt.step()
-        aux.step()
         with torch.no_grad():
-            for w, d in zip(hidden, bufs):
-                d.mul_(0.9).add_(w.grad, alpha=0.1)
-                lmo = 3.0 * math.sqrt(w.shape[0] / w.shape[1]) * po.orthogonalize(d, "svd")
-                w.mul_(1 - 0.01).sub_(0.01 * lmo)
+            for q, w in twin.named_parameters():
+                d = bufs[q].mul_(0.9).add_(w.grad, alpha=0.1)
+                w.mul_(1 - 0.01 * weight_decay).sub_(0.01 * lmo(q, d))
         for name, b in twin.state_dict().items():
             torch.testing.assert_close(model.state_dict()[name], b, rtol=1e-9, atol=1e-11,
                                        msg=lambda m: f"step {t} {name}: {m}")
+
+
+def test_scion_rest_options_and_refusals():
+    m = _EmbedMLP().double()
+    with pytest.raises(ValueError, match=r"unknown rest_options 'head'; valid are head_scale, embed_scale, "
+                                         r"vector_scale, momentum"):
+        po.recipe("scion", m, lr=0.01, rest_options={"head": 1.0})
+    with pytest.raises(ValueError, match=r"rest='scion' steps the parameters around plain hidden matrices.*"
+                                         r"radial='absorb'"):
+        po.compose(m, direction="muon", radial="absorb", lr=0.01, rest="scion")
+    with pytest.raises(ValueError, match=r"unknown rest rule 'lion'; valid choices are 'adamw', 'scion'"):
+        po.compose(m, lr=0.01, rest="lion")
+    with pytest.raises(ValueError, match=r"rest_options are Scion's"):
+        po.compose(m, lr=0.01, rest_options={"momentum": 0.5})
+    assert not any(po.is_polarized(mod) for mod in m.modules())
+    opt = po.recipe("scion", m, lr=0.01, rest_options={"head_scale": 2.0, "momentum": 1.0})
+    scion = [o for o in opt.optimizers if isinstance(o, po.ScionLMO)][0]
+    assert {g["norm"]: g["scale"] for g in scion.param_groups} == {"sign": 2.0, "colnorm": 1.0, "bias_rms": 1.0}
+    with pytest.raises(ValueError, match=r"Scion's 'sign' oracle takes matrices, got a parameter of shape \(3,\)"):
+        po.ScionLMO([{"params": [nn.Parameter(torch.ones(3))], "norm": "sign"}])
+    with pytest.raises(ValueError, match=r"unknown Scion norm 'spectral'; valid choices are 'sign', 'colnorm', "
+                                         r"'bias_rms'"):
+        po.ScionLMO([nn.Parameter(torch.ones(3, 3))], norm="spectral")
 
 
 def test_absorb_muon_equals_liu_absorb_with_torchs_muon_over_50_steps():

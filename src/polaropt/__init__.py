@@ -33,6 +33,7 @@ from .hyperball import HyperballAdamW
 from .lion import Lion
 from .muon import Muon
 from .orthogonalize import orthogonalize
+from .scion import ScionLMO
 from .steepest import NORMS, SteepestDescent, steepest_step
 from .steps import attach, check_finite
 from .transport import STATES
@@ -50,6 +51,7 @@ __all__ = [
     "DIRECTIONS",
     "Lion",
     "HyperballAdamW",
+    "ScionLMO",
     "UpdateStats",
     "Muon",
     "NAMED",

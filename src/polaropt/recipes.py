@@ -28,6 +28,7 @@ from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
 from .nancheck import check_mode
 from .polar import _is_fsdp_module, _own_class_on_copy, polar_tensors
+from .scion import ScionLMO
 from .slices import SCALES, slice_norm
 from .steepest import SteepestDescent
 from .steps import attach
@@ -51,9 +52,9 @@ NAMED = {
     # AngularMuown (fhueb/angular-muown): W = diag(g)·U, rows of U on the sphere, Polar Express on U's tangent
     # gradient, Adam (betas 0.9, 0.95) on g; its angular lr decay is a schedule on the direction group
     # Scion (LIONS-EPFL/scion): its Spectral LMO on the hidden matrices, momentum as an average (α = 0.1), the
-    # constrained step W ← (1 − γ)W − γ·ρ·lmo with weight_decay=1 (0: unconstrained); the head and embeddings by
-    # AdamW here, not by Scion's Sign/ColNorm LMOs
-    "scion": dict(direction="muon", radial="none",
+    # constrained step W ← (1 − γ)W − γ·ρ·lmo with weight_decay=1 (0: unconstrained); the head by its Sign LMO,
+    # embeddings by ColNorm, vectors by BiasRMS (rest="scion")
+    "scion": dict(direction="muon", radial="none", rest="scion",
                   direction_options={"nesterov": False, "momentum": 0.9, "adjust_lr_fn": "spectral"}),
     "muown": dict(direction="muon", radial="retract", scale="row", direction_options={"backend": "polar-express"},
                   adam_options={"betas": (0.9, 0.95)}),
@@ -269,8 +270,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
             radial_lr: float | None = None, rest_lr: float | None = None, weight_decay: float = 0.0, include=None,
             exclude=None, direction_options: dict | None = None, adam_options: dict | None = None, state: str = "keep",
             every: int = 1, check: str | None = "lazy", check_every: int = 100, restore: bool = False,
-            compile: bool = False, shard: Callable[[nn.Module], object] | None = None,
-            name: str | None = None) -> torch.optim.Optimizer:
+            compile: bool = False, shard: Callable[[nn.Module], object] | None = None, rest: str = "adamw",
+            rest_options: dict | None = None, name: str | None = None) -> torch.optim.Optimizer:
     """One optimizer for ``model``: a direction rule × a radial rule × a scale granularity on its hidden
     matrices (:func:`hidden_matrices`), AdamW on everything else (embeddings, head, biases, gains).
 
@@ -293,6 +294,11 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
 
     ``rest_lr`` (default ``lr``): the lr of the AdamW that steps everything but the hidden matrices and their
     scales (embeddings, the head, biases, norm gains), e.g. fixed at a tuned AdamW's lr while ``lr`` is searched.
+    ``rest="scion"`` (plain hidden matrices: ``radial`` ``"none"``, or ``"fixed"`` per tensor) steps them instead
+    with Scion's oracles (:class:`polaropt.scion.ScionLMO`): the output head (the last ``nn.Linear``, tied or not)
+    by Sign, embeddings by ColNorm, vectors by BiasRMS, anything else by AdamW; ``rest_options`` sets
+    ``head_scale`` (default 10), ``embed_scale`` and ``vector_scale`` (1) and Scion's ``momentum`` α (0.1), and
+    ``weight_decay`` λ is Scion's (1: its constrained step, on every one of them).
 
     Weight decay λ lands where each radial rule carries W's norm (:func:`polaropt.param_groups`): on V for
     ``free``/``absorb``, on s for ``normalize``/``project``, nowhere for ``fixed`` (its norm is fixed); 1-D
@@ -336,6 +342,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise ValueError(f"compile=True fuses AdamW's update with Hyperball's (direction='adamw', radial='fixed', "
                          f"scale='tensor': the recipe 'hyperball-adamw'); direction={direction!r}, radial={radial!r}, "
                          f"scale={scale!r} has no fused form")
+    _choice("rest rule", rest, RESTS)
+    scion_rest = _scion_rest_options(rest, rest_options, radial, scale)
     sharded = any(_is_fsdp_module(m) for m in model.modules())
     if sharded and (shard is not None or radial not in ("none", "fixed") or (radial == "fixed" and scale != "tensor")):
         raise ValueError("the model is already sharded with FSDP2's fully_shard"
@@ -364,7 +372,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
                          adam)
     try:
         optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
-                                        rest, kept, options, adam, name, compile, shard)
+                                        rest, kept, options, adam, name, compile, shard, scion_rest)
     except BaseException:  # a refused cell leaves the model as it came
         _undo(model)
         raise
@@ -425,8 +433,43 @@ def _resharded(model, shard, *lists):
     return tuple([model.get_parameter(before[id(p)]) for p in params] for params in lists)
 
 
+RESTS = ("adamw", "scion")
+SCION_REST = {"head_scale": 10.0, "embed_scale": 1.0, "vector_scale": 1.0, "momentum": 0.1}
+
+
+def _scion_rest_options(rest: str, options: dict | None, radial: str, scale: str) -> dict | None:
+    """``rest_options`` checked for ``rest="scion"`` (None for AdamW, which takes none)."""
+    if rest == "adamw":
+        if options:
+            raise ValueError(f"rest_options are Scion's (rest='scion'); rest='adamw' takes none, got {options!r}")
+        return None
+    if radial not in ("none", "fixed") or (radial == "fixed" and scale != "tensor"):
+        raise ValueError(f"rest='scion' steps the parameters around plain hidden matrices (radial='none', or 'fixed' "
+                         f"at scale='tensor'); radial={radial!r} at scale={scale!r} puts its scales there too")
+    bad = sorted(set(options or {}) - set(SCION_REST))
+    if bad:
+        raise ValueError(f"unknown rest_options {', '.join(map(repr, bad))}; valid are {', '.join(SCION_REST)}")
+    return {**SCION_REST, **(options or {})}
+
+
+def _scion_rest(model, rest, lr, weight_decay, kept, adam, options) -> list:
+    """Scion's oracles for ``rest`` (the head by Sign, embeddings by ColNorm, vectors by BiasRMS), AdamW for
+    anything else; ``rest`` are the model's parameters as the optimizers will see them."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head = {id(linears[-1].weight)} if linears else set()
+    embeds = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)} - head
+    kinds = {"sign": [p for p in rest if id(p) in head], "colnorm": [p for p in rest if id(p) in embeds],
+             "bias_rms": [p for p in rest if p.ndim == 1]}
+    scales = {"sign": options["head_scale"], "colnorm": options["embed_scale"], "bias_rms": options["vector_scale"]}
+    groups = [{"params": ps, "norm": k, "scale": scales[k]} for k, ps in kinds.items() if ps]
+    chosen = {id(p) for ps in kinds.values() for p in ps}
+    other = [p for p in rest if id(p) not in chosen]
+    return [ScionLMO(groups, lr=lr, momentum=options["momentum"], weight_decay=weight_decay) if groups else None,
+            _adamw(other, lr, weight_decay, kept, **adam)]
+
+
 def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden, rest, kept, options, adam,
-           name, compile=False, shard=None):
+           name, compile=False, shard=None, scion_rest=None):
     """The optimizers of one cell, its direction optimizer and its Hyperball hooks (or None); parametrizes
     ``model`` where the radial rule says, then shards it with ``shard`` (when given) before any optimizer
     exists."""
@@ -435,14 +478,16 @@ def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay
         undecayed = [p for p in mats + rest if id(p) in kept]
         mats, rest, undecayed = _resharded(model, shard, mats, rest, undecayed)
         kept = {id(p) for p in undecayed}
-    if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule
-        base = HyperballAdamW(mats, names, lr=lr, **{**adam, **options})
-        return [base, _adamw(rest, rest_lr, weight_decay, kept, **adam)], base, None
-    if radial == "none" or (radial == "fixed" and scale == "tensor"):
+    if compile or radial == "none" or (radial == "fixed" and scale == "tensor"):  # the plain weights
+        others = ([_adamw(rest, rest_lr, weight_decay, kept, **adam)] if scion_rest is None
+                  else _scion_rest(model, rest, rest_lr, weight_decay, kept, adam, scion_rest))
+        if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule
+            base = HyperballAdamW(mats, names, lr=lr, **{**adam, **options})
+            return [base, *others], base, None
         fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
         base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
                                     options, adam)
-        return [base, _adamw(rest, rest_lr, weight_decay, kept, **adam)], base, Hyperball(mats, names) if fixed else None
+        return [base, *others], base, Hyperball(mats, names) if fixed else None
     if radial == "multipliers":
         directions, factors = [], []
         for (q, p), module in zip(hidden, _weight_owners(model, hidden, name)):
@@ -507,6 +552,7 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     cell = NAMED.get(name, {})
     valid = ({"betas", "eps"} | ({"rest_lr"} if name != "adamw" else set())
              | ({"radial_lr", "direction_options", "check", "check_every", "restore", "shard"} if cell else set())
+             | ({"rest_options"} if cell.get("rest") == "scion" else set())
              | ({"every"} if name in ATTACHED else set()) | ({"compile"} if name == "hyperball-adamw" else set()))
     bad = sorted(set(options) - valid)
     if bad:
