@@ -1,6 +1,9 @@
 """Peak memory of a training run per variant, each in a process of its own: plain AdamW, torch's weight_norm,
 polaropt's absorb with attach's default check (no copy), with restore=True (a snapshot), with check="step",
-and with check="off". CPU: the peak resident set (ru_maxrss); CUDA: torch.cuda.max_memory_allocated.
+and with check="off"; the hyperball-adamw recipe with its hooks (a copy of the hidden matrices during each step)
+and with compile=True (po.HyperballAdamW, no copy), against plain AdamW in a process that has compiled a
+one-line function first ("plain-compiler": the compiler's own memory, which a CPU's resident set counts). CPU:
+the peak resident set (ru_maxrss); CUDA: torch.cuda.max_memory_allocated.
 
     python benchmarks/memory.py --model mlp --steps 120 --out benchmarks/results/memory_mlp.json
     python benchmarks/memory.py --model gpt --steps 60 --out benchmarks/results/memory_gpt.json
@@ -20,7 +23,8 @@ from torch import nn
 import polaropt as po
 from records import new_record, write_record
 
-VARIANTS = ("plain", "weight_norm", "attach-default", "attach-restore", "attach-step", "attach-off")
+VARIANTS = ("plain", "weight_norm", "attach-default", "attach-restore", "attach-step", "attach-off", "hyperball-hooks",
+            "plain-compiler", "hyperball-compiled")
 
 
 def build(model: str, device: str):
@@ -59,6 +63,11 @@ def worker(variant: str, model: str, steps: int, device: str) -> dict:
         check = {"attach-default": {}, "attach-restore": {"restore": True}, "attach-step": {"check": "step"},
                  "attach-off": {"check": "off"}}[variant]
         po.attach(opt, net, **check)
+    elif variant == "plain-compiler":
+        torch.compile(lambda x: x * 2 + 1, fullgraph=True)(torch.ones(4, device=device))
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+    elif variant.startswith("hyperball"):
+        opt = po.recipe("hyperball-adamw", net, lr=1e-3, compile=variant == "hyperball-compiled")
     else:
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
     if device.startswith("cuda"):

@@ -540,9 +540,12 @@ def test_hyperball_adamw_fused_equals_adamw_with_the_hooks_over_50_steps():
     for opt in fopt.optimizers:
         if isinstance(opt, po.HyperballAdamW):
             opt.compile = False  # the same function eagerly: what the compiled one is tested equal to below
+    scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5) for o in (ropt, fopt)]  # the group's lr
     for t in range(50):
         train(ref, ropt, 1, start=t)
         train(fused, fopt, 1, start=t)
+        for sched in scheds:
+            sched.step()
         for (q, a), b in zip(ref.named_parameters(), fused.parameters()):
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10, msg=lambda msg: f"step {t} {q}: {msg}")
     for q in HIDDEN:
@@ -616,5 +619,101 @@ def test_compile_is_refused_where_there_is_no_fused_form(kwargs, message):
 
 def test_compile_refuses_bfloat16_weights_naming_them():
     m = Net().to(torch.bfloat16)
-    with pytest.raises(ValueError, match=r"compile=True steps float32/float64 weights; qkv.weight is torch.bfloat16"):
+    with pytest.raises(ValueError, match=r"HyperballAdamW steps float32/float64 weights; qkv.weight is torch.bfloat16: "
+                                         r"use recipe\('hyperball-adamw'\) without compile="):
         po.recipe("hyperball-adamw", m, lr=0.01, compile=True)
+
+
+class _Deep(nn.Module):
+    """11 hidden matrices (more than one compiled call takes), one of them non-contiguous, and a residual block
+    whose zero-initialized projection is left out of the hidden matrices: the matrix before it gets an exactly zero
+    gradient at the first step."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(10))
+        self.layers[3].weight = nn.Parameter(torch.randn(8, 8, dtype=torch.float64).t())  # a transposed view
+        self.fc, self.proj = nn.Linear(8, 16), nn.Linear(16, 8)
+        nn.init.zeros_(self.proj.weight)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(x + self.proj(torch.relu(self.fc(x))))
+
+
+@pytest.mark.parametrize("adam", [{}, {"betas": (0.8, 0.95), "eps": 1e-6}])
+def test_hyperball_adamw_fused_in_chunks_with_a_zero_update_and_a_transposed_matrix(adam):
+    """Chunked calls (8 + 2 flat matrices), a non-contiguous matrix stepped in its own shape, and a zero update
+    (fc's gradient is 0 while proj is 0) that leaves W as it is, as the hooks do; with AdamW's betas and eps too."""
+    models, opts = [], []
+    for compile_fused in (False, True):
+        torch.manual_seed(0)
+        m = _Deep().double()
+        opts.append(po.recipe("hyperball-adamw", m, lr=0.02, exclude=["proj.weight"], compile=compile_fused, **adam))
+        models.append(m)
+    fused = [o for o in opts[1].optimizers if isinstance(o, po.HyperballAdamW)][0]
+    fused.compile = False  # its eager function (the compiled one is tested equal to it above)
+    assert len(fused.param_groups[0]["params"]) == 11 and not models[1].layers[3].weight.is_contiguous()
+    fc0 = models[1].fc.weight.detach().clone()
+    gen = torch.Generator().manual_seed(3)
+    for t in range(20):
+        x = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+        if t == 0:
+            assert torch.equal(models[1].fc.weight, fc0)  # a zero update: not moved, finite
+        for (q, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10, msg=lambda msg: f"step {t} {q}: {msg}")
+
+
+def test_hyperball_adamw_steps_eagerly_when_dynamo_refuses_another_compiled_code(monkeypatch):
+    """The compiled step is one function for the process; past dynamo's limit of compiled codes the optimizer warns
+    once and steps eagerly, with nothing moved by the refused call."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    try:
+        steps = []
+        for n in (1, 2):  # a list of 1 and of 2 flat matrices: two compiled codes, one over the limit
+            torch.manual_seed(0)
+            ws = [nn.Parameter(torch.randn(4, 4)) for _ in range(n)]
+            opt = po.HyperballAdamW(ws, lr=0.1)
+            for w in ws:
+                w.grad = torch.ones_like(w)
+            before = [w.detach().clone() for w in ws]
+            if n == 2:
+                with pytest.warns(UserWarning, match="reached its limit of compiled codes.*now steps eagerly"):
+                    opt.step()
+            else:
+                opt.step()
+            steps.append(opt.state[ws[0]]["step"].item())
+            for w, b in zip(ws, before):
+                assert not torch.equal(w, b) and torch.allclose(w.norm(), b.norm())
+        assert steps == [1.0, 1.0]
+    finally:
+        torch._dynamo.reset()
+
+
+def test_hyperball_adamw_fused_keeps_the_hooks_param_groups_for_checkpoints():
+    """A model whose no_weight_decay() names a hidden matrix: the hooks' AdamW holds two groups, so must the fused
+    optimizer, or a checkpoint of one does not load into the other."""
+    class Named(_Deep):
+        def no_weight_decay(self):
+            return {"layers.0.weight"}
+
+    opts = []
+    for compile_fused in (False, True):
+        torch.manual_seed(0)
+        m = Named().double()
+        opts.append(po.recipe("hyperball-adamw", m, lr=0.02, exclude=["proj.weight"], compile=compile_fused))
+        m(torch.randn(2, 8, dtype=torch.float64)).sum().backward()
+        opts[-1].step()
+    assert [len(g["params"]) for g in opts[0].optimizers[0].param_groups] == \
+        [len(g["params"]) for g in opts[1].optimizers[0].param_groups] == [10, 1]
+    opts[1].load_state_dict(copy.deepcopy(opts[0].state_dict()))
+    opts[0].load_state_dict(copy.deepcopy(opts[1].state_dict()))

@@ -14,6 +14,7 @@ granularity than the tensor, where polaropt's renormalization projects each slic
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -173,17 +174,19 @@ class Hyperball:
 def adamw_hyperball_(p, g, m, v, bc2_sqrt: float, lr: float, radius: float, beta1: float, beta2: float,
                      eps: float) -> None:
     """One Hyperball-AdamW step of one matrix, in place: AdamW's moments, its update d = m/(√v/√bc2 + ε) (its
-    1/bc1 cancels in N(d)), then ``p ← R·N(p − c·d)`` with c = lr·R/‖d‖. ‖p − c·d‖² = ‖p‖² − 2c⟨p, d⟩ + c²‖d‖²
-    comes from the three sums of the first pass, so compiled this is two passes over the matrix: the moments and
-    the sums, then the step and the projection. ``bc2_sqrt`` is √(1 − β₂ᵗ). torch.compile takes the Python
-    floats as inputs of the kernels (after one recompile), so a new step, a scheduled lr or another matrix's
-    radius reuses the compiled code."""
+    1/bc1 cancels in N(d)), then ``p ← R·N(p − c·d)`` with c = lr·R/‖d‖ (0 for a zero update, which leaves W as
+    it is, as the hooks do). ‖p − c·d‖² = ‖p‖² − 2c⟨p, d⟩ + (lr·R)² comes from the three sums of the first pass,
+    so compiled this is two passes over the matrix: the moments and the sums, then the step and the projection.
+    ``bc2_sqrt`` is √(1 − β₂ᵗ). torch.compile takes the Python floats as inputs of the kernels, so a new step, a
+    scheduled lr or another matrix's radius reuses the compiled code."""
     m.lerp_(g, 1 - beta1)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     d = m / (v.sqrt() / bc2_sqrt + eps)
     dd, pd, pp = (d * d).sum(), (p * d).sum(), (p * p).sum()
-    c = lr * radius / dd.sqrt().clamp_min(torch.finfo(p.dtype).tiny)
-    p.sub_(c * d).mul_(radius / (pp - 2 * c * pd + c * c * dd).clamp_min(torch.finfo(p.dtype).tiny).sqrt())
+    moves = (dd > 0).to(p.dtype)  # a float mask, not torch.where: dynamo would burn a scalar branch's lr in
+    c = lr * radius * moves * dd.clamp_min(torch.finfo(p.dtype).tiny).rsqrt()
+    step_sq = (lr * radius) ** 2 * moves  # c²·‖d‖², without forming c² (it can overflow)
+    p.sub_(c * d).mul_(radius * (pp - 2 * c * pd + step_sq).clamp_min(torch.finfo(p.dtype).tiny).rsqrt())
 
 
 def adamw_hyperball_many_(ps, gs, ms, vs, bc2_sqrts: list, lr: float, radii: list, beta1: float, beta2: float,
@@ -195,7 +198,7 @@ def adamw_hyperball_many_(ps, gs, ms, vs, bc2_sqrts: list, lr: float, radii: lis
 
 
 _COMPILED = {}
-CHUNK = 8  # matrices per compiled call: one compiled code per list length, so at most two per optimizer
+CHUNKS = (8, 4, 2, 1)  # a list is stepped in chunks of these lengths: four compiled codes per dtype and device
 
 
 def _compiled_step():
@@ -205,32 +208,67 @@ def _compiled_step():
     return _COMPILED["step"]
 
 
+def _chunks(items: list) -> list[list]:
+    """``items`` cut into lengths from :data:`CHUNKS`, longest first (13 = 8 + 4 + 1)."""
+    out, i = [], 0
+    for size in CHUNKS:
+        while len(items) - i >= size:
+            out.append(items[i:i + size])
+            i += size
+    return out
+
+
 class HyperballAdamW(torch.optim.AdamW):
-    """Hyperball with AdamW's update, ``W ← R·N(W − η·R·N(u))``, as one ``torch.compile``-d step per matrix
-    (``compile=False``: the same function eagerly). The state is AdamW's (``exp_avg``, ``exp_avg_sq``, ``step``)
-    and :class:`Hyperball`'s ``hyperball_radius``, so a checkpoint loads into either form. Fused, the moments,
-    the update's norm, the step and the projection take two passes over each matrix where AdamW's foreach step
-    and the hooks take about twelve (``docs/benchmarks.md``). float32/float64 weights, no weight decay (the norm
-    is fixed), AdamW's ``betas`` and ``eps`` only; anything else is refused, naming it. ``names`` (one per
-    parameter, in order) name a refused matrix in the message."""
+    """Hyperball with AdamW's update, ``W ← R·N(W − η·R·N(u))``, its steps ``torch.compile``-d (``compile=False``:
+    the same function eagerly). The state is AdamW's (``exp_avg``, ``exp_avg_sq``, ``step``) and
+    :class:`Hyperball`'s ``hyperball_radius``, so a checkpoint loads into either form. Fused, the moments, the
+    update's norm, the step and the projection take two passes over each matrix where AdamW's step and the hooks
+    take about twelve (``docs/benchmarks.md``); up to 8 matrices go to one compiled call. Should dynamo refuse
+    another compiled code (its limit of 8 per function, shared by every HyperballAdamW of the process), the step
+    runs eagerly, with a warning, once. float32/float64 weights, no weight decay (the norm is fixed), AdamW's
+    ``betas`` and ``eps`` only; anything else is refused, naming it. ``names`` (one per parameter, in order) name
+    a refused matrix in the message."""
 
     def __init__(self, params, names: list[str] | None = None, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  compile: bool = True, **refused):
         if refused:
             raise ValueError(f"HyperballAdamW takes AdamW's betas and eps only, not {', '.join(sorted(refused))}: "
-                             "use compile=False (AdamW with Hyperball's hooks) for the other options")
+                             "leave compile= off in the recipe (AdamW with Hyperball's hooks) for the other options")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        self.names: dict[int, str] = {}
+        self._given_names = list(names or [])
+        self.compile, self._eager = compile, False
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
-        flat = [p for g in self.param_groups for p in g["params"]]
-        self.names = dict(zip(map(id, flat), names or (f"parameter {i}" for i in range(len(flat)))))
-        for group in self.param_groups:
-            if group["weight_decay"] != 0:
-                raise ValueError(f"HyperballAdamW: weight decay {group['weight_decay']} on a fixed-norm matrix has "
-                                 "nothing to decay (its norm is fixed); leave it at 0")
-            for p in group["params"]:
-                if p.dtype not in (torch.float32, torch.float64):
-                    raise ValueError(f"compile=True steps float32/float64 weights; {self.names[id(p)]} is {p.dtype}: "
-                                     "use compile=False, which steps bfloat16/float16 in float32 and rounds once")
-        self.compile = compile
+
+    def add_param_group(self, param_group: dict) -> None:
+        """AdamW's, then each new matrix named and checked: float32/float64, no weight decay."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for p in group["params"]:
+            n = len(self.names)
+            self.names[id(p)] = self._given_names[n] if n < len(self._given_names) else f"parameter {n}"
+        if group["weight_decay"] != 0:
+            raise ValueError(f"HyperballAdamW: weight decay {group['weight_decay']} on a fixed-norm matrix has "
+                             "nothing to decay (its norm is fixed); leave it at 0")
+        for p in group["params"]:
+            if p.dtype not in (torch.float32, torch.float64):
+                raise ValueError(f"HyperballAdamW steps float32/float64 weights; {self.names[id(p)]} is {p.dtype}: use "
+                                 "recipe('hyperball-adamw') without compile=, whose hooks step bfloat16/float16 in "
+                                 "float32 and round once")
+
+    def _run(self, batch: list, group: dict) -> None:
+        ps, gs, ms, vs, bc2s, radii = (list(x) for x in zip(*batch))
+        args = (ps, gs, ms, vs, bc2s, group["lr"], radii, *group["betas"], group["eps"])
+        if self.compile and not self._eager and ps[0].ndim == 1:
+            try:
+                return _compiled_step()(*args)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # refused before it ran: nothing has moved
+                warnings.warn("HyperballAdamW: torch.compile reached its limit of compiled codes for the step "
+                              "(shared by every HyperballAdamW in this process); this optimizer now steps eagerly",
+                              stacklevel=3)
+                self._eager = True
+        adamw_hyperball_many_(*args)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -241,33 +279,33 @@ class HyperballAdamW(torch.optim.AdamW):
         for group in self.param_groups:  # refused before anything moves
             for p in group["params"]:
                 if p.grad is not None and "hyperball_radius" not in self.state[p] and not bool(p.any()):
-                    raise ValueError(f"{self.names[id(p)]} is all zeros at its first step, so its Hyperball radius "
-                                     "R = ‖W‖ would be 0 and it could never move (the radius is fixed)")
+                    raise ValueError(
+                        f"{self.names[id(p)]} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be "
+                        "0 and it could never move (the radius is fixed); initialize it, or leave it out of the hidden "
+                        "matrices with exclude= (a zero-initialized output projection trains under polar-absorb)")
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            flat, shaped = [], []  # (p, g, m, v, √bc2, R): flat views go to the compiled code together
+            flat, shaped = [], []  # (state, p, g, m, v, √bc2, R): flat views go to the compiled code together
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 if "step" not in state:
-                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                    state["step"] = torch.tensor(0.0, dtype=torch.float64 if torch.get_default_dtype() == torch.float64
+                                                 else torch.float32)  # AdamW's
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if "hyperball_radius" not in state:  # one host sync per matrix, at its first step
                     state["hyperball_radius"] = float(p.norm(dtype=torch.float64))
-                bc2_sqrt = math.sqrt(1 - beta2 ** (float(state["step"]) + 1))  # `step` is on the CPU: no device sync
+                bc2_sqrt = math.sqrt(1 - group["betas"][1] ** (float(state["step"]) + 1))  # `step` is on the CPU
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
                 if all(t.is_contiguous() for t in tensors):  # the step is elementwise and its sums whole-tensor
                     flat.append((state, *(t.view(-1) for t in tensors), bc2_sqrt, state["hyperball_radius"]))
                 else:
                     shaped.append((state, *tensors, bc2_sqrt, state["hyperball_radius"]))
-            fn = _compiled_step() if self.compile else adamw_hyperball_many_
-            # a step is counted after its matrices moved: one that raises (a compile error) leaves them as they were
-            for batch in [flat[i:i + CHUNK] for i in range(0, len(flat), CHUNK)] + [[x] for x in shaped]:
-                states, ps, gs, ms, vs, bc2s, radii = (list(x) for x in zip(*batch))
-                (fn if batch[0][1].ndim == 1 else adamw_hyperball_many_)(ps, gs, ms, vs, bc2s, group["lr"], radii,
-                                                                         beta1, beta2, group["eps"])
-                for state in states:
-                    state["step"] += 1
+            # a step is counted with its matrices' move, chunk by chunk: a chunk that raises leaves its matrices,
+            # their moments and their steps as they were
+            for batch in _chunks(flat) + [[x] for x in shaped]:
+                self._run([x[1:] for x in batch], group)
+                for x in batch:
+                    x[0]["step"] += 1
         return loss

@@ -355,9 +355,12 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise ValueError("compile=True steps whole local tensors; under FSDP2 (DTensor shards) use compile=False")
     if shard is not None and not callable(shard):
         raise ValueError(f"shard must be a function that shards the model (e.g. calls fully_shard), got {shard!r}")
-    if compile and set(adam) | set(options) - {"betas", "eps"}:
-        raise ValueError(f"compile=True takes AdamW's betas and eps only, got "
-                         f"{', '.join(sorted(set(adam) | set(options) - {'betas', 'eps'}))}: leave compile=False for them")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
+    unfused = (set(adam) | set(options)) - {"betas", "eps"}
+    if compile and unfused:
+        raise ValueError(f"compile=True takes AdamW's betas and eps only, got {', '.join(sorted(unfused))}: leave "
+                         "compile=False for them")
     radial_lr = lr if radial_lr is None else radial_lr
     rest_lr = lr if rest_lr is None else rest_lr
     name = name or f"{direction}/{radial}" + ("" if radial in ("none", "multipliers") else f"/{scale}")
@@ -481,8 +484,10 @@ def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay
     if compile or radial == "none" or (radial == "fixed" and scale == "tensor"):  # the plain weights
         others = ([_adamw(rest, rest_lr, weight_decay, kept, **adam)] if scion_rest is None
                   else _scion_rest(model, rest, rest_lr, weight_decay, kept, adam, scion_rest))
-        if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule
-            base = HyperballAdamW(mats, names, lr=lr, **{**adam, **options})
+        if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule; the hooks' groups (checkpoints)
+            groups, name_of = _decay_groups(mats, kept, 0.0), dict(zip(map(id, mats), names))
+            base = HyperballAdamW(groups, [name_of[id(p)] for g in groups for p in g["params"]], lr=lr,
+                                  **{**adam, **options})
             return [base, *others], base, None
         fixed = radial == "fixed"  # Hyperball on the plain weights: its norm is fixed, so nothing decays there
         base = _direction_optimizer(direction, _decay_groups(mats, kept, 0.0 if fixed else weight_decay), lr,
@@ -543,9 +548,11 @@ def recipe(name: str, model: nn.Module, *, lr: float, weight_decay: float = 0.0,
     | absorb-muon | muon × absorb × tensor | Liu's absorb, Muon on the direction, AdamW on the scale |
 
     ``options``: ``betas`` and ``eps`` for the AdamW parts; ``rest_lr`` (all but ``adamw``: the lr of embeddings,
-    head, biases and gains, as :func:`compose`); for the cells, ``radial_lr``, ``direction_options`` and
-    the NaN/Inf check's ``check``, ``check_every`` and ``restore`` (as :func:`compose`), and ``every`` for those that
-    renormalize (:data:`ATTACHED`). Unknown names and options are refused, naming the valid ones.
+    head, biases and gains, as :func:`compose`); for the cells, ``radial_lr``, ``direction_options``, the NaN/Inf
+    check's ``check``, ``check_every`` and ``restore`` and FSDP2's ``shard`` (as :func:`compose`), ``every`` for
+    those that renormalize (:data:`ATTACHED`), ``compile`` for ``hyperball-adamw`` (:class:`HyperballAdamW`) and
+    ``rest_options`` for ``scion`` (the radii of its head, embeddings and vectors). Unknown names and options are
+    refused, naming the valid ones.
     """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid recipes are {', '.join(RECIPES)}")

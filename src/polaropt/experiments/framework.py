@@ -336,8 +336,10 @@ def config_from_dict(config_cls: type, data: dict):
     names = [f.name for f in dataclasses.fields(config_cls)]
     unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
     if unknown or missing:
-        raise ValueError(f"config.json does not match {config_cls.__name__}: unknown keys {unknown}, missing "
-                         f"keys {missing}; valid keys are {', '.join(sorted(names))}")
+        parts = [f"unknown keys {unknown}"] * bool(unknown) + [f"missing keys {missing}"] * bool(missing)
+        raise ValueError(f"config.json does not match {config_cls.__name__}: {', '.join(parts)}; valid keys are "
+                         f"{', '.join(sorted(names))} (a run made by an older polaropt whose config lacks a field "
+                         "added since: run it again)")
     config = config_cls(**{k: _from_json(k, data[k], hints[k]) for k in names})
     check = getattr(config, "validate", None)
     if check is not None:

@@ -182,7 +182,7 @@ def claims(records, cfg: Config) -> list[Claim]:
                          for a, b in ESSENTIAL_PAIRS],
                  values={"late": {f"{a} vs {b}": (late[a], late[b]) for a, b in ESSENTIAL_PAIRS}}),
     ]
-    shown = [m for m in VARIANTS if select(records, "curve", run=m)]  # runs recorded before it was added lack it
+    shown = [m for m in VARIANTS if select(records, "curve", run=m)]  # records without the variant skip its finding
     late.update({m: window_log_loss(records, cfg, m, "late") for m in shown})
     first = {m: float(np.median([np.log10(r["value"][0]) for r in select(records, "curve", run=m)]))
              for m in (*shown, "tensor-fixed-absorb")}
