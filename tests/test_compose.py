@@ -670,33 +670,33 @@ def test_hyperball_adamw_fused_in_chunks_with_a_zero_update_and_a_transposed_mat
             torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10, msg=lambda msg: f"step {t} {q}: {msg}")
 
 
-def test_hyperball_adamw_steps_eagerly_when_dynamo_refuses_another_compiled_code(monkeypatch):
+def test_hyperball_adamw_steps_eagerly_when_dynamo_refuses_another_compiled_code():
     """The compiled step is one function for the process; past dynamo's limit of compiled codes the optimizer warns
     once and steps eagerly, with nothing moved by the refused call."""
     import torch._dynamo
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    steps = []
     try:
-        steps = []
-        for n in (1, 2):  # a list of 1 and of 2 flat matrices: two compiled codes, one over the limit
-            torch.manual_seed(0)
-            ws = [nn.Parameter(torch.randn(4, 4)) for _ in range(n)]
-            opt = po.HyperballAdamW(ws, lr=0.1)
-            for w in ws:
-                w.grad = torch.ones_like(w)
-            before = [w.detach().clone() for w in ws]
-            if n == 2:
-                with pytest.warns(UserWarning, match="reached its limit of compiled codes.*now steps eagerly"):
+        with torch._dynamo.config.patch(recompile_limit=1):
+            for n in (1, 2):  # a list of 1 and of 2 flat matrices: two compiled codes, one over the limit
+                torch.manual_seed(0)
+                ws = [nn.Parameter(torch.randn(4, 4)) for _ in range(n)]
+                opt = po.HyperballAdamW(ws, lr=0.1)
+                for w in ws:
+                    w.grad = torch.ones_like(w)
+                before = [w.detach().clone() for w in ws]
+                if n == 2:
+                    with pytest.warns(UserWarning, match="reached its limit of compiled codes.*now steps eagerly"):
+                        opt.step()
+                else:
                     opt.step()
-            else:
-                opt.step()
-            steps.append(opt.state[ws[0]]["step"].item())
-            for w, b in zip(ws, before):
-                assert not torch.equal(w, b) and torch.allclose(w.norm(), b.norm())
-        assert steps == [1.0, 1.0]
+                steps.append(opt.state[ws[0]]["step"].item())
+                for w, b in zip(ws, before):
+                    assert not torch.equal(w, b) and torch.allclose(w.norm(), b.norm())
     finally:
         torch._dynamo.reset()
+    assert steps == [1.0, 1.0]
 
 
 def test_hyperball_adamw_fused_keeps_the_hooks_param_groups_for_checkpoints():
