@@ -8,6 +8,8 @@ it on CPU).
   CPU; on CUDA the difference is printed: a stacked reduction may split its sums differently).
 - ``torch.compile`` of a whole training step with ``attach`` matches eager, and with
   ``mode="reduce-overhead"`` (CUDA graphs) the renormalization runs inside the captured step.
+- ``recipe("hyperball-adamw", compile=True)`` (``po.HyperballAdamW``, compiled for the device) matches the
+  hooks over 20 steps and keeps every matrix's norm.
 
     python benchmarks/gpu_smoke.py                  # on a CUDA machine
     python benchmarks/gpu_smoke.py --device cpu     # the same checks on CPU
@@ -116,6 +118,27 @@ def compiled(dev: str) -> None:
             print(f"ok compiled {mode} ({compile_mode}) = eager")
 
 
+def hyperball_fused(dev: str) -> None:
+    models, opts = [], []
+    for compile_fused in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)).to(dev)
+        models.append(model)
+        opts.append(po.recipe("hyperball-adamw", model, lr=1e-2, compile=compile_fused))
+    norms = [w.detach().norm() for w in (models[1][0].weight, models[1][2].weight)]
+    for t in range(20):
+        x = torch.randn(32, 64, device=dev, generator=torch.Generator(dev).manual_seed(t))
+        for model, opt in zip(models, opts):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for w, n in zip((models[1][0].weight, models[1][2].weight), norms):
+        torch.testing.assert_close(w.detach().norm(), n, rtol=1e-5, atol=0)
+    print(f"ok hyperball-adamw compile=True = the hooks on {dev}, norms kept")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
@@ -127,6 +150,7 @@ def main(argv=None) -> None:
     batched(dev)
     if not args.no_compile:
         compiled(dev)
+        hyperball_fused(dev)
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ def _live_bytes() -> int:
 
     gc.collect()
     seen = {}
+    from torch._subclasses.fake_tensor import FakeTensor
+
     with warnings.catch_warnings():  # isinstance on every object touches deprecated torch attributes
         warnings.simplefilter("ignore")
-        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor) and not isinstance(obj, FakeTensor)]
     for obj in tensors:
-        try:  # a fake or functional tensor left by another test's torch.compile has no storage to read
+        try:  # a functional tensor left by another test's torch.compile has no storage to read (a fake one holds none)
             st = obj.untyped_storage()
             seen[st.data_ptr()] = st.nbytes()
         except (RuntimeError, NotImplementedError):
