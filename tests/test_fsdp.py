@@ -648,7 +648,8 @@ def test_po_muon_resumes_from_a_distributed_checkpoint_as_the_uninterrupted_run(
 
 
 SHARD_CELLS = [("adamw", "absorb", "tensor"), ("muon", "retract", "row"), ("adamw", "multipliers", "out"),
-               ("adamw", "fixed", "tensor"), ("adamw", "fixed", "row"), ("muon", "none", "out")]
+               ("adamw", "fixed", "tensor"), ("adamw", "fixed", "row"), ("muon", "none", "out"),
+               ("muon", "none", "scion")]  # the last: Scion whole (its oracles on the head, embedding and vectors)
 
 
 def _shard_gpt(model):
@@ -662,8 +663,9 @@ def _compose_cell(cell, shard):
     model = GPT().double()
     direction, radial, scale = cell
     options = {"backend": "polar-express", "ns_steps": 8} if direction == "muon" else {}
-    opt = po.compose(model, direction=direction, radial=radial, scale=scale, lr=1e-2, weight_decay=0.01,
-                     direction_options=options, shard=_shard_gpt if shard else None)
+    rest = {"rest": "scion", "scale": "out"} if scale == "scion" else {"scale": scale}
+    opt = po.compose(model, direction=direction, radial=radial, lr=1e-2, weight_decay=0.01,
+                     direction_options=options, shard=_shard_gpt if shard else None, **rest)
     return model, opt
 
 
