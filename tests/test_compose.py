@@ -434,6 +434,34 @@ def test_scion_rest_options_and_refusals():
     with pytest.raises(ValueError, match=r"unknown Scion norm 'spectral'; valid choices are 'sign', 'colnorm', "
                                          r"'bias_rms'"):
         po.ScionLMO([nn.Parameter(torch.ones(3, 3))], norm="spectral")
+    for bad, message in (({"momentum": 0.0}, r"momentum α must be a number in \(0, 1\].*got 0.0"),
+                         ({"momentum": True}, r"momentum α must be a number"),
+                         ({"head_scale": -1.0}, r"Scion's head_scale must be a finite number >= 0, got -1.0")):
+        fresh = _EmbedMLP().double()
+        with pytest.raises(ValueError, match=message):
+            po.recipe("scion", fresh, lr=0.01, rest_options=bad)
+    # a refused group leaves the optimizer as it was
+    scion_opt = po.ScionLMO([nn.Parameter(torch.ones(3))])
+    for group, message in (({"params": [nn.Parameter(torch.ones(3))], "norm": "bogus"}, "unknown Scion norm 'bogus'"),
+                           ({"params": [nn.Parameter(torch.ones(3))], "norm": "sign"}, "takes matrices")):
+        with pytest.raises(ValueError, match=message):
+            scion_opt.add_param_group(group)
+        assert len(scion_opt.param_groups) == 1
+    hb = po.HyperballAdamW([nn.Parameter(torch.randn(3, 3))], lr=0.1)
+    with pytest.raises(ValueError, match="weight decay 0.1 on a fixed-norm matrix"):
+        hb.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))], "weight_decay": 0.1})
+    assert len(hb.param_groups) == 1 and len(hb.names) == 1
+
+
+def test_scion_oracles_keep_a_zero_row_zero_in_float16():
+    """ε = 1e-8 rounds to 0 in float16: a token absent from the batch (a zero row) must not become 0/0."""
+    from polaropt.scion import lmo_bias_rms, lmo_colnorm
+
+    g = torch.zeros(3, 4, dtype=torch.float16)
+    g[0] = 1.0
+    out = lmo_colnorm(g)
+    assert torch.isfinite(out).all() and torch.equal(out[1:], g[1:]) and torch.allclose(out[0].float(), torch.ones(4))
+    assert torch.equal(lmo_bias_rms(torch.zeros(5, dtype=torch.float16)), torch.zeros(5, dtype=torch.float16))
 
 
 def test_absorb_muon_equals_liu_absorb_with_torchs_muon_over_50_steps():

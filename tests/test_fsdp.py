@@ -696,6 +696,15 @@ def test_compose_shard_trains_every_kind_of_cell_as_one_process(tmp_path):
 
 def _compose_refusals(rank, out_dir):
     out = {}
+
+    def fails(m):  # shards, then raises: the model cannot be put back
+        _shard_gpt(m)
+        raise OSError("disk full")
+    try:
+        po.compose(GPT().double(), radial="absorb", lr=1e-2, shard=fails)
+        out["failed shard"] = "no error"
+    except RuntimeError as e:
+        out["failed shard"] = str(e)
     model = GPT().double()
     _shard_gpt(model)
     for key, kwargs in {"polar": dict(radial="absorb"), "twice": dict(radial="none", shard=_shard_gpt),
@@ -714,3 +723,5 @@ def test_compose_on_a_sharded_model_refuses_what_must_come_before_fully_shard(tm
         messages["polar"]
     assert "already sharded with FSDP2's fully_shard: pass it unsharded with shard=" in messages["twice"]
     assert "compile=True steps whole local tensors; under FSDP2" in messages["compile"]
+    assert "failed once shard= had started sharding the model (OSError: disk full); fully_shard cannot be undone" in \
+        messages["failed shard"]

@@ -242,20 +242,23 @@ class HyperballAdamW(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
 
     def add_param_group(self, param_group: dict) -> None:
-        """AdamW's, then each new matrix named and checked: float32/float64, no weight decay."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for p in group["params"]:
-            n = len(self.names)
-            self.names[id(p)] = self._given_names[n] if n < len(self._given_names) else f"parameter {n}"
-        if group["weight_decay"] != 0:
-            raise ValueError(f"HyperballAdamW: weight decay {group['weight_decay']} on a fixed-norm matrix has "
-                             "nothing to decay (its norm is fixed); leave it at 0")
-        for p in group["params"]:
+        """Each new matrix checked (float32/float64, no weight decay) before AdamW adds it, then named: a refused
+        group leaves the optimizer as it was."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        names = [self._given_names[len(self.names) + i] if len(self.names) + i < len(self._given_names)
+                 else f"parameter {len(self.names) + i}" for i in range(len(params))]
+        decay = param_group.get("weight_decay", 0.0)
+        if decay != 0:
+            raise ValueError(f"HyperballAdamW: weight decay {decay} on a fixed-norm matrix has nothing to decay (its "
+                             "norm is fixed); leave it at 0")
+        for p, name in zip(params, names):
             if p.dtype not in (torch.float32, torch.float64):
-                raise ValueError(f"HyperballAdamW steps float32/float64 weights; {self.names[id(p)]} is {p.dtype}: use "
+                raise ValueError(f"HyperballAdamW steps float32/float64 weights; {name} is {p.dtype}: use "
                                  "recipe('hyperball-adamw') without compile=, whose hooks step bfloat16/float16 in "
                                  "float32 and round once")
+        super().add_param_group({**param_group, "params": params})
+        self.names.update(zip(map(id, params), names))
 
     def _run(self, batch: list, group: dict) -> None:
         ps, gs, ms, vs, bc2s, radii = (list(x) for x in zip(*batch))

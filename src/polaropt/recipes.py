@@ -28,7 +28,7 @@ from .models import _candidates, _select, polarize_model, unpolarize_model
 from .muon import Muon
 from .nancheck import check_mode
 from .polar import _is_fsdp_module, _own_class_on_copy, polar_tensors
-from .scion import ScionLMO
+from .scion import ScionLMO, check_group
 from .slices import SCALES, slice_norm
 from .steepest import SteepestDescent
 from .steps import attach
@@ -292,8 +292,9 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     - ``scale``: the granularity of the polar scale (``"out"``/``"in"`` by the layer's layout, ``"tensor"``,
       ``"row"``, ``"column"``, ``"element"``).
 
-    ``rest_lr`` (default ``lr``): the lr of the AdamW that steps everything but the hidden matrices and their
-    scales (embeddings, the head, biases, norm gains), e.g. fixed at a tuned AdamW's lr while ``lr`` is searched.
+    ``rest_lr`` (default ``lr``): the lr of what steps everything but the hidden matrices and their scales
+    (embeddings, the head, biases, norm gains: AdamW, or Scion's oracles), e.g. fixed at a tuned AdamW's lr while
+    ``lr`` is searched.
     ``rest="scion"`` (plain hidden matrices: ``radial`` ``"none"``, or ``"fixed"`` per tensor) steps them instead
     with Scion's oracles (:class:`polaropt.scion.ScionLMO`): the output head (the last ``nn.Linear``, tied or not)
     by Sign, embeddings by ColNorm, vectors by BiasRMS, anything else by AdamW; ``rest_options`` sets
@@ -342,6 +343,8 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise ValueError(f"compile=True fuses AdamW's update with Hyperball's (direction='adamw', radial='fixed', "
                          f"scale='tensor': the recipe 'hyperball-adamw'); direction={direction!r}, radial={radial!r}, "
                          f"scale={scale!r} has no fused form")
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     _choice("rest rule", rest, RESTS)
     scion_rest = _scion_rest_options(rest, rest_options, radial, scale)
     sharded = any(_is_fsdp_module(m) for m in model.modules())
@@ -355,8 +358,6 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         raise ValueError("compile=True steps whole local tensors; under FSDP2 (DTensor shards) use compile=False")
     if shard is not None and not callable(shard):
         raise ValueError(f"shard must be a function that shards the model (e.g. calls fully_shard), got {shard!r}")
-    if not isinstance(compile, bool):
-        raise ValueError(f"compile must be True or False, got {compile!r}")
     unfused = (set(adam) | set(options)) - {"betas", "eps"}
     if compile and unfused:
         raise ValueError(f"compile=True takes AdamW's betas and eps only, got {', '.join(sorted(unfused))}: leave "
@@ -373,10 +374,18 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     # the direction rule's own checks (its options, its shapes) on the plain matrices, before the model is touched
     _direction_optimizer(direction, [{"params": [p for _, p in hidden], "weight_decay": weight_decay}], lr, options,
                          adam)
+    sharding = {"started": False}
+
+    def sharded(m):
+        sharding["started"] = True
+        shard(m)
     try:
         optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
-                                        rest, kept, options, adam, name, compile, shard, scion_rest)
-    except BaseException:  # a refused cell leaves the model as it came
+                                        rest, kept, options, adam, name, compile, shard and sharded, scion_rest)
+    except BaseException as e:  # a refused cell leaves the model as it came, unless it was (being) sharded
+        if sharding["started"]:
+            raise RuntimeError(f"{name}: failed once shard= had started sharding the model ({type(e).__name__}: {e}); "
+                               "fully_shard cannot be undone, so the model is left as it is: build it afresh") from e
         _undo(model)
         raise
 
@@ -393,7 +402,10 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
         return handles + (ball.pre_hooks(base) if ball is not None else [])
     try:
         return _finish(name, optimizers, hooks)
-    except BaseException:
+    except BaseException as e:
+        if sharding["started"]:
+            raise RuntimeError(f"{name}: failed after shard= sharded the model ({type(e).__name__}: {e}); fully_shard "
+                               "cannot be undone, so the model is left as it is: build it afresh") from e
         _undo(model)
         raise
 
@@ -452,7 +464,9 @@ def _scion_rest_options(rest: str, options: dict | None, radial: str, scale: str
     bad = sorted(set(options or {}) - set(SCION_REST))
     if bad:
         raise ValueError(f"unknown rest_options {', '.join(map(repr, bad))}; valid are {', '.join(SCION_REST)}")
-    return {**SCION_REST, **(options or {})}
+    options = {**SCION_REST, **(options or {})}
+    check_group("sign", options["momentum"], **{k: v for k, v in options.items() if k != "momentum"})
+    return options
 
 
 def _scion_rest(model, rest, lr, weight_decay, kept, adam, options) -> list:

@@ -33,17 +33,29 @@ def lmo_sign(g: torch.Tensor) -> torch.Tensor:
 
 def lmo_colnorm(g: torch.Tensor) -> torch.Tensor:
     """Each row of a vocab × d embedding gradient divided by its RMS + ε (Scion's ``ColNorm(transpose=True)``:
-    the columns of the d × vocab transpose)."""
+    the columns of the d × vocab transpose). A zero row stays zero, in float16 too (where ε rounds to 0)."""
     rms = torch.linalg.vector_norm(g, dim=1, keepdim=True) / math.sqrt(g.shape[1])
-    return g / (rms + EPS)
+    return g / (rms.clamp_min(torch.finfo(g.dtype).tiny) + EPS)
 
 
 def lmo_bias_rms(g: torch.Tensor) -> torch.Tensor:
-    """g/(RMS(g) + ε) for a vector (Scion's ``BiasRMS``)."""
-    return g / (g.square().mean(dim=0, keepdim=True).sqrt() + EPS)
+    """g/(RMS(g) + ε) for a vector (Scion's ``BiasRMS``); a zero vector stays zero, in float16 too."""
+    return g / (g.square().mean(dim=0, keepdim=True).sqrt().clamp_min(torch.finfo(g.dtype).tiny) + EPS)
 
 
 LMO = {"sign": lmo_sign, "colnorm": lmo_colnorm, "bias_rms": lmo_bias_rms}
+
+
+def check_group(norm, momentum, **nonnegative) -> None:
+    """Refuse a Scion option, naming it and what it may be: ``norm`` one of :data:`LMOS`, ``momentum`` α in
+    (0, 1], the others (lr, scales, weight decay) finite numbers ≥ 0."""
+    if norm not in LMOS:
+        raise ValueError(f"unknown Scion norm {norm!r}; valid choices are {', '.join(map(repr, LMOS))}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
+        raise ValueError(f"Scion's momentum α must be a number in (0, 1] (d ← (1 − α)d + αg), got {momentum!r}")
+    for key, value in nonnegative.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"Scion's {key} must be a finite number >= 0, got {value!r}")
 
 
 class ScionLMO(Optimizer):
@@ -57,20 +69,18 @@ class ScionLMO(Optimizer):
         super().__init__(params, dict(lr=lr, norm=norm, scale=scale, momentum=momentum, weight_decay=weight_decay))
 
     def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        if group["norm"] not in LMOS:
-            raise ValueError(f"unknown Scion norm {group['norm']!r}; valid choices are {', '.join(map(repr, LMOS))}")
-        if not 0 < group["momentum"] <= 1:
-            raise ValueError(f"Scion's momentum α must be in (0, 1] (d ← (1 − α)d + αg), got {group['momentum']!r}")
-        for key in ("lr", "scale", "weight_decay"):
-            if not group[key] >= 0:
-                raise ValueError(f"Scion's {key} must be >= 0, got {group[key]!r}")
+        """Checked before it is added: a refused group leaves the optimizer as it was."""
+        params = param_group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else list(params)
+        group = {**self.defaults, **param_group}
+        check_group(group["norm"], group["momentum"], lr=group["lr"], scale=group["scale"],
+                    weight_decay=group["weight_decay"])
         want = 1 if group["norm"] == "bias_rms" else 2
-        for p in group["params"]:
+        for p in params:
             if p.ndim != want:
                 raise ValueError(f"Scion's {group['norm']!r} oracle takes {'vectors' if want == 1 else 'matrices'}, "
                                  f"got a parameter of shape {tuple(p.shape)}")
+        super().add_param_group({**param_group, "params": params})
 
     @torch.no_grad()
     def step(self, closure=None):
