@@ -610,23 +610,21 @@ def test_hyperball_adamw_compiled_equals_its_eager_function():
 def test_hyperball_adamw_fused_and_the_reference_load_each_others_checkpoints():
     """The same state keys and meaning: a reference checkpoint resumes under the fused optimizer and back (a
     deepcopy stands for torch.save/load: torch's load_state_dict shares tensors of the same dtype and device)."""
+    def resumed_equal(src, sopt, dst, dopt, start, steps):
+        """dst and its optimizer take src's checkpoint, then both train on and stay equal."""
+        dst.load_state_dict(src.state_dict())
+        dopt.load_state_dict(copy.deepcopy(sopt.state_dict()))
+        train(src, sopt, steps, start=start)
+        train(dst, dopt, steps, start=start)
+        for a, b in zip(src.parameters(), dst.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+
     ref, ropt, fused, fopt = _fused_pair(True)
     fopt.optimizers[0].compile = False  # its eager function (the compiled one is tested equal to it above)
     train(ref, ropt, 5)
-    fused.load_state_dict(ref.state_dict())
-    fopt.load_state_dict(copy.deepcopy(ropt.state_dict()))
-    train(ref, ropt, 5, start=5)
-    train(fused, fopt, 5, start=5)
-    for a, b in zip(ref.parameters(), fused.parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    resumed_equal(ref, ropt, fused, fopt, 5, 5)
     back = net()  # and back: the fused state into the reference
-    bopt = po.recipe("hyperball-adamw", back, lr=0.02)
-    back.load_state_dict(fused.state_dict())
-    bopt.load_state_dict(copy.deepcopy(fopt.state_dict()))
-    train(back, bopt, 3, start=10)
-    train(fused, fopt, 3, start=10)
-    for a, b in zip(back.parameters(), fused.parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10)
+    resumed_equal(fused, fopt, back, po.recipe("hyperball-adamw", back, lr=0.02), 10, 3)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -39,11 +39,23 @@ def _whole_norm(x: torch.Tensor) -> torch.Tensor:
     return slice_norm(x, tuple(range(x.ndim))) if hasattr(x, "placements") else torch.linalg.vector_norm(x)
 
 
-def _all_zero(x: torch.Tensor) -> bool:
-    """Whether every entry is 0; for an FSDP2 shard, on every rank (one collective, the same answer everywhere)."""
+def radius_of(x: torch.Tensor) -> float:
+    """‖x‖_F in float64 as a Python float (the radius kept in the optimizer's state: torch would cast a tensor to the
+    weight's dtype on load); of an FSDP2 shard, across every rank's shard. One host sync."""
     if hasattr(x, "placements"):
-        return float(_whole_norm(x).full_tensor()) == 0
-    return not bool(x.any())
+        return float(_whole_norm(x.detach().double()).full_tensor())
+    return float(torch.linalg.vector_norm(x.detach(), dtype=torch.float64))
+
+
+def refuse_zero(x: torch.Tensor, name: str) -> None:
+    """Refuse a matrix that is all zeros at its first step: its fixed radius would be 0 (for an FSDP2 shard, on every
+    rank: one collective, the same answer everywhere)."""
+    zero = radius_of(x) == 0 if hasattr(x, "placements") else not bool(x.any())
+    if zero:
+        raise ValueError(
+            f"{name} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be 0 and it could never "
+            "move (the radius is fixed); initialize it, or leave it out of the hidden matrices with exclude= (a "
+            "zero-initialized output projection trains under polar-absorb: its scale starts at 0)")
 
 
 class Hyperball:
@@ -113,12 +125,8 @@ class Hyperball:
     def pre(self, opt, args, kwargs):
         self._swap_back()  # a previous step that raised inside the base optimizer left them swapped
         for p, name in zip(self.params, self.names):  # before anything moves
-            if (self.project and p.grad is not None and "hyperball_radius" not in opt.state.get(p, {})
-                    and _all_zero(p.detach())):
-                raise ValueError(
-                    f"{name} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be 0 and it could "
-                    "never move (the radius is fixed); initialize it, or leave it out of the hidden matrices with "
-                    "exclude= (a zero-initialized output projection trains under polar-absorb: its scale starts at 0)")
+            if self.project and p.grad is not None and "hyperball_radius" not in opt.state.get(p, {}):
+                refuse_zero(p.detach(), name)
         for p in self.params:
             if p.grad is not None and p.dtype in LOW:
                 self.low[id(p)] = (p.data, p.grad)
@@ -149,9 +157,8 @@ class Hyperball:
             if w is None:
                 continue
             state = opt.state[p]  # the base optimizer has created it by now
-            if self.project and "hyperball_radius" not in state:  # a Python float: a checkpoint loaded into
-                radius = _whole_norm(w.double())  # bf16 weights keeps it; one sync, once
-                state["hyperball_radius"] = float(radius.full_tensor() if hasattr(radius, "placements") else radius)
+            if self.project and "hyperball_radius" not in state:  # one sync, once
+                state["hyperball_radius"] = radius_of(w)
             # in place in p, no temporary and no host sync, four passes: p − w = −η·u, so
             # W − η·R·N(u) = w + c·(p − w) with c = η·R/‖p − w‖ (a lerp), then R·N(·)
             R = state["hyperball_radius"] if self.project else 1.0
@@ -281,11 +288,8 @@ class HyperballAdamW(torch.optim.AdamW):
                 loss = closure()
         for group in self.param_groups:  # refused before anything moves
             for p in group["params"]:
-                if p.grad is not None and "hyperball_radius" not in self.state[p] and not bool(p.any()):
-                    raise ValueError(
-                        f"{self.names[id(p)]} is all zeros at its first step, so its Hyperball radius R = ‖W‖ would be "
-                        "0 and it could never move (the radius is fixed); initialize it, or leave it out of the hidden "
-                        "matrices with exclude= (a zero-initialized output projection trains under polar-absorb)")
+                if p.grad is not None and "hyperball_radius" not in self.state[p]:
+                    refuse_zero(p, self.names[id(p)])
         for group in self.param_groups:
             flat, shaped = [], []  # (state, p, g, m, v, √bc2, R): flat views go to the compiled code together
             for p in group["params"]:
@@ -298,7 +302,7 @@ class HyperballAdamW(torch.optim.AdamW):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if "hyperball_radius" not in state:  # one host sync per matrix, at its first step
-                    state["hyperball_radius"] = float(p.norm(dtype=torch.float64))
+                    state["hyperball_radius"] = radius_of(p)
                 bc2_sqrt = math.sqrt(1 - group["betas"][1] ** (float(state["step"]) + 1))  # `step` is on the CPU
                 tensors = (p, p.grad, state["exp_avg"], state["exp_avg_sq"])
                 if all(t.is_contiguous() for t in tensors):  # the step is elementwise and its sums whole-tensor

@@ -339,16 +339,16 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
                          "'keep' and 1")
     options, adam = dict(direction_options or {}), dict(adam_options or {})
     _check_direction_options(direction, options)
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False, got {compile!r}")
     if compile and (direction, radial, scale) != ("adamw", "fixed", "tensor"):
         raise ValueError(f"compile=True fuses AdamW's update with Hyperball's (direction='adamw', radial='fixed', "
                          f"scale='tensor': the recipe 'hyperball-adamw'); direction={direction!r}, radial={radial!r}, "
                          f"scale={scale!r} has no fused form")
-    if not isinstance(compile, bool):
-        raise ValueError(f"compile must be True or False, got {compile!r}")
     _choice("rest rule", rest, RESTS)
     scion_rest = _scion_rest_options(rest, rest_options, radial, scale)
     sharded = any(_is_fsdp_module(m) for m in model.modules())
-    if sharded and (shard is not None or radial not in ("none", "fixed") or (radial == "fixed" and scale != "tensor")):
+    if sharded and (shard is not None or not _plain(radial, scale)):
         raise ValueError("the model is already sharded with FSDP2's fully_shard"
                          + (": pass it unsharded with shard=" if shard is not None else
                             f"; radial={radial!r}" + (f" at scale={scale!r}" if radial == "fixed" else "")
@@ -379,14 +379,18 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     def sharded(m):
         sharding["started"] = True
         shard(m)
-    try:
-        optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
-                                        rest, kept, options, adam, name, compile, shard and sharded, scion_rest)
-    except BaseException as e:  # a refused cell leaves the model as it came, unless it was (being) sharded
+
+    def give_back(e: BaseException) -> None:
+        """A refused cell leaves the model as it came, unless shard= has started sharding it."""
         if sharding["started"]:
             raise RuntimeError(f"{name}: failed once shard= had started sharding the model ({type(e).__name__}: {e}); "
                                "fully_shard cannot be undone, so the model is left as it is: build it afresh") from e
         _undo(model)
+    try:
+        optimizers, base, ball = _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay, hidden,
+                                        rest, kept, options, adam, name, compile, shard and sharded, scion_rest)
+    except BaseException as e:
+        give_back(e)
         raise
 
     def hooks(opt):
@@ -403,10 +407,7 @@ def compose(model: nn.Module, *, direction: str = "adamw", radial: str = "none",
     try:
         return _finish(name, optimizers, hooks)
     except BaseException as e:
-        if sharding["started"]:
-            raise RuntimeError(f"{name}: failed after shard= sharded the model ({type(e).__name__}: {e}); fully_shard "
-                               "cannot be undone, so the model is left as it is: build it afresh") from e
-        _undo(model)
+        give_back(e)
         raise
 
 
@@ -438,6 +439,11 @@ def _undo(model: nn.Module) -> None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
 
 
+def _plain(radial: str, scale: str) -> bool:
+    """Whether the cell steps W itself, unparametrized: no radial rule, or Hyperball's fixed norm per tensor."""
+    return radial == "none" or (radial == "fixed" and scale == "tensor")
+
+
 def _resharded(model, shard, *lists):
     """``shard(model)``, then each list of parameters again as the sharded model's (fully_shard replaces every
     parameter with a DTensor one; the same qualified name finds it)."""
@@ -458,14 +464,14 @@ def _scion_rest_options(rest: str, options: dict | None, radial: str, scale: str
         if options:
             raise ValueError(f"rest_options are Scion's (rest='scion'); rest='adamw' takes none, got {options!r}")
         return None
-    if radial not in ("none", "fixed") or (radial == "fixed" and scale != "tensor"):
+    if not _plain(radial, scale):
         raise ValueError(f"rest='scion' steps the parameters around plain hidden matrices (radial='none', or 'fixed' "
                          f"at scale='tensor'); radial={radial!r} at scale={scale!r} puts its scales there too")
     bad = sorted(set(options or {}) - set(SCION_REST))
     if bad:
         raise ValueError(f"unknown rest_options {', '.join(map(repr, bad))}; valid are {', '.join(SCION_REST)}")
     options = {**SCION_REST, **(options or {})}
-    check_group("sign", options["momentum"], **{k: v for k, v in options.items() if k != "momentum"})
+    check_group(**options)
     return options
 
 
@@ -491,11 +497,11 @@ def _build(model, direction, radial, scale, lr, radial_lr, rest_lr, weight_decay
     ``model`` where the radial rule says, then shards it with ``shard`` (when given) before any optimizer
     exists."""
     mats, names = [p for _, p in hidden], [q for q, _ in hidden]
-    if shard is not None and radial in ("none", "fixed") and not (radial == "fixed" and scale != "tensor"):
-        undecayed = [p for p in mats + rest if id(p) in kept]
-        mats, rest, undecayed = _resharded(model, shard, mats, rest, undecayed)
-        kept = {id(p) for p in undecayed}
-    if compile or radial == "none" or (radial == "fixed" and scale == "tensor"):  # the plain weights
+    if _plain(radial, scale):  # compile=True is one of these
+        if shard is not None:
+            undecayed = [p for p in mats + rest if id(p) in kept]
+            mats, rest, undecayed = _resharded(model, shard, mats, rest, undecayed)
+            kept = {id(p) for p in undecayed}
         others = ([_adamw(rest, rest_lr, weight_decay, kept, **adam)] if scion_rest is None
                   else _scion_rest(model, rest, rest_lr, weight_decay, kept, adam, scion_rest))
         if compile:  # Hyperball-AdamW fused: no hooks, the optimizer is the rule; the hooks' groups (checkpoints)

@@ -46,10 +46,10 @@ def lmo_bias_rms(g: torch.Tensor) -> torch.Tensor:
 LMO = {"sign": lmo_sign, "colnorm": lmo_colnorm, "bias_rms": lmo_bias_rms}
 
 
-def check_group(norm, momentum, **nonnegative) -> None:
-    """Refuse a Scion option, naming it and what it may be: ``norm`` one of :data:`LMOS`, ``momentum`` α in
-    (0, 1], the others (lr, scales, weight decay) finite numbers ≥ 0."""
-    if norm not in LMOS:
+def check_group(momentum, norm: str | None = None, **nonnegative) -> None:
+    """Refuse a Scion option, naming it and what it may be: ``momentum`` α in (0, 1], ``norm`` (when given) one of
+    :data:`LMOS`, the others (lr, scales, weight decay) finite numbers ≥ 0."""
+    if norm is not None and norm not in LMOS:
         raise ValueError(f"unknown Scion norm {norm!r}; valid choices are {', '.join(map(repr, LMOS))}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
         raise ValueError(f"Scion's momentum α must be a number in (0, 1] (d ← (1 − α)d + αg), got {momentum!r}")
@@ -73,7 +73,7 @@ class ScionLMO(Optimizer):
         params = param_group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
         group = {**self.defaults, **param_group}
-        check_group(group["norm"], group["momentum"], lr=group["lr"], scale=group["scale"],
+        check_group(group["momentum"], group["norm"], lr=group["lr"], scale=group["scale"],
                     weight_decay=group["weight_decay"])
         want = 1 if group["norm"] == "bias_rms" else 2
         for p in params:
